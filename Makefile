@@ -1,0 +1,30 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# The venv pins torch for this project's own machines; setup.py stays loose for users.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test,vis]"
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libusb-1.0; then \
+		echo "installing libusb-1.0-0 (needed by open3d)"; \
+		apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; fi
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) experiments .pytest_cache
