@@ -1,0 +1,105 @@
+"""The hybrid Mamba-Transformer encoder, arranged by a layout string.
+
+A layout is a string of ``M`` (a Mamba add-norm layer) and ``T`` (a Transformer block), e.g. the
+official MAP 2D arrangement ``"MMMT" * 8`` (a Transformer after every third Mamba layer). Groups may
+be written with repeats and ``+``: ``"MMMT*8"``, ``"M*24"``, ``"MMMT*8+M*2"``.
+
+Residual handling follows the official MAP code: Mamba layers carry a separate residual stream
+(add -> norm -> mixer); a Transformer block placed after Mamba layers acts on the mixer output with
+an outer skip, ``hidden = block(hidden) + hidden``. A layout of only ``T`` is a plain pre-norm ViT
+(``x = block(x)``, no outer skip). The output is ``norm_f(residual + hidden)``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+from .layers import MambaLayer, TransformerBlock, make_norm
+from .mixers import BiMamba
+
+
+def parse_layout(layout: str) -> str:
+    """Expand ``"MMMT*8+M*2"`` into a plain string of ``M``/``T``."""
+    out = []
+    for part in layout.replace(" ", "").split("+"):
+        m = re.fullmatch(r"([MT]+)(?:\*(\d+))?", part)
+        if not m:
+            raise ValueError(
+                f"bad layout part '{part}' in '{layout}': expected letters M/T, optionally '*count'"
+            )
+        out.append(m.group(1) * int(m.group(2) or 1))
+    return "".join(out)
+
+
+def official_layout(depth: int, every: int = 3) -> str:
+    """MAP's arrangement: ``depth`` Mamba layers, a Transformer block after every ``every``-th."""
+    return "".join("MT" if (n + 1) % every == 0 else "M" for n in range(depth))
+
+
+class HybridEncoder(nn.Module):
+    """Mamba layers (``layers.{i}``) and Transformer blocks (``blocks.{j}``) in layout order.
+
+    forward(x: (B, L, C), pos: (B or 1, L, C) or None) -> (B, L, C). ``pos`` is added once, at the
+    input. Drop path follows the official schedule over the Mamba layers (see ``__init__``); Transformer
+    blocks get ``block_drop_path``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        layout: str,
+        bidirectional: Optional[str] = "sequence",
+        d_state: int = 16,
+        expand: int = 2,
+        norm: str = "rms",
+        norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        drop_path: float = 0.0,
+        num_heads: int = 12,
+        mlp_ratio: float = 2.0,
+        qkv_bias: bool = True,
+        block_drop_path: float = 0.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.layout = parse_layout(layout)
+        n_mamba = self.layout.count("M")
+        # official schedule: layer i gets ([0] + linspace(0, drop_path, n))[i]; the final add
+        # before norm_f gets the full rate
+        rates = ([0.0] + torch.linspace(0, drop_path, n_mamba).tolist())[:n_mamba]
+        self.layers = nn.ModuleList(
+            MambaLayer(
+                dim,
+                BiMamba(dim, d_state=d_state, expand=expand, bidirectional=bidirectional,
+                        backend=backend),
+                norm=norm, eps=norm_eps, drop_path=rate, residual_in_fp32=residual_in_fp32,
+            )
+            for rate in rates
+        )
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, block_drop_path)
+            for _ in range(self.layout.count("T"))
+        )
+        self.norm_f = make_norm(norm, dim, norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, coords: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``coords`` is accepted for interface parity with encoders that use geometry; unused."""
+        hidden = x if pos is None else x + pos
+        residual = None
+        outer_skip = "M" in self.layout
+        mamba, blocks = iter(self.layers), iter(self.blocks)
+        for kind in self.layout:
+            if kind == "M":
+                hidden, residual = next(mamba)(hidden, residual)
+            else:
+                out = next(blocks)(hidden)
+                hidden = out + hidden if outer_skip else out
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))

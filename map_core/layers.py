@@ -1,0 +1,149 @@
+"""Building blocks shared by every MAP model: norms, the Mamba add-norm layer, attention blocks.
+
+Parameter names follow the official code (timm ViT names for attention blocks, Mamba's
+``mixer``/``norm`` for Mamba layers, MAP 2D's ``norm2_1``/``norm2_2``/``attn2`` for decoder
+blocks) so official weights load without renaming.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
+    """``"rms"`` -> RMSNorm (weight only), ``"layer"`` -> LayerNorm."""
+    if kind == "rms":
+        return nn.RMSNorm(dim, eps=eps)
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm '{kind}'; expected 'rms' or 'layer'")
+
+
+class MambaLayer(nn.Module):
+    """Mamba's add -> norm -> mixer block (the fused add-norm semantics of ``mamba_ssm``).
+
+    ``forward(hidden, residual)`` returns ``(mixer(norm(r)), r)`` with
+    ``r = hidden`` for the first layer (``residual is None``), else ``residual + drop_path(hidden)``.
+    hidden, residual: (B, L, C). The residual stream is kept in fp32 when ``residual_in_fp32``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mixer: nn.Module,
+        norm: str = "rms",
+        eps: float = 1e-5,
+        drop_path: float = 0.0,
+        residual_in_fp32: bool = True,
+    ):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = make_norm(norm, dim, eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        hidden = self.norm(residual.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return self.mixer(hidden), residual
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (timm names).
+
+    x: (B, L, C); attn_mask: bool (L, L) or (B, 1, L, L), True = may attend.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class CrossNormAttention(nn.Module):
+    """Attention with separate ``q`` and ``kv`` projections (MAP 2D decoder's ``attn2``).
+
+    q_in: (B, Lq, C); kv_in: (B, Lk, C); attn_mask: bool (Lq, Lk), True = may attend.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, q_in, kv_in, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, n, c = q_in.shape
+        h = self.num_heads
+        q = self.q(q_in).view(b, n, h, c // h).transpose(1, 2)
+        k, v = self.kv(kv_in).view(b, kv_in.shape[1], 2, h, c // h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Transformer block (timm ViT ``Block`` names: norm1, attn, norm2, mlp).
+
+    x: (B, L, C) -> (B, L, C); attn_mask as in :class:`Attention`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossNormBlock(nn.Module):
+    """MAP 2D decoder block: the query and the keys/values get their own LayerNorm.
+
+    ``x = x + attn2(norm2_1(x), norm2_2(x)); x = x + mlp(norm2(x))``. x: (B, L, C).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+        drop_path: float = 0.0, norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.norm2_1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2_2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn2 = CrossNormAttention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn2(self.norm2_1(x), self.norm2_2(x), attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,113 @@
+"""The Mamba-1 token mixer, one-way or bidirectional, with the official parameter names.
+
+``bidirectional`` chooses how the second direction is made (both share ``in_proj``/``out_proj``):
+
+- ``None``: one causal scan over the sequence.
+- ``"sequence"`` (MAP 2D / Vision Mamba "v2"): a second scan with ``conv1d_b, x_proj_b, dt_proj_b,
+  A_b_log, D_b`` runs on ``xz`` reversed along the sequence; its output is reversed back and the
+  two are summed, then halved when ``divide_out`` (the MAP 2D models halve).
+- ``"channel"`` (Mamba3D ``bimamba_type: v4``): the second scan runs on ``xz`` reversed along the
+  channel axis (so its "x" is the reversed z half and its gate the reversed x half); its output is
+  reversed along channels and added, with no halving.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ssm import causal_conv1d, selective_scan
+
+
+class BiMamba(nn.Module):
+    """Mamba-1 mixer. Input and output: (B, L, d_model)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: Optional[int] = None,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        bidirectional: Optional[str] = None,
+        divide_out: Optional[bool] = None,
+        bias: bool = False,
+        conv_bias: bool = True,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if bidirectional not in (None, "sequence", "channel"):
+            raise ValueError(
+                f"bidirectional must be None, 'sequence' or 'channel', got {bidirectional!r}"
+            )
+        self.d_model, self.d_state, self.expand = d_model, d_state, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.bidirectional = bidirectional
+        self.divide_out = (bidirectional == "sequence") if divide_out is None else divide_out
+        self.backend = backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        dt_args = (dt_min, dt_max, dt_init_floor)
+        self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D = self._direction(
+            d_conv, conv_bias, *dt_args
+        )
+        if bidirectional is not None:
+            self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b = self._direction(
+                d_conv, conv_bias, *dt_args
+            )
+
+    def _direction(self, d_conv, conv_bias, dt_min, dt_max, dt_init_floor):
+        """Parameters of one scan direction, with the official Mamba initialisation."""
+        d_inner, n = self.d_inner, self.d_state
+        conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+        x_proj = nn.Linear(d_inner, self.dt_rank + 2 * n, bias=False)
+        dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(dt_proj.weight, -std, std)
+        dt = torch.exp(
+            torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        with torch.no_grad():  # inverse of softplus, so softplus(bias) == dt
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        dt_proj.bias._no_reinit = True
+        A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        D = nn.Parameter(torch.ones(d_inner))
+        A_log._no_weight_decay = D._no_weight_decay = True
+        return conv, x_proj, dt_proj, A_log, D
+
+    def _scan(self, xz, conv, x_proj, dt_proj, A_log, D):
+        """One direction. xz: (B, 2*d_inner, L) -> y: (B, d_inner, L), gated by z."""
+        x, z = xz.chunk(2, dim=1)
+        x = causal_conv1d(x, conv.weight, conv.bias, self.backend)
+        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
+        return selective_scan(
+            x, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+            D.float(), z, dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model)."""
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
+        y = self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        if self.bidirectional is not None:
+            axis = -1 if self.bidirectional == "sequence" else 1
+            y_b = self._scan(
+                xz.flip(axis), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+            )
+            y = y + y_b.flip(axis)
+            if self.divide_out:
+                y = y / 2
+        return self.out_proj(y.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, bidirectional={self.bidirectional}"
