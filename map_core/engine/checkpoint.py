@@ -1,0 +1,175 @@
+"""Checkpoints: crash-safe saving, safe loading, official-layout state dicts, RNG state.
+
+Loading never runs pickled code: ``torch.load(weights_only=True)`` with exactly
+``argparse.Namespace`` and numpy scalar / dtype types allow-listed (what official MAP, Point-MAE
+and Mamba3D checkpoints pickle beside tensors).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from map_core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATE_DICT_KEYS = ("model", "base_model", "state_dict")
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, rename over ``path``, fsync the folder.
+
+    A crash at any moment leaves either the previous complete file or the new one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _numpy_safe_globals() -> List[Any]:
+    """numpy scalar reconstructor and dtype classes, under both numpy 1.x and 2.x module paths."""
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    names = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    dtype_classes = getattr(np, "dtypes", None)
+    if dtype_classes is not None:
+        names += [getattr(dtype_classes, n) for n in dir(dtype_classes)
+                  if n.endswith("DType") and n not in ("ObjectDType", "VoidDType")]
+    return names
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Load a checkpoint onto the CPU without executing pickled code.
+
+    Raises UserError if the file is missing or if its pickle references anything beyond tensors,
+    containers, ``argparse.Namespace`` and numpy scalars / dtypes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' not found")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace] + _numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).strip().splitlines()
+        reason = next((line for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[0] if detail else "")
+        raise UserError(
+            f"refused to load '{path}': it is not a plain checkpoint (its pickle asks for code "
+            f"or objects that are not allowed: {reason.strip()})"
+        ) from None
+
+
+def extract_state_dict(ckpt: Any) -> Dict[str, torch.Tensor]:
+    """The model weights from an official or own checkpoint layout, ``module.`` stripped.
+
+    Accepts ``{"model": sd}``, ``{"base_model": sd}``, ``{"state_dict": sd}`` or a bare state dict.
+    """
+    if isinstance(ckpt, Mapping):
+        for key in STATE_DICT_KEYS:
+            if isinstance(ckpt.get(key), Mapping):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise UserError(f"no state dict found in checkpoint (looked for {', '.join(STATE_DICT_KEYS)} or bare tensors)")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt.items()}
+
+
+def check_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise UserError listing every key whose checkpoint shape differs from the model's."""
+    own = model.state_dict()
+    bad = [f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise UserError(f"shape mismatch loading '{source}' ({len(bad)} keys):\n" + "\n".join(bad))
+
+
+def load_finetune_weights(model: nn.Module, path: str | Path) -> None:
+    """Initialise ``model`` from a pretrained checkpoint before finetuning.
+
+    Uses ``model.load_pretrained(state_dict)`` when the model defines it (modality key mapping),
+    else a non-strict load. Missing / unexpected keys are logged; shape mismatches raise.
+    """
+    state_dict = extract_state_dict(load_checkpoint(path))
+    try:
+        if hasattr(model, "load_pretrained"):
+            result = model.load_pretrained(state_dict)
+        else:
+            check_shapes(model, state_dict, str(path))
+            result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:
+        if "size mismatch" in str(err):
+            raise UserError(f"shape mismatch loading '{path}':\n{err}") from None
+        raise
+    missing = getattr(result, "missing_keys", None)
+    unexpected = getattr(result, "unexpected_keys", None)
+    log.info("loaded pretrained weights from %s", path)
+    if missing:
+        log.warning("missing keys (kept at init): %s", ", ".join(missing))
+    if unexpected:
+        log.warning("unexpected keys (ignored): %s", ", ".join(unexpected))
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as plain values (weights-only loadable, picklable)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": bytes(torch.get_rng_state().numpy()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [bytes(s.numpy()) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, seed, gauss = state["python"]
+    random.setstate((version, tuple(seed), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_byte_tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["cuda"]])
+
+
+def resolve_resume(resume: Optional[str], exp_dir: Path) -> Optional[Path]:
+    """``--resume`` with no value means the experiment's ``last.pth``."""
+    if resume is None:
+        return None
+    path = Path(resume) if resume else exp_dir / "last.pth"
+    if not path.is_file():
+        raise UserError(f"--resume: checkpoint '{path}' not found")
+    return path

@@ -1,0 +1,69 @@
+"""Optimizer and learning-rate schedule from the ``optimizer`` / ``scheduler`` config sections.
+
+Weight decay is off for parameters with ndim <= 1, for position / cls / mask / register tokens,
+for the Mamba ``A_log`` / ``A_b_log`` / ``D`` / ``D_b`` parameters and for the model's own
+``no_weight_decay()`` names. ``layer_decay`` uses timm's BEiT-style groups (``group_matcher``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, List, Mapping
+
+import torch
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from map_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NO_DECAY_PATTERNS = (
+    "*pos_embed*", "*cls_token*", "*mask_token*", "*register*",
+    "A_log", "*.A_log", "A_b_log", "*.A_b_log", "D", "*.D", "D_b", "*.D_b",
+)
+
+
+def no_weight_decay_names(model: nn.Module) -> List[str]:
+    """fnmatch patterns of parameters excluded from weight decay."""
+    own = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return list(NO_DECAY_PATTERNS) + sorted(own)
+
+
+def scaled_lr(opt_cfg: Mapping[str, Any], total_batch_size: int) -> float:
+    """``lr * total_batch_size / lr_batch_base`` when ``lr_batch_base`` is set, else ``lr``."""
+    base = opt_cfg["lr_batch_base"]
+    return opt_cfg["lr"] * total_batch_size / base if base else opt_cfg["lr"]
+
+
+def build_optimizer(model: nn.Module, opt_cfg: Mapping[str, Any], total_batch_size: int) -> torch.optim.Optimizer:
+    """AdamW / SGD over weight-decay (and optional layer-decay) parameter groups."""
+    lr = scaled_lr(opt_cfg, total_batch_size)
+    skip = no_weight_decay_names(model)
+    if opt_cfg["layer_decay"] is not None:
+        groups = param_groups_layer_decay(model, weight_decay=opt_cfg["weight_decay"],
+                                          no_weight_decay_list=skip, layer_decay=opt_cfg["layer_decay"])
+    else:
+        groups = param_groups_weight_decay(model, weight_decay=opt_cfg["weight_decay"], no_weight_decay_list=skip)
+    name = opt_cfg["NAME"].lower()
+    log.info("optimizer %s, lr %.3g (total batch %d), %d param groups", name, lr, total_batch_size, len(groups))
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"])
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=opt_cfg["momentum"], nesterov=True)
+    raise ConfigError(f"optimizer.NAME: unknown optimizer '{opt_cfg['NAME']}' (choose adamw or sgd)")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Mapping[str, Any],
+                    updates_per_epoch: int) -> CosineLRScheduler:
+    """Linear warm-up then cosine to ``min_lr``, stepped per optimizer update (``step_update``)."""
+    if sched_cfg["NAME"] != "cosine":
+        raise ConfigError(f"scheduler.NAME: unknown scheduler '{sched_cfg['NAME']}' (only 'cosine')")
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, sched_cfg["epochs"] * updates_per_epoch),
+        lr_min=sched_cfg["min_lr"],
+        warmup_t=int(sched_cfg["warmup_epochs"] * updates_per_epoch),
+        warmup_lr_init=sched_cfg["warmup_lr"],
+        t_in_epochs=False,
+    )

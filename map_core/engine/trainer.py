@@ -1,0 +1,390 @@
+"""The training loop: epochs of optimizer updates, AMP, accumulation, clipping, EMA, DDP, checkpoints.
+
+``Trainer(cfg, exp_dir).fit()`` trains and returns the best metric; ``run(cfg, options)`` is the
+single entry used by ``tools/train.py`` (train, few-shot folds, ``--test``, ``--vote``).
+Everything modality-specific comes from the task (``map_core.engine.tasks``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from map_core.config import Config, dump_config
+from map_core.errors import ConfigError, UserError
+from map_core.engine import checkpoint as ckpt_io
+from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
+                                         barrier, init_distributed)
+from map_core.engine.logger import ExperimentLogger
+from map_core.engine.optim import build_optimizer, build_scheduler
+from map_core.engine.tasks import Task, build_task, to_device
+from map_core.registry import TASKS
+
+log = logging.getLogger(__name__)
+progress_log = logging.getLogger("map_core.engine.progress")
+
+ProgressFactory = Callable[[int, str], Any]  # (total, description) -> object with update(n, dict), close()
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN / inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class RunOptions:
+    """What ``tools/train.py`` passes besides the config."""
+
+    exp_dir: Path
+    finetune: Optional[str] = None
+    resume: Optional[str] = None  # "" = the experiment's last.pth
+    ckpt: Optional[str] = None
+    mode: str = "train"  # train | test | vote
+    progress: Optional[ProgressFactory] = None
+
+
+def amp_settings(precision: str, device: torch.device) -> tuple:
+    """(autocast dtype or None, use GradScaler) for ``train.precision``."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    table = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, True), "fp32": (None, False)}
+    if precision not in table:
+        raise ConfigError(f"train.precision: expected auto, bf16, fp16 or fp32, got '{precision}'")
+    return table[precision]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Trainer:
+    """Builds everything from the config (datasets first, so data errors come before step 1)."""
+
+    def __init__(self, cfg: Config, exp_dir: Path, dist_info: Optional[DistInfo] = None,
+                 progress: Optional[ProgressFactory] = None, splits: Optional[tuple] = None):
+        self.cfg, self.exp_dir, self.progress = cfg, Path(exp_dir), progress
+        self.dist = dist_info or init_distributed(cfg["runtime"]["device"])
+        train = cfg["train"]
+        seed_everything(train["seed"] + self.dist.rank, train["deterministic"])
+        self.task: Task = build_task(cfg)
+        self.amp_dtype, use_scaler = amp_settings(train["precision"], self.dist.device)
+        self.task.bind(self.dist.device, self.amp_dtype)
+        self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg["dataset"])}
+        self.model = self.task.build_model().to(self.dist.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.records = ExperimentLogger(self.exp_dir, self.dist.is_main)
+        self.epoch, self.global_step = 0, 0
+        self.best: Optional[float] = None
+        self.last_saved: Optional[Path] = None
+        self.ema: Optional[ModelEmaV3] = None
+
+    # ------------------------------------------------------------------ setup
+    def _per_rank_batch(self) -> int:
+        train = self.cfg["train"]
+        share = self.dist.world_size * train["accum_steps"]
+        if train["total_batch_size"] % share:
+            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} is not divisible by "
+                              f"world size {self.dist.world_size} x accum_steps {train['accum_steps']}")
+        return train["total_batch_size"] // share
+
+    def _loader(self, split: str, training: bool) -> DataLoader:
+        dataset, train = self.datasets[split], self.cfg["train"]
+        if training:
+            sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                         shuffle=True, seed=train["seed"], drop_last=True)
+            batch = self._per_rank_batch()
+        else:
+            sampler = ShardSampler(len(dataset), self.dist.rank, self.dist.world_size)
+            batch = train["val_batch_size"] or self._per_rank_batch()
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train["num_workers"],
+                          pin_memory=self.dist.device.type == "cuda", drop_last=training,
+                          worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
+
+    def _setup_training(self, finetune: Optional[str], resume: Optional[Path]) -> None:
+        train = self.cfg["train"]
+        self.train_loader = self._loader("train", training=True)
+        self.updates_per_epoch = len(self.train_loader) // train["accum_steps"]
+        if train["max_steps_per_epoch"]:
+            self.updates_per_epoch = min(self.updates_per_epoch, train["max_steps_per_epoch"])
+        if self.updates_per_epoch == 0:
+            raise ConfigError(f"dataset.train has {len(self.datasets['train'])} samples: too few for one "
+                              f"update of train.total_batch_size={train['total_batch_size']}")
+        eval_split = next((s for s in ("val", "test") if s in self.datasets), None)
+        self.eval_loader = self._loader(eval_split, training=False) if eval_split else None
+        if finetune and not resume:
+            ckpt_io.load_finetune_weights(self.model, finetune)
+        self.optimizer = build_optimizer(self.model, self.cfg["optimizer"], train["total_batch_size"])
+        self.scheduler = build_scheduler(self.optimizer, self.cfg["scheduler"], self.updates_per_epoch)
+        if train["ema"]["enable"]:
+            self.ema = ModelEmaV3(self.model, decay=train["ema"]["decay"], use_warmup=train["ema"]["warmup"])
+        if resume:
+            self._load_state(resume)
+        self.ddp_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=self.cfg["runtime"]["find_unused_parameters"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, metrics: Mapping[str, float], rng_states: list) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "config": self.cfg.to_dict(),
+            "metrics": dict(metrics),
+            "best_metric": self.best,
+            "rng": rng_states,
+        }
+
+    def _save(self, metrics: Mapping[str, float], is_best: bool) -> None:
+        rng_states = all_gather_objects(ckpt_io.rng_state())
+        if self.dist.is_main:
+            state = self._state(metrics, rng_states)
+            names = ["last.pth"] + (["best.pth"] if is_best else [])
+            every = self.cfg["train"]["save_every"]
+            if every and self.epoch % every == 0:
+                names.append(f"epoch_{self.epoch:04d}.pth")
+            for name in names:
+                ckpt_io.atomic_save(state, self.exp_dir / name)
+            log.info("saved %s (epoch %d)", ", ".join(names), self.epoch)
+        self.last_saved = self.exp_dir / "last.pth"
+        barrier()
+
+    def _load_state(self, path: Path) -> None:
+        state = ckpt_io.load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.epoch, self.global_step, self.best = state["epoch"], state["global_step"], state["best_metric"]
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            ckpt_io.set_rng_state(rng[self.dist.rank])
+        else:
+            log.warning("checkpoint has RNG states for %d ranks, running %d: RNG not restored",
+                        len(rng), self.dist.world_size)
+        self.last_saved = path
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
+
+    # ------------------------------------------------------------------ loop
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+        if all_reduce_sum(bad).item() > 0:
+            last = str(self.last_saved) if self.last_saved else "none saved yet"
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at global step {self.global_step + 1} "
+                f"(epoch {self.epoch + 1}); last good checkpoint: {last}")
+
+    def _update(self, batches: list) -> Dict[str, float]:
+        """One optimizer update over ``accum_steps`` micro-batches; returns logged values."""
+        train, accum = self.cfg["train"], len(batches)
+        totals: Dict[str, float] = {"loss": 0.0, "lr": self.optimizer.param_groups[0]["lr"]}
+        for i, batch in enumerate(batches):
+            batch = self.task.preprocess(to_device(batch, self.dist.device), training=True)
+            sync = i == accum - 1 or not isinstance(self.ddp_model, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
+                with self.task.autocast():
+                    loss, info = self.task.train_step(self.ddp_model, batch)
+                self._check_finite(loss)
+                self.scaler.scale(loss / accum).backward()
+            totals["loss"] += loss.item() / accum
+            for key, value in info.items():
+                totals[key] = totals.get(key, 0.0) + value / accum
+        if train["clip_grad"] is not None:
+            self.scaler.unscale_(self.optimizer)
+            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), train["clip_grad"]).item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.scheduler.step_update(self.global_step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        return totals
+
+    def _log_step(self, window: Dict[str, float], count: int, samples: int, seconds: float, bar: Any) -> None:
+        values = torch.tensor(list(window.values()), dtype=torch.float64, device=self.dist.device) / count
+        values = all_reduce_sum(values) / self.dist.world_size
+        record = dict(zip(window, values.tolist()))
+        record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
+        self.records.write("train", self.global_step, record)
+        if bar is not None:
+            bar.update(count, {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
+                        "samples/s": f"{record['samples_per_s']:.0f}"})
+        progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f", self.epoch + 1,
+                          self.global_step, self.updates_per_epoch * self.cfg["scheduler"]["epochs"],
+                          record["loss"], record["lr"], record["samples_per_s"])
+
+    def train_epoch(self) -> float:
+        """One epoch; returns the mean training loss (this rank)."""
+        self.ddp_model.train()
+        self.train_loader.sampler.set_epoch(self.epoch)
+        accum, log_every = self.cfg["train"]["accum_steps"], self.cfg["train"]["log_every"]
+        bar = self.progress(self.updates_per_epoch, f"epoch {self.epoch + 1}") if self.progress and self.dist.is_main else None
+        data, window, count, samples, start, epoch_loss = iter(self.train_loader), {}, 0, 0, time.time(), 0.0
+        for update in range(self.updates_per_epoch):
+            batches = [next(data) for _ in range(accum)]
+            values = self._update(batches)
+            epoch_loss += values["loss"]
+            window = {k: window.get(k, 0.0) + v for k, v in values.items()}
+            count, samples = count + 1, samples + sum(len(b[0]) for b in batches)
+            if count == log_every or update == self.updates_per_epoch - 1:
+                self._log_step(window, count, samples, time.time() - start, bar)
+                window, count, samples, start = {}, 0, 0, time.time()
+        if bar is not None:
+            bar.close()
+        return epoch_loss / self.updates_per_epoch
+
+    @staticmethod
+    def metric_name(cfg: Config) -> str:
+        return TASKS.get(cfg["task"]["NAME"]).metric
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.task.higher_is_better else value < self.best
+
+    def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None) -> Dict[str, Any]:
+        """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}."""
+        if not self.task.trains:
+            return self.fit_frozen(finetune)
+        try:
+            return self._fit(finetune, resume)
+        finally:
+            self.records.close()
+
+    def _fit(self, finetune: Optional[str], resume: Optional[Path]) -> Dict[str, Any]:
+        self._setup_training(finetune, resume)
+        train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
+        metrics: Dict[str, float] = {}
+        log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
+        while self.epoch < epochs:
+            train_loss = self.train_epoch()
+            self.epoch += 1
+            metrics = {"train_loss": train_loss}
+            is_best = False
+            if self.eval_loader is not None and (self.epoch % train["val_every"] == 0 or self.epoch == epochs):
+                metrics.update(self.task.evaluate(self.eval_model(), self.eval_loader))
+                is_best = self._improved(metrics[self.task.metric])
+                self.best = metrics[self.task.metric] if is_best else self.best
+            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics,
+                                                           "best_" + self.task.metric: self.best})
+            log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self._save(metrics, is_best)
+        return {"best_metric": self.best, "metric": self.task.metric, "last_metrics": metrics}
+
+    def fit_frozen(self, finetune: Optional[str]) -> Dict[str, Any]:
+        """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
+        if finetune:
+            ckpt_io.load_finetune_weights(self.model, finetune)
+        self.task.fit(self.model, self._loader("train", training=False))
+        split = "test" if "test" in self.datasets else "val"
+        metrics = self.task.evaluate(self.model, self._loader(split, training=False))
+        self.records.write(split, 0, metrics)
+        self.records.close()
+        return {"best_metric": metrics[self.task.metric], "metric": self.task.metric, "last_metrics": metrics}
+
+    def load_for_eval(self, path: Path) -> None:
+        """Weights for --test / --vote: EMA weights when the config enables EMA and they were saved."""
+        state = ckpt_io.load_checkpoint(path)
+        if isinstance(state, Mapping) and self.cfg["train"]["ema"]["enable"] and state.get("ema") is not None:
+            weights = {k: v for k, v in state["ema"].items()}
+        else:
+            weights = ckpt_io.extract_state_dict(state)
+        ckpt_io.check_shapes(self.model, weights, str(path))
+        self.model.load_state_dict(weights)
+        log.info("evaluating weights from %s", path)
+
+    def test(self, vote: bool) -> Dict[str, float]:
+        split = "test" if "test" in self.datasets else "val"
+        loader = self._loader(split, training=False)
+        metrics = self.task.vote(self.model, loader) if vote else self.task.evaluate(self.model, loader)
+        self.records.write("vote" if vote else "test", 0, metrics)
+        self.records.close()
+        return metrics
+
+
+def _eval_splits(cfg: Config) -> tuple:
+    for split in ("test", "val"):
+        if split in cfg["dataset"]:
+            return (split,)
+    raise ConfigError("--test / --vote need a dataset.test (or dataset.val) section")
+
+
+def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo) -> Dict[str, Any]:
+    resume = ckpt_io.resolve_resume(opts.resume, exp_dir)
+    trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
+    if dist_info.is_main:
+        dump_config(cfg, exp_dir / "config.yaml")
+    return trainer.fit(opts.finetune, resume)
+
+
+def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
+    """One finetune per fold (``fold`` set in every dataset section); mean / std of best metrics."""
+    results = []
+    for fold in range(cfg["fewshot"]["folds"]):
+        fold_cfg = copy.deepcopy(cfg)
+        for split in fold_cfg["dataset"]:
+            fold_cfg["dataset"][split]["fold"] = fold
+        log.info("few-shot fold %d of %d", fold + 1, cfg["fewshot"]["folds"])
+        results.append(_train_once(fold_cfg, opts, opts.exp_dir / f"fold_{fold}", dist_info)["best_metric"])
+    summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
+               "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
+    if dist_info.is_main:
+        (opts.exp_dir / "fewshot_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
+    """Train (or few-shot, test, vote) as the options say; returns the final metrics."""
+    dist_info = init_distributed(cfg["runtime"]["device"])
+    if dist_info.is_main:
+        opts.exp_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    if opts.mode in ("test", "vote"):
+        path = Path(opts.ckpt or opts.finetune or opts.exp_dir / "best.pth")
+        trainer = Trainer(cfg, opts.exp_dir, dist_info, splits=_eval_splits(cfg))
+        trainer.load_for_eval(path)
+        return trainer.test(vote=opts.mode == "vote")
+    if "fewshot" in cfg:
+        return run_fewshot(cfg, opts, dist_info)
+    return _train_once(cfg, opts, opts.exp_dir, dist_info)

@@ -1,0 +1,10 @@
+"""Exceptions for bad user input: entry points print their message in one line, no traceback."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user must fix (a config value, a missing file, a bad checkpoint)."""
+
+
+class ConfigError(UserError):
+    """A config file or ``--set`` override is invalid; the message names key, file and a fix."""

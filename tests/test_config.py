@@ -1,0 +1,99 @@
+"""Config loading: _base_ inheritance, others, --set, strict validation with provenance."""
+from pathlib import Path
+
+import pytest
+
+from map_core.config import dump_config, load_config, validate
+from map_core.errors import ConfigError
+import tests.engine_toy  # noqa: F401  (registers toy_mlp, toy_blobs, toy_classify)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    write(tmp_path / "_base_/optim.yaml", "optimizer: {NAME: adamw, lr: 5e-4, weight_decay: 0.05}\n")
+    write(tmp_path / "_base_/data.yaml", "NAME: toy_blobs\nsize: 64\nnoise: 0.1\n")
+    write(tmp_path / "_base_/runtime.yaml",
+          "_base_: optim.yaml\ntrain: {total_batch_size: 16, num_workers: 0}\nscheduler: {epochs: 3}\n")
+    write(tmp_path / "exp/child.yaml", """
+_base_: ../_base_/runtime.yaml
+task: {NAME: toy_classify, num_classes: 4}
+model: {NAME: toy_mlp, hidden: 8}
+dataset:
+  train: {_base_: ../_base_/data.yaml, others: {seed: 3}}
+  val: {_base_: ../_base_/data.yaml, others: {size: 16}}
+optimizer: {lr: 1.0e-3}
+""")
+    return tmp_path / "exp/child.yaml"
+
+
+def test_two_level_inheritance_and_others(tree: Path) -> None:
+    cfg = validate(load_config(tree))
+    assert cfg.optimizer.lr == 1e-3 and cfg.optimizer.weight_decay == 0.05  # child over grand-base
+    assert cfg.train.total_batch_size == 16 and cfg.scheduler.epochs == 3
+    assert cfg.dataset.train.seed == 3 and cfg.dataset.train.size == 64
+    assert cfg.dataset.val.size == 16 and cfg.dataset.val.noise == 0.1
+    assert cfg.train.ema.enable is False and cfg.train.accum_steps == 1  # defaults filled
+    assert cfg.source("optimizer.weight_decay").endswith("_base_/optim.yaml")
+    assert cfg.source("optimizer.lr").endswith("exp/child.yaml")
+
+
+def test_float_without_dot_is_float(tree: Path) -> None:
+    cfg = load_config(tree, ["optimizer.lr=5e-4"])
+    assert cfg.optimizer.lr == 5e-4 and isinstance(cfg.optimizer.lr, float)
+
+
+def test_overrides_are_typed(tree: Path) -> None:
+    cfg = validate(load_config(tree, ["model.hidden=12", "optimizer.betas=[0.8,0.9]",
+                                      "train.deterministic=true", "train.ema.decay=0.99"]))
+    assert cfg.model.hidden == 12 and cfg.optimizer.betas == [0.8, 0.9]
+    assert cfg.train.deterministic is True and cfg.train.ema.decay == 0.99
+    assert cfg.source("model.hidden") == "command line"
+
+
+def test_override_unknown_key_names_closest(tree: Path) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer.weight_decy.*command line.*optimizer.weight_decay"):
+        load_config(tree, ["optimizer.weight_decy=0.1"])
+
+
+def test_unknown_key_names_key_file_and_closest(tree: Path) -> None:
+    write(tree.parent / "bad.yaml", "_base_: child.yaml\noptimizer: {weight_decy: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(tree.parent / "bad.yaml"))
+    message = str(err.value)
+    assert "'optimizer.weight_decy'" in message and "bad.yaml" in message
+    assert "did you mean 'optimizer.weight_decay'" in message
+
+
+def test_named_section_checked_against_builder(tree: Path) -> None:
+    write(tree.parent / "bad_model.yaml", "_base_: child.yaml\nmodel: {hiden: 4}\n")
+    with pytest.raises(ConfigError, match=r"'model.hiden'.*bad_model.yaml.*did you mean 'model.hidden'"):
+        validate(load_config(tree.parent / "bad_model.yaml"))
+    with pytest.raises(ConfigError, match=r"dataset.train.sise.*command line.*dataset.train.size"):
+        validate(load_config(tree, ["dataset.train.sise=3"]))
+
+
+def test_wrong_type_is_reported(tree: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'optimizer.lr'.*command line.*expects float.*'fast'"):
+        validate(load_config(tree, ["optimizer.lr=fast"]))
+    with pytest.raises(ConfigError, match=r"train.total_batch_size.*expects int"):
+        validate(load_config(tree, ["train.total_batch_size=1.5"]))
+
+
+def test_cycle_is_an_error_naming_files(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "_base_: b.yaml\nx: 1\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\ny: 2\n")
+    with pytest.raises(ConfigError, match=r"cycle.*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_dump_roundtrip(tree: Path, tmp_path: Path) -> None:
+    cfg = validate(load_config(tree))
+    dump_config(cfg, tmp_path / "out.yaml")
+    again = validate(load_config(tmp_path / "out.yaml"))
+    assert again == cfg

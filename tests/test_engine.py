@@ -1,0 +1,186 @@
+"""Engine: exact resume, crash-safe checkpoints, DDP on CPU, safe loading, NaN stop, finetune shapes."""
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+
+import tests.engine_toy as toy
+from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
+from map_core.errors import UserError
+from tools.train import main
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_CONFIG = """
+task: {NAME: toy_classify, num_classes: 4}
+model: {NAME: toy_mlp}
+dataset:
+  train: {NAME: toy_blobs, size: 64}
+  val: {NAME: toy_blobs, size: 32, seed: 1}
+optimizer: {lr: 1e-2}
+scheduler: {epochs: 2, warmup_epochs: 1}
+train: {total_batch_size: 16, num_workers: 0, log_every: 1}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(TOY_CONFIG)
+    return path
+
+
+def train(config: Path, root: Path, *extra: str) -> int:
+    return main(["--config", str(config), "--exp-root", str(root), *extra])
+
+
+def records(exp: Path, kind: str, epoch: int) -> List[dict]:
+    lines = (exp / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind and r["epoch"] == epoch]
+
+
+def test_exact_resume(config: Path, tmp_path: Path) -> None:
+    root = tmp_path / "exp"
+    assert train(config, root, "--exp-name", "full") == 0
+    # interrupt at the first step of epoch 2 (4 updates per epoch), then resume without the fault
+    assert train(config, root, "--exp-name", "split", "--set", "task.nan_at_step=5") == 2
+    assert train(config, root, "--exp-name", "split", "--resume", "--set", "task.nan_at_step=null") == 0
+    full, split = root / "toy/full", root / "toy/split"
+    a, b = load_checkpoint(full / "last.pth"), load_checkpoint(split / "last.pth")
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["model"].items():
+        assert (value - b["model"][key]).abs().max().item() <= 1e-6, key
+    losses = lambda exp: [r["loss"] for r in records(exp, "train", 2)]  # noqa: E731
+    assert len(losses(full)) == 4 and losses(full) == losses(split)
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(config: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "exp"
+    assert train(config, root, "--set", "task.nan_at_step=6") == 2
+    message = capsys.readouterr().err
+    assert "global step 6 (epoch 2)" in message
+    assert str(root / "toy/default/last.pth") in message
+
+
+def test_nan_before_any_checkpoint_says_none_saved(config: Path, tmp_path: Path, capsys) -> None:
+    assert train(config, tmp_path / "exp", "--set", "task.nan_at_step=2") == 2
+    message = capsys.readouterr().err
+    assert "global step 2 (epoch 1)" in message and "none saved yet" in message
+
+
+def test_finetune_shape_mismatch_lists_key_and_shapes(config: Path, tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "pre.pth"
+    torch.save({"model": toy.ToyMLP(hidden=8).state_dict()}, ckpt)
+    assert train(config, tmp_path / "exp", "--finetune", str(ckpt)) == 2
+    message = capsys.readouterr().err
+    assert "fc1.weight: checkpoint (8, 8) vs model (16, 8)" in message
+    assert not (tmp_path / "exp/toy/default/last.pth").exists()
+
+
+def test_missing_dataset_fails_before_training(config: Path, tmp_path: Path, capsys) -> None:
+    assert train(config, tmp_path / "exp", "--set", f"dataset.val.root={tmp_path / 'nowhere'}") == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "exp/toy/default/metrics.jsonl").exists()
+
+
+def test_test_mode_and_fewshot(config: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "exp"
+    assert train(config, root, "--set", "scheduler.epochs=1") == 0
+    capsys.readouterr()
+    assert train(config, root, "--test", "--set", "scheduler.epochs=1") == 0
+    assert "top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert train(config, root, "--vote") == 2
+    assert "does not support --vote" in capsys.readouterr().err
+    fs = tmp_path / "fs.yaml"
+    fs.write_text(TOY_CONFIG + "fewshot: {way: 4, shot: 2, folds: 2}\n")
+    assert train(fs, root, "--set", "scheduler.epochs=1") == 0
+    summary = json.loads((root / "fs/default/fewshot_summary.json").read_text())
+    assert len(summary["per_fold"]) == 2 and summary["metric"] == "top1"
+
+
+SAVER = """
+import sys, torch
+from map_core.engine.checkpoint import atomic_save
+i = 0
+while True:
+    i += 1
+    atomic_save({"model": {"w": torch.full((4_000_000,), float(i))}, "epoch": i}, sys.argv[1])
+"""
+
+
+def test_atomic_save_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "last.pth"
+    rng = random.Random(0)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], env=env)
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.05, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = load_checkpoint(path)
+        w = ckpt["model"]["w"]
+        assert w.numel() == 4_000_000 and bool((w == float(ckpt["epoch"])).all())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_ranks_identical_weights(config: Path, tmp_path: Path) -> None:
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    root = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(REPO / "tests/engine_toy.py"), "--config", str(config), "--exp-root", str(root),
+           "--set", f"task.dump_params={dump}", "train.max_steps_per_epoch=2"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sums = [(dump / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1]
+    assert [p.name for p in root.iterdir()] == ["toy"] and [p.name for p in (root / "toy").iterdir()] == ["default"]
+    state = load_checkpoint(root / "toy/default/last.pth")
+    assert state["global_step"] == 4 and len(state["rng"]) == 2
+
+
+class Evil:
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.target}",)
+
+
+def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
+    target, path = tmp_path / "PWNED", tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": Evil(target)}, path)
+    with pytest.raises(UserError, match=r"evil.pth.*not a plain checkpoint"):
+        load_checkpoint(path)
+    assert not target.exists()
+
+
+def test_official_layout_loads(tmp_path: Path) -> None:
+    sd = {"module.fc.weight": torch.ones(2, 2)}
+    path = tmp_path / "official.pth"
+    torch.save({"model": sd, "args": argparse.Namespace(lr=1e-3), "epoch": np.int64(3),
+                "acc": np.float32(0.5)}, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 3 and ckpt["args"].lr == 1e-3
+    assert list(extract_state_dict(ckpt)) == ["fc.weight"]
+    assert list(extract_state_dict({"base_model": {"a": torch.zeros(1)}})) == ["a"]
