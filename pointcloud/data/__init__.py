@@ -1,0 +1,8 @@
+"""Point-cloud readers (registered in ``map_core.registry.DATASETS``) and batch transforms."""
+from pointcloud.data.common import DataError
+from pointcloud.data.fewshot import ModelNetFewShot
+from pointcloud.data.modelnet import ModelNet
+from pointcloud.data.scanobjectnn import ScanObjectNN
+from pointcloud.data.shapenet import ShapeNet
+
+__all__ = ["DataError", "ModelNet", "ModelNetFewShot", "ScanObjectNN", "ShapeNet"]

@@ -1,0 +1,69 @@
+"""ScanObjectNN (finetuning): real scans, 2048 points per object, 15 classes; Point-MAE / Mamba3D reader."""
+from __future__ import annotations
+
+import logging
+from typing import Tuple
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from map_core.registry import DATASETS
+from pointcloud.data.common import DataError, PathLike, point_order, require, sample
+
+logger = logging.getLogger(__name__)
+
+LAYOUT = """data/ScanObjectNN/
+  main_split/training_objectdataset_augmentedrot_scale75.h5, test_objectdataset_augmentedrot_scale75.h5  (hardest)
+  main_split/training_objectdataset.h5, test_objectdataset.h5                                              (objbg)
+  main_split_nobg/training_objectdataset.h5, test_objectdataset.h5                                         (objonly)
+  each with datasets 'data' (N, 2048, 3) and 'label' (N,)"""
+
+# variant -> (folder, file suffix)
+VARIANTS = {"hardest": ("main_split", "_augmentedrot_scale75"), "objbg": ("main_split", ""),
+            "objonly": ("main_split_nobg", "")}
+
+
+def h5_path(variant: str, subset: str) -> str:
+    """Relative path of a variant's split file, e.g. 'main_split/test_objectdataset.h5'."""
+    if variant not in VARIANTS:
+        raise ValueError(f"ScanObjectNN variant must be one of {sorted(VARIANTS)}, got '{variant}'")
+    if subset not in ("train", "test"):
+        raise ValueError(f"ScanObjectNN subset must be 'train' or 'test', got '{subset}'")
+    folder, suffix = VARIANTS[variant]
+    return f"{folder}/{'training' if subset == 'train' else 'test'}_objectdataset{suffix}.h5"
+
+
+@DATASETS.register("ScanObjectNN")
+class ScanObjectNN(Dataset):
+    """All 2048 points of each object, not normalised (as the official reader), order shuffled in training."""
+
+    def __init__(self, root: PathLike = "data/ScanObjectNN", variant: str = "hardest", subset: str = "train"):
+        path = require(f"{root}/{h5_path(variant, subset)}", f"ScanObjectNN {variant} {subset} file", LAYOUT)
+        with h5py.File(path, "r") as f:
+            missing = [key for key in ("data", "label") if key not in f]
+            if missing:
+                raise DataError(f"{path}: missing h5 dataset(s) {missing}; found keys {sorted(f.keys())}")
+            points = np.asarray(f["data"], dtype=np.float32)
+            labels = np.asarray(f["label"]).astype(np.int64).reshape(-1)
+        if points.ndim != 3 or points.shape[2] != 3:
+            raise DataError(f"{path}: 'data' should have shape (N, P, 3), got {points.shape}")
+        if len(labels) != len(points):
+            raise DataError(f"{path}: {len(points)} clouds in 'data' but {len(labels)} entries in 'label'")
+        bad = ~np.isfinite(points).all(axis=(1, 2))
+        if bad.any():
+            first = int(np.argmax(bad))
+            point = int(np.argmax(~np.isfinite(points[first]).all(axis=1)))
+            raise DataError(f"{path}: non-finite coordinates (NaN or inf) in cloud {first}, point {point} "
+                            f"({int(bad.sum())} bad clouds)")
+        self.points, self.labels, self.subset = points, labels, subset
+        logger.info("ScanObjectNN %s %s: %s clouds of %d points", variant, subset, len(points), points.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """-> (points (P, 3) float32, label int64); P = 2048 for the official files."""
+        order = point_order(self.points.shape[1], shuffle=self.subset == "train")
+        return sample(self.points[index][order], self.labels[index])

@@ -1,0 +1,92 @@
+"""Batch-level point-cloud transforms, run on the device after the DataLoader (Mamba3D runners).
+
+Every function takes ``points: (B, N, C)`` with xyz in the first three channels (normals, when
+present, in channels 3:6), returns a new tensor, and draws its randomness from ``generator`` (or
+torch's global RNG when None). Voting: compute ``fps_pool`` once per test batch, then call
+``random_subset`` and the augmentation once per view.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from pointcloud.ops import fps, gather
+
+# npoints -> size of the FPS pool the random subset is drawn from (Mamba3D runner_finetune)
+FPS_POOL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
+
+
+def _uniform(shape: Tuple[int, ...], low: float, high: float, generator: Optional[torch.Generator],
+             device: torch.device) -> torch.Tensor:
+    """U[low, high) samples drawn on the generator's device, returned on ``device`` (float32)."""
+    gen_device = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=gen_device)
+    return (low + (high - low) * u).to(device)
+
+
+def scale_and_translate(points: torch.Tensor, scale_low: float = 2.0 / 3.0, scale_high: float = 3.0 / 2.0,
+                        translate_range: float = 0.2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """xyz * s + t with s ~ U[scale_low, scale_high] and t ~ U[-range, range], per sample and per axis.
+
+    points: (B, N, C) -> (B, N, C); channels past xyz are left unchanged (PointcloudScaleAndTranslate).
+    """
+    B = points.shape[0]
+    scale = _uniform((B, 1, 3), scale_low, scale_high, generator, points.device).to(points.dtype)
+    shift = _uniform((B, 1, 3), -translate_range, translate_range, generator, points.device).to(points.dtype)
+    out = points.clone()
+    out[..., :3] = points[..., :3] * scale + shift
+    return out
+
+
+def rotate_about_up(points: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Rotate each sample about the y axis by an angle ~ U[0, 2*pi) (PointcloudRotate).
+
+    Row vectors are multiplied on the right by R = [[c, 0, s], [0, 1, 0], [-s, 0, c]].
+    points: (B, N, C) -> (B, N, C); normals (channels 3:6) are rotated too.
+    """
+    angle = _uniform((points.shape[0],), 0.0, 2 * math.pi, generator, points.device)
+    c, s = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    rot = torch.stack([c, zero, s, zero, one, zero, -s, zero, c], dim=-1).view(-1, 3, 3).to(points.dtype)
+    out = points.clone()
+    out[..., :3] = points[..., :3] @ rot
+    if points.shape[-1] >= 6:
+        out[..., 3:6] = points[..., 3:6] @ rot
+    return out
+
+
+def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None, backend: str = "auto") -> torch.Tensor:
+    """The farthest ``pool`` points of each cloud (``pool`` from FPS_POOL by default, capped at N).
+
+    points: (B, N, C) -> (B, min(pool, N), C), in FPS order.
+    """
+    if pool is None:
+        if npoints not in FPS_POOL:
+            raise ValueError(f"no default FPS pool for npoints={npoints} (known: {sorted(FPS_POOL)}); pass pool")
+        pool = FPS_POOL[npoints]
+    pool = min(pool, points.shape[1])
+    if npoints > pool:
+        raise ValueError(f"cannot take {npoints} points from an FPS pool of {pool} (clouds have "
+                         f"{points.shape[1]} points)")
+    return gather(points, fps(points[..., :3].contiguous(), pool, backend=backend))
+
+
+def random_subset(points: torch.Tensor, npoints: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``npoints`` distinct points in random order, the same indices for the whole batch (as the runner).
+
+    points: (B, N, C) -> (B, npoints, C).
+    """
+    gen_device = generator.device if generator is not None else points.device
+    idx = torch.randperm(points.shape[1], generator=generator, device=gen_device)[:npoints].to(points.device)
+    return points[:, idx]
+
+
+def fps_random_subset(points: torch.Tensor, npoints: int, pool: Optional[int] = None,
+                      generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+    """Mamba3D's training input: FPS to ``pool`` points, then a random subset of ``npoints`` of them.
+
+    points: (B, N, C) -> (B, npoints, C).
+    """
+    return random_subset(fps_pool(points, npoints, pool, backend), npoints, generator)

@@ -1,0 +1,123 @@
+"""Farthest point sampling, k nearest neighbours and batched gather.
+
+Each op has a pure-PyTorch reference (CPU and GPU, batched) and an optional CUDA fast path:
+``pointnet2_ops`` for FPS and ``knn_cuda`` for kNN. ``backend="auto"`` takes the fast path only when
+the library is installed and the tensors are on CUDA; naming a backend that cannot run is an error.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from typing import Set, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# op -> (name of the fast backend, the module it lives in)
+_FAST = {"fps": ("pointnet2_ops", "pointnet2_ops.pointnet2_utils"), "knn": ("knn_cuda", "knn_cuda")}
+_logged: Set[Tuple[str, str]] = set()
+
+# kNN reference: at most this many (query, reference) pairs per chunk (about 0.8 GB of float32 work).
+_KNN_PAIRS_PER_CHUNK = 1 << 26
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
+def _choose_backend(op: str, backend: str, device: torch.device) -> str:
+    """Resolve ``backend`` for ``op`` on ``device``; log each choice once."""
+    fast, module = _FAST[op]
+    if backend == "auto":
+        chosen = fast if device.type == "cuda" and _installed(module) else "torch"
+    elif backend == "torch":
+        chosen = "torch"
+    elif backend == fast:
+        if not _installed(module):
+            raise ImportError(f"{op} backend '{fast}' was asked for but module '{module}' is not installed; "
+                              f"install it or use backend='torch' or 'auto'")
+        if device.type != "cuda":
+            raise ValueError(f"{op} backend '{fast}' needs CUDA tensors, got tensors on {device}")
+        chosen = fast
+    else:
+        raise ValueError(f"unknown {op} backend '{backend}' (valid: auto, torch, {fast})")
+    if (op, chosen) not in _logged:
+        _logged.add((op, chosen))
+        logger.info("%s backend: %s", op, chosen)
+    return chosen
+
+
+def fps_torch(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    """Reference farthest point sampling. xyz: (B, N, 3) -> indices (B, n) int64.
+
+    Starts at index 0; each next index is the point whose squared distance to the chosen set is
+    largest, the lowest index winning ties (``argmax`` returns the first maximum).
+    """
+    B, N, _ = xyz.shape
+    batch = torch.arange(B, device=xyz.device)
+    idx = torch.zeros(B, n, dtype=torch.long, device=xyz.device)
+    min_dist = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    farthest = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    for i in range(n):
+        idx[:, i] = farthest
+        centre = xyz[batch, farthest].unsqueeze(1)  # (B, 1, 3)
+        min_dist = torch.minimum(min_dist, ((xyz - centre) ** 2).sum(-1))
+        farthest = min_dist.argmax(-1)
+    return idx
+
+
+def fps(xyz: torch.Tensor, n: int, backend: str = "auto") -> torch.Tensor:
+    """Farthest point sampling. xyz: (B, N, 3) -> indices (B, n) int64 (first index 0)."""
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"fps expects xyz of shape (B, N, 3), got {tuple(xyz.shape)}")
+    if not 0 < n <= xyz.shape[1]:
+        raise ValueError(f"fps: cannot sample {n} points from clouds of {xyz.shape[1]} points")
+    if _choose_backend("fps", backend, xyz.device) == "torch":
+        return fps_torch(xyz, n)
+    pointnet2_utils = importlib.import_module("pointnet2_ops.pointnet2_utils")
+    return pointnet2_utils.furthest_point_sample(xyz.float().contiguous(), n).long()
+
+
+def knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Reference kNN. query: (B, M, 3), ref: (B, N, 3) -> indices into ref (B, M, k), nearest first.
+
+    Exact squared distances (differences, not the ``|a|^2 + |b|^2 - 2ab`` expansion, so a point equal
+    to the query is at distance 0) and a stable sort, so ties go to the lower index. Queries are
+    processed in chunks to bound memory.
+    """
+    B, M, _ = query.shape
+    N = ref.shape[1]
+    chunk = max(1, _KNN_PAIRS_PER_CHUNK // max(1, B * N))
+    out = []
+    for start in range(0, M, chunk):
+        q = query[:, start:start + chunk]  # (B, m, 3)
+        dist = ((q.unsqueeze(2) - ref.unsqueeze(1)) ** 2).sum(-1)  # (B, m, N)
+        out.append(torch.sort(dist, dim=-1, stable=True).indices[..., :k])
+    return torch.cat(out, dim=1)
+
+
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
+    """k nearest neighbours. query: (B, M, 3), ref: (B, N, 3) -> indices into ref (B, M, k) int64."""
+    if query.dim() != 3 or ref.dim() != 3 or query.shape[0] != ref.shape[0] or query.shape[-1] != ref.shape[-1]:
+        raise ValueError(f"knn expects query (B, M, 3) and ref (B, N, 3), got {tuple(query.shape)} "
+                         f"and {tuple(ref.shape)}")
+    if not 0 < k <= ref.shape[1]:
+        raise ValueError(f"knn: k={k} must be in [1, {ref.shape[1]}] (points in ref)")
+    if _choose_backend("knn", backend, query.device) == "torch":
+        return knn_torch(query, ref, k)
+    knn_cuda = importlib.import_module("knn_cuda")
+    _, idx = knn_cuda.KNN(k=k, transpose_mode=True)(ref.float().contiguous(), query.float().contiguous())
+    return idx.long()
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Batched gather. x: (B, N, C), idx: (B, ...) int -> (B, ..., C) with out[b, ...] = x[b, idx[b, ...]]."""
+    if idx.shape[0] != x.shape[0]:
+        raise ValueError(f"gather: batch sizes differ, x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
+    batch = torch.arange(x.shape[0], device=x.device).view(-1, *([1] * (idx.dim() - 1)))
+    return x[batch, idx]
