@@ -1,0 +1,264 @@
+"""Bundled demo data: scikit-learn's 1,797 real 8x8 handwritten digits as images and 3D clouds.
+
+Everything is written in the real on-disk formats, so the real readers run on it unchanged::
+
+    <out>/manifest.json                                   version, seed, split sizes, class counts
+    <out>/images/{train,val}/digit_<c>/<index>.png        32x32 RGB (ImageNet reader)
+    <out>/points/ShapeNet55-34/ShapeNet-55/{train,test}.txt          '<taxonomy>-<model>.npy' lines
+    <out>/points/ShapeNet55-34/shapenet_pc/<taxonomy>-<model>.npy    (1024, 3) float32
+    <out>/points/ScanObjectNN/main_split/{training,test}_objectdataset.h5
+                                                          data (M, 1024, 3) float32, label (M,) int64
+
+Split: ``sklearn.model_selection.train_test_split(test_size=0.25, stratify=labels,
+random_state=seed)`` -> 1,347 train / 450 test (val / test), the same digits in every format.
+``<index>`` is the digit's index in ``load_digits()`` (4 digits, zero-padded); the taxonomy of
+digit class c is the synset-like ``f"{c:08d}"`` and the model id ``digit<index>``.
+
+3D digits: 1,024 points per cloud (the real ShapeNet files hold 8192 and ScanObjectNN 2048; the
+readers take any count at least ``npoints``). Pixels are drawn with probability proportional to
+their ink, each point jittered uniformly inside its pixel (x right, y up), extruded to a depth
+z ~ U[-d, d] with d ~ U[0.1, 0.3] x 8 px per cloud, rotated about the vertical (y) axis by a
+uniform angle, then centred at the mean and divided by the largest norm. Each digit has its own
+generator seeded by (seed, index), so a cloud does not depend on which other digits are built.
+
+The build is atomic (a temporary sibling folder renamed at the end) and idempotent: when the
+manifest matches (version, seed, limit_per_class) a second call returns at once.
+CLI: ``python datasets/demo_digits.py --out .cache/demo_digits``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import h5py
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+NUM_CLASSES = 10
+NUM_POINTS = 1024
+IMAGE_SIZE = 32
+DIGIT_SIZE = 8
+TEST_FRACTION = 0.25
+DEPTH_RANGE = (0.1, 0.3)
+MANIFEST = "manifest.json"
+
+PathLike = Union[str, Path]
+
+
+def class_name(label: int) -> str:
+    """Image class folder of a digit class, e.g. 'digit_3'."""
+    return f"digit_{label}"
+
+
+def taxonomy_id(label: int) -> str:
+    """Synset-like ShapeNet taxonomy id of a digit class, e.g. '00000003'."""
+    return f"{label:08d}"
+
+
+def split_indices(labels: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Stratified train / test indices (each sorted) of ``labels`` (S,), 25 % test."""
+    train, test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels,
+                                   random_state=seed)
+    return np.sort(train), np.sort(test)
+
+
+def first_per_class(indices: np.ndarray, labels: np.ndarray, limit: Optional[int]) -> np.ndarray:
+    """The first ``limit`` entries of sorted ``indices`` in each class (all when limit is None)."""
+    if limit is None:
+        return indices
+    keep = np.concatenate([indices[labels[indices] == c][:limit] for c in range(NUM_CLASSES)])
+    return np.sort(keep)
+
+
+def digit_image(pixels: np.ndarray) -> Image.Image:
+    """pixels: (8, 8) intensities 0..16 -> 32x32 RGB image (bilinear, grey in all 3 channels)."""
+    grey = Image.fromarray((pixels * (255.0 / 16.0)).astype(np.float32))  # mode "F"
+    grey = np.asarray(grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def extrude_digit(pixels: np.ndarray, rng: np.random.Generator, num_points: int = NUM_POINTS) -> np.ndarray:
+    """pixels: (8, 8) intensities -> (num_points, 3) points in pixel units (x right, y up, z depth).
+
+    Pixels are drawn with probability proportional to intensity and jittered uniformly inside;
+    depth z ~ U[-d, d] with one d ~ U[0.1, 0.3] x 8 px per cloud.
+    """
+    ink = pixels.astype(np.float64).ravel()
+    if ink.sum() <= 0:
+        raise ValueError("a digit image without ink has no stroke to sample points on")
+    cells = rng.choice(ink.size, size=num_points, p=ink / ink.sum())
+    rows, cols = np.divmod(cells, pixels.shape[1])
+    x = cols + rng.random(num_points)
+    y = (pixels.shape[0] - 1 - rows) + rng.random(num_points)
+    depth = rng.uniform(*DEPTH_RANGE) * DIGIT_SIZE
+    z = rng.uniform(-depth, depth, num_points)
+    return np.stack([x, y, z], axis=1)
+
+
+def rotate_about_y(points: np.ndarray, angle: float) -> np.ndarray:
+    """points: (N, 3) -> (N, 3) rotated by ``angle`` radians about the vertical (y) axis."""
+    c, s = np.cos(angle), np.sin(angle)
+    rotation = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    return points @ rotation.T
+
+
+def normalize_points(points: np.ndarray) -> np.ndarray:
+    """points: (N, 3) -> (N, 3) centred at the mean and divided by the largest norm."""
+    points = points - points.mean(axis=0)
+    return points / np.linalg.norm(points, axis=1).max()
+
+
+def digit_point_cloud(pixels: np.ndarray, seed: int, index: int) -> np.ndarray:
+    """The demo's 3D digit ``index``: pixels (8, 8) -> (NUM_POINTS, 3) float32, normalised."""
+    rng = np.random.default_rng([seed, index])
+    points = extrude_digit(pixels, rng)
+    points = rotate_about_y(points, rng.uniform(0.0, 2.0 * np.pi))
+    return normalize_points(points).astype(np.float32)
+
+
+def demo_paths(out_dir: PathLike) -> Dict[str, Path]:
+    """Where a build in ``out_dir`` puts each dataset (the roots the real readers take)."""
+    out = Path(out_dir)
+    shapenet = out / "points" / "ShapeNet55-34"
+    return {
+        "root": out,
+        "manifest": out / MANIFEST,
+        "images": out / "images",
+        "shapenet_list": shapenet / "ShapeNet-55",
+        "shapenet_pc": shapenet / "shapenet_pc",
+        "scanobjectnn": out / "points" / "ScanObjectNN",
+    }
+
+
+def _write_split(root: Path, split: str, indices: np.ndarray, images: np.ndarray, labels: np.ndarray,
+                 seed: int) -> None:
+    paths = demo_paths(root)
+    image_split = "train" if split == "train" else "val"
+    names, clouds = [], []
+    for index in indices:
+        label = int(labels[index])
+        folder = paths["images"] / image_split / class_name(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        digit_image(images[index]).save(folder / f"{index:04d}.png")
+        cloud = digit_point_cloud(images[index], seed, int(index))
+        name = f"{taxonomy_id(label)}-digit{index:04d}.npy"
+        np.save(paths["shapenet_pc"] / name, cloud)
+        names.append(name)
+        clouds.append(cloud)
+    (paths["shapenet_list"] / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+    h5_name = "training_objectdataset.h5" if split == "train" else "test_objectdataset.h5"
+    with h5py.File(paths["scanobjectnn"] / "main_split" / h5_name, "w") as f:
+        f.create_dataset("data", data=np.stack(clouds), track_times=False)
+        f.create_dataset("label", data=labels[indices].astype(np.int64), track_times=False)
+
+
+def _manifest(seed: int, limit_per_class: Optional[int], labels: np.ndarray,
+              splits: Dict[str, np.ndarray]) -> dict:
+    return {
+        "version": VERSION,
+        "seed": seed,
+        "limit_per_class": limit_per_class,
+        "num_points": NUM_POINTS,
+        "image_size": IMAGE_SIZE,
+        "classes": [class_name(c) for c in range(NUM_CLASSES)],
+        "split_sizes": {split: int(len(idx)) for split, idx in splits.items()},
+        "class_counts": {split: np.bincount(labels[idx], minlength=NUM_CLASSES).tolist()
+                         for split, idx in splits.items()},
+    }
+
+
+def _is_current(out: Path, seed: int, limit_per_class: Optional[int]) -> bool:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("version"), manifest.get("seed"), manifest.get("limit_per_class")) == (
+        VERSION, seed, limit_per_class)
+
+
+def build_demo_data(out_dir: PathLike, seed: int = 0, force: bool = False,
+                    limit_per_class: Optional[int] = None) -> Dict[str, Path]:
+    """Write the demo images and point clouds under ``out_dir``; returns ``demo_paths(out_dir)``.
+
+    Returns at once when ``out_dir`` already holds a build of this version, seed and
+    ``limit_per_class`` (unless ``force``). ``limit_per_class`` keeps the first digits of each class
+    in each split (for quick tests). An existing ``out_dir`` is replaced only if it is empty or a
+    previous demo build (has a manifest); anything else raises FileExistsError.
+    """
+    out = Path(out_dir).resolve()
+    paths = demo_paths(out)
+    if not force and _is_current(out, seed, limit_per_class):
+        logger.info("demo digits already built in %s", out)
+        return paths
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise FileExistsError(f"{out} exists and is not a demo-digits build (no {MANIFEST}); "
+                              f"choose another folder or empty it")
+
+    digits = load_digits()
+    images, labels = digits.images, digits.target.astype(np.int64)
+    train, test = split_indices(labels, seed)
+    splits = {"train": first_per_class(train, labels, limit_per_class),
+              "test": first_per_class(test, labels, limit_per_class)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the build is ordinary shared data
+        tmp_paths = demo_paths(tmp)
+        for key in ("shapenet_list", "shapenet_pc"):
+            tmp_paths[key].mkdir(parents=True)
+        (tmp_paths["scanobjectnn"] / "main_split").mkdir(parents=True)
+        for split, indices in splits.items():
+            _write_split(tmp, split, indices, images, labels, seed)
+        manifest = _manifest(seed, limit_per_class, labels, splits)
+        tmp_paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(out, tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    logger.info("demo digits built in %s: %s", out, manifest["split_sizes"])
+    return paths
+
+
+def _replace(out: Path, tmp: Path) -> None:
+    """Move the finished build ``tmp`` to ``out``; a concurrent identical build may have won."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / MANIFEST).exists():
+            raise
+        logger.info("another process finished the demo build in %s first", out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=".cache/demo_digits", help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--limit-per-class", type=int, default=None,
+                        help="keep only the first N digits of each class in each split")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = build_demo_data(args.out, seed=args.seed, force=args.force, limit_per_class=args.limit_per_class)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

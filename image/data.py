@@ -1,0 +1,235 @@
+"""ImageNet reader and the three image transforms (MAE pretraining, timm finetuning, eval).
+
+Expected layout (the usual ImageFolder one; class names are the sorted folder names, shared by
+both splits, so a class has the same index in ``train`` and ``val``)::
+
+    <root>/train/<wnid>/<image>.JPEG
+    <root>/val/<wnid>/<image>.JPEG
+
+Unreadable images never stop an epoch: the sample is replaced by the next readable one, a warning
+names the file (once per file, across DataLoader workers) and the file is recorded in a
+shared-memory flag array, so ``num_skipped`` / ``skipped_files`` in the main process see what the
+workers met.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from map_core.registry import DATASETS
+
+logger = logging.getLogger(__name__)
+
+TRANSFORM_KINDS = ("pretrain", "finetune", "eval")
+
+EXPECTED_LAYOUT = (
+    "expected layout:\n"
+    "  <root>/train/<class>/<image>.JPEG\n"
+    "  <root>/val/<class>/<image>.JPEG\n"
+    "(one folder per class in each split; any image format PIL reads)"
+)
+
+# PIL's exceptions for files it cannot decode (truncated, unknown format, bad header, too large).
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class ImageFolderLayoutError(ValueError):
+    """The dataset folder does not have the expected split/class/image layout."""
+
+
+def image_extensions() -> frozenset:
+    """Lower-case file extensions (with the dot) that PIL can open."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def build_image_transform(
+    kind: str,
+    input_size: int = 224,
+    crop_pct: float = 0.875,
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
+    reprob: float = 0.25,
+    remode: str = "pixel",
+    recount: int = 1,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    pretrain_scale: Tuple[float, float] = (0.2, 1.0),
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> normalised float tensor (3, input_size, input_size).
+
+    ``pretrain``: MAE's RandomResizedCrop(scale=pretrain_scale) + horizontal flip.
+    ``finetune``: timm's training transform (RandAugment ``auto_augment``, random erasing).
+    ``eval``: resize the short side to input_size / crop_pct, centre crop input_size.
+    """
+    mean, std = tuple(mean), tuple(std)
+    if kind == "pretrain":
+        return T.Compose([
+            T.RandomResizedCrop(input_size, scale=tuple(pretrain_scale),
+                                interpolation=T.InterpolationMode(interpolation)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ])
+    if kind == "finetune":
+        return create_transform(
+            input_size, is_training=True, auto_augment=auto_augment, interpolation=interpolation,
+            re_prob=reprob, re_mode=remode, re_count=recount, mean=mean, std=std,
+        )
+    if kind == "eval":
+        return create_transform(
+            input_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+            mean=mean, std=std,
+        )
+    raise ValueError(f"unknown image transform '{kind}'; expected one of {', '.join(TRANSFORM_KINDS)}")
+
+
+def _subfolders(path: str) -> List[str]:
+    with os.scandir(path) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def _image_files(path: str, extensions: frozenset) -> List[str]:
+    with os.scandir(path) as it:
+        return sorted(
+            e.name for e in it
+            if e.is_file() and not e.name.startswith(".")
+            and os.path.splitext(e.name)[1].lower() in extensions
+        )
+
+
+def scan_image_folder(
+    root: str, split: str, max_per_class: Optional[int] = None
+) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Classes and (path, label) samples of ``root/split``, sorted and deterministic.
+
+    Classes are the sorted union of the class folders of every split present under ``root``, so
+    ``train`` and ``val`` share the class index. ``max_per_class`` keeps the first files (by name)
+    of each class. Raises ImageFolderLayoutError, with the expected layout, when ``root`` or the
+    split is missing, has no class folders, or holds no image.
+    """
+    if not os.path.isdir(root):
+        raise ImageFolderLayoutError(f"image dataset root '{root}' does not exist; {EXPECTED_LAYOUT}")
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        found = ", ".join(_subfolders(root)) or "nothing"
+        raise ImageFolderLayoutError(
+            f"split folder '{split_dir}' does not exist (found in '{root}': {found}); {EXPECTED_LAYOUT}"
+        )
+    split_classes = _subfolders(split_dir)
+    if not split_classes:
+        raise ImageFolderLayoutError(f"'{split_dir}' has no class subfolders; {EXPECTED_LAYOUT}")
+    classes = set(split_classes)
+    for other in ("train", "val"):
+        other_dir = os.path.join(root, other)
+        if other != split and os.path.isdir(other_dir):
+            classes.update(_subfolders(other_dir))
+    classes = sorted(classes)
+    class_to_idx = {name: i for i, name in enumerate(classes)}
+
+    extensions = image_extensions()
+    samples: List[Tuple[str, int]] = []
+    empty: List[str] = []
+    for name in split_classes:
+        class_dir = os.path.join(split_dir, name)
+        files = _image_files(class_dir, extensions)[:max_per_class]
+        if not files:
+            empty.append(name)
+        samples.extend((os.path.join(class_dir, f), class_to_idx[name]) for f in files)
+    if not samples:
+        raise ImageFolderLayoutError(
+            f"no image files in the {len(split_classes)} class folders of '{split_dir}'; {EXPECTED_LAYOUT}"
+        )
+    if empty:
+        logger.warning("%d class folders of '%s' hold no image: %s", len(empty), split_dir,
+                       ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
+    return classes, samples
+
+
+@DATASETS.register("ImageNet")
+class ImageNet(Dataset):
+    """ImageNet-style image folder -> (image (3, input_size, input_size) float, label int).
+
+    Attributes follow torchvision's ImageFolder: ``classes``, ``class_to_idx``, ``samples``
+    (list of (path, label)), ``targets``. ``transform`` is one of ``pretrain`` | ``finetune`` |
+    ``eval`` (see ``build_image_transform``). The skip flags live in shared memory: the dataset
+    pickles only while DataLoader workers start (fork, spawn or forkserver), not for ``deepcopy``.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/imagenet",
+        split: str = "train",
+        transform: str = "eval",
+        input_size: int = 224,
+        crop_pct: float = 0.875,
+        auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
+        reprob: float = 0.25,
+        remode: str = "pixel",
+        recount: int = 1,
+        interpolation: str = "bicubic",
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        pretrain_scale: Tuple[float, float] = (0.2, 1.0),
+        max_per_class: Optional[int] = None,
+    ):
+        self.root, self.split = root, split
+        self.transform_kind = transform
+        self.transform = build_image_transform(
+            transform, input_size=input_size, crop_pct=crop_pct, auto_augment=auto_augment,
+            reprob=reprob, remode=remode, recount=recount, interpolation=interpolation,
+            mean=mean, std=std, pretrain_scale=pretrain_scale,
+        )
+        self.classes, self.samples = scan_image_folder(root, split, max_per_class)
+        self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [label for _, label in self.samples]
+        # One byte per file in shared memory: forked / spawned DataLoader workers write to it and
+        # the main process reads it (lock-free: concurrent writes all store the same value 1).
+        self._skipped = multiprocessing.RawArray(ctypes.c_uint8, len(self.samples))
+        logger.info("ImageNet %s: %d images, %d classes from '%s' (transform %s)",
+                    split, len(self.samples), len(self.classes), root, transform)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_skipped(self) -> int:
+        """How many distinct files were found unreadable so far (by any worker)."""
+        return int(np.frombuffer(self._skipped, dtype=np.uint8).sum())
+
+    @property
+    def skipped_files(self) -> List[str]:
+        """Paths of the files found unreadable so far (by any worker), in dataset order."""
+        flags = np.frombuffer(self._skipped, dtype=np.uint8)
+        return [self.samples[i][0] for i in np.flatnonzero(flags)]
+
+    def _load(self, index: int) -> Optional[Image.Image]:
+        path = self.samples[index][0]
+        try:
+            with open(path, "rb") as f:
+                return Image.open(f).convert("RGB")
+        except _UNREADABLE as err:
+            if not self._skipped[index]:
+                self._skipped[index] = 1
+                logger.warning("skipping unreadable image '%s' (%s: %s)", path, type(err).__name__, err)
+            return None
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        """Sample ``index``, or the next readable one (wrapping around) when it cannot be read."""
+        n = len(self.samples)
+        for step in range(n):
+            i = (index + step) % n
+            image = self._load(i)
+            if image is not None:
+                return self.transform(image), self.samples[i][1]
+        raise RuntimeError(f"no readable image among the {n} files of '{os.path.join(self.root, self.split)}'")
