@@ -50,7 +50,7 @@ class ARDecoder(nn.Module):
         blocks = {"vit": TransformerBlock, "cross_norm": CrossNormBlock}
         if block not in blocks:
             raise ValueError(f"unknown decoder block '{block}'; expected one of {sorted(blocks)}")
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             blocks[block](dim, num_heads, mlp_ratio, qkv_bias, rate, norm_eps) for rate in rates
         )

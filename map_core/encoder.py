@@ -70,7 +70,7 @@ class HybridEncoder(nn.Module):
         n_mamba = self.layout.count("M")
         # official schedule: layer i gets ([0] + linspace(0, drop_path, n))[i]; the final add
         # before norm_f gets the full rate
-        rates = ([0.0] + torch.linspace(0, drop_path, n_mamba).tolist())[:n_mamba]
+        rates = ([0.0] + torch.linspace(0, drop_path, n_mamba, device="cpu").tolist())[:n_mamba]
         self.layers = nn.ModuleList(
             MambaLayer(
                 dim,

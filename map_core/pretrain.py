@@ -40,6 +40,8 @@ class MAPPretrainer(nn.Module):
     Mask ratio: fixed ``mask_ratio`` when ``mask_ratio_std == 0``, else one ratio per step from a
     normal(mask_ratio, mask_ratio_std) truncated to ``mask_ratio_bounds`` (MAP 2D: 0.5, 0.25,
     (0.3, 0.7)). ``mask_rounding`` is ``"ceil"`` (MAP 2D) or ``"floor"`` (PointMAP).
+    ``latent_proj``: whether ``decoder_embed`` is a Linear; None = only when the widths differ
+    (MAP 2D always projects, even at equal widths).
     """
 
     def __init__(
@@ -57,14 +59,15 @@ class MAPPretrainer(nn.Module):
         mask_ratio_bounds: Tuple[float, float] = (0.3, 0.7),
         mask_rounding: str = "ceil",
         decoder_order: str = "original",
+        latent_proj: Optional[bool] = None,
     ):
         super().__init__()
         if decoder_order not in ("original", "visible_first"):
             raise ValueError(f"decoder_order must be 'original' or 'visible_first', got {decoder_order!r}")
         self.tokenizer, self.encoder = tokenizer, encoder
-        self.decoder_embed = (
-            nn.Linear(encoder_dim, decoder_dim) if encoder_dim != decoder_dim else nn.Identity()
-        )
+        if latent_proj is None:  # project only when the widths differ (Point-MAE has no projection)
+            latent_proj = encoder_dim != decoder_dim
+        self.decoder_embed = nn.Linear(encoder_dim, decoder_dim) if latent_proj else nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder_pos, self.decoder, self.head = decoder_pos, decoder, head

@@ -1,0 +1,219 @@
+"""MAP 2D pretraining models: patch tokeniser + hybrid Mamba-Transformer encoder + row-wise AR decoder.
+
+Everything method-specific lives in :class:`map_core.pretrain.MAPPretrainer`; this file supplies the
+image parts (tokeniser, learned decoder positions, pixel head, norm-pix MSE) and the official sizes.
+Module tree (see :mod:`image.convert` for the official names)::
+
+    tokenizer.patch_embed.proj, tokenizer.pos_embed
+    encoder.layers.{i}, encoder.blocks.{j}, encoder.norm_f
+    decoder_embed, mask_token, decoder_pos.pos_embed, decoder.blocks.{k}, decoder.norm, head
+
+The official pretraining model also holds classifier parameters (cls_token, pos_embed_cls, neck,
+norm_neck, head) that pretraining never uses; we do not create them (``image.convert`` drops them
+when loading), so our counts are the official ones minus ``official_unused_numel``.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models import register_model
+
+from map_core.decoder import ARDecoder
+from map_core.encoder import HybridEncoder, official_layout
+from map_core.losses import normalize_patches
+from map_core.pretrain import MAPPretrainer
+from map_core.registry import MODELS, check_kwargs
+
+from .convert import from_official, is_official, unwrap_checkpoint
+from .tokenizer import ImagePatchTokenizer, LearnedPositions, patchify, unpatchify
+
+log = logging.getLogger(__name__)
+
+# name -> (embed_dim, Mamba layers, Transformer heads, num_cls_tokens, cls_reduce)
+SIZES: Dict[str, Tuple[int, int, int, int, int]] = {
+    "tiny": (192, 24, 12, 12, 1),
+    "small": (384, 24, 12, 12, 2),
+    "base": (768, 24, 12, 12, 4),
+    "large": (1024, 48, 16, 16, 8),  # official: 12 heads, which does not divide 1024
+    "huge": (1536, 36, 12, 16, 8),
+}
+
+
+def norm_pix_mse(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """Mean over tokens of the per-patch MSE. pred, target: (B, L_mask, P); targets are normalised
+    per patch (unbiased variance, eps 1e-6) when ``norm_pix``."""
+    if norm_pix:
+        target = normalize_patches(target.float())
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+def official_init(model: nn.Module) -> None:
+    """The release's last init pass: every Linear xavier-uniform with zero bias, LayerNorm 1/0.
+
+    The release first runs Mamba's GPT-2 style pass (zero Linear biases except dt_proj, rescaled
+    ``out_proj``/``fc2``), but this pass overrides every Linear afterwards, ``dt_proj`` bias
+    included, so only its net effect is reproduced here. Convs, A_log, D, norms of RMS type and the
+    tokens / position tables keep the init their modules gave them.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class MAPImagePretrainer(MAPPretrainer):
+    """MAP pretraining on images. forward(imgs (B, 3, H, W), mask=None) -> (loss, pred (B, L, p*p*3),
+    mask bool (B, L)); pred is in token order and (h, w, p, q, c) patch layout."""
+
+    def forward(self, imgs: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        grid = self.tokenizer.grid_of(imgs)
+        if grid != self.tokenizer.grid_size:
+            raise ValueError(
+                f"pretraining input gives a {grid[0]}x{grid[1]} patch grid, but the decoder positions and "
+                f"rows were built for {self.tokenizer.grid_size[0]}x{self.tokenizer.grid_size[1]} "
+                f"(img_size {self.tokenizer.grid_size[0] * self.patch_size})"
+            )
+        return super().forward(imgs, mask)
+
+    @property
+    def patch_size(self) -> int:
+        return self.tokenizer.patch_size
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        return unpatchify(x, self.patch_size, grid or self.tokenizer.grid_size, self.tokenizer.in_chans)
+
+    def no_weight_decay(self) -> set:
+        return {"tokenizer.pos_embed", "mask_token", "decoder_pos.pos_embed"}
+
+    def load_pretrained(self, state_dict: Mapping[str, Any], strict: bool = True):
+        """Load ours or an official checkpoint (detected by its names and converted).
+
+        Accepts ``{"model": ...}`` checkpoints and a DDP ``module.`` prefix. Returns torch's
+        (missing_keys, unexpected_keys).
+        """
+        sd = unwrap_checkpoint(state_dict)
+        if is_official(sd):
+            log.info("load_pretrained: official MAP 2D names detected, converting")
+            sd = from_official(sd)
+        return self.load_state_dict(sd, strict=strict)
+
+
+def map_pretrain(
+    img_size: int | Sequence[int] = 224,
+    patch_size: int = 16,
+    in_chans: int = 3,
+    embed_dim: int = 192,
+    depth: int = 24,
+    num_heads: int = 12,
+    decoder_dim: int = 192,
+    decoder_depth: int = 4,
+    decoder_heads: int = 16,
+    layout: Optional[str] = None,
+    mlp_ratio: float = 2.0,
+    decoder_mlp_ratio: float = 4.0,
+    drop_path_rate: float = 0.1,
+    norm_pix_loss: bool = True,
+    mask_ratio: float = 0.5,
+    mask_ratio_std: float = 0.25,
+    mask_ratio_bounds: Sequence[float] = (0.3, 0.7),
+    backend: str = "auto",
+) -> MAPImagePretrainer:
+    """A MAP 2D pretraining model of any size.
+
+    ``depth`` counts Mamba layers; ``layout`` (default ``official_layout(depth)``: a Transformer block
+    of ``num_heads`` heads after every third Mamba layer) overrides the arrangement. The decoder is
+    ``decoder_depth`` MAP 2D cross-norm blocks, row-causal over rows of ``img_size / patch_size``
+    tokens, with learned positions; the head predicts ``patch_size**2 * in_chans`` pixels.
+    """
+    tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
+    encoder = HybridEncoder(
+        embed_dim, layout or official_layout(depth), bidirectional="sequence", drop_path=drop_path_rate,
+        num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, backend=backend,
+    )
+    decoder = ARDecoder(decoder_dim, decoder_depth, decoder_heads, row_len=tokenizer.grid_size[1],
+                        mlp_ratio=decoder_mlp_ratio, qkv_bias=True, block="cross_norm", causal=True)
+    model = MAPImagePretrainer(
+        tokenizer=tokenizer,
+        encoder=encoder,
+        decoder=decoder,
+        decoder_pos=LearnedPositions(tokenizer.num_patches, decoder_dim),
+        head=nn.Linear(decoder_dim, patch_size * patch_size * in_chans),
+        loss_fn=partial(norm_pix_mse, norm_pix=norm_pix_loss),
+        encoder_dim=embed_dim,
+        decoder_dim=decoder_dim,
+        mask_ratio=mask_ratio,
+        mask_ratio_std=mask_ratio_std,
+        mask_ratio_bounds=tuple(mask_ratio_bounds),
+        mask_rounding="ceil",
+        decoder_order="original",
+        latent_proj=True,
+    )
+    official_init(model)
+    return model
+
+
+MODELS.register("map_pretrain", map_pretrain)
+
+_TIMM_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _sized(size: str, name: str, pretrained: bool, kwargs: Dict[str, Any]) -> MAPImagePretrainer:
+    for key in _TIMM_KEYS:
+        kwargs.pop(key, None)
+    if pretrained:
+        raise ValueError(f"{name}: no hosted weights; build it and call model.load_pretrained(checkpoint)")
+    embed_dim, depth, heads, _, _ = SIZES[size]
+    args = dict(img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=heads)
+    args.update(kwargs)
+    check_kwargs(map_pretrain, args, f"model '{name}'")
+    return map_pretrain(**args)
+
+
+@register_model
+@MODELS.register()
+def map_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAPImagePretrainer:
+    """MAP-Tiny: d 192, 24 Mamba layers + 8 ViT blocks (12 heads)."""
+    return _sized("tiny", "map_tiny_patch16_224", pretrained, kwargs)
+
+
+@register_model
+@MODELS.register()
+def map_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAPImagePretrainer:
+    """MAP-Small: d 384, 24 Mamba layers + 8 ViT blocks (12 heads)."""
+    return _sized("small", "map_small_patch16_224", pretrained, kwargs)
+
+
+@register_model
+@MODELS.register()
+def map_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAPImagePretrainer:
+    """MAP-Base: d 768, 24 Mamba layers + 8 ViT blocks (12 heads)."""
+    return _sized("base", "map_base_patch16_224", pretrained, kwargs)
+
+
+@register_model
+@MODELS.register()
+def map_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAPImagePretrainer:
+    """MAP-Large: d 1024, 48 Mamba layers + 16 ViT blocks with 16 heads.
+
+    The official large uses 12 heads, which does not divide 1024, so it cannot be built (and no
+    weights were released); 16 heads is our choice.
+    """
+    return _sized("large", "map_large_patch16_224", pretrained, kwargs)
+
+
+@register_model
+@MODELS.register()
+def map_huge_patch16_224(pretrained: bool = False, **kwargs: Any) -> MAPImagePretrainer:
+    """MAP-Huge: d 1536, 36 Mamba layers + 12 ViT blocks (12 heads)."""
+    return _sized("huge", "map_huge_patch16_224", pretrained, kwargs)
