@@ -1,0 +1,149 @@
+"""Mamba3D encoder layers: local norm and pool (LNP), the Mamba3D and Trans3D blocks, the PointMAP encoder.
+
+One encoder layer (Mamba3D, ``models/Mamba3D.py``)::
+
+    x = x + drop_path(lfa(centre, norm1(x)))      # LNP: local geometry among the group centres
+    x = x + drop_path(mixer(norm2(x)))            # BiMamba (channel-flip "v4") or a Transformer block
+
+Finetuning prepends a cls token: token 0 is not pooled by LNP, it passes through as the
+normalised input, so its update is ``x_cls + drop_path(norm1(x)_cls)`` (as the official code).
+Names follow the official release (``lfa.lga.affine_alpha_feat``, ``lfa.pre_norm_ft``,
+``lfa.mlp.share_mlp``, ``blocks.blocks.{i}``, ``blocks.blocks_vit.{j}``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath
+
+from map_core.layers import TransformerBlock
+from map_core.mixers import BiMamba
+from pointcloud.ops import gather, knn
+
+
+class LocalNorm(nn.Module):
+    """Neighbour features normalised by one global std, concatenated with the centre feature.
+
+    centre: (B, G, 3), x: (B, G, C) -> (B, G, k, 2C): ``[(x_j - x_i) / (std + 1e-5), x_i]`` over
+    the k nearest centres j of each centre i (i itself included), then the affine
+    ``alpha * . + beta``. ``std`` is the unbiased std of the whole (B, G, k, C) difference tensor,
+    one scalar for the batch (official K_Norm).
+    """
+
+    def __init__(self, dim: int, k: int, backend: str = "auto"):
+        super().__init__()
+        self.k, self.backend = k, backend
+        self.affine_alpha_feat = nn.Parameter(torch.ones(1, 1, 1, 2 * dim))
+        self.affine_beta_feat = nn.Parameter(torch.zeros(1, 1, 1, 2 * dim))
+
+    def forward(self, center: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        idx = knn(center, center, self.k, backend=self.backend)  # (B, G, k)
+        diff = gather(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
+        diff = diff / (diff.std() + 1e-5)
+        feat = torch.cat([diff, x.unsqueeze(2).expand_as(diff)], dim=-1)
+        return self.affine_alpha_feat * feat + self.affine_beta_feat
+
+
+class LocalNormPool(nn.Module):
+    """LNP (the official ``lfa``): local norm, softmax-weighted pool, LayerNorm, Linear, SiLU.
+
+    forward(center (B, G, 3), x (B, L, C)) -> (B, L, C) with L = G (no cls token) or L = G + 1
+    (token 0 is a cls token, returned unchanged). The pool over the k neighbours is
+    ``sum(f e^f) / sum(e^f)`` per channel, evaluated as ``sum(softmax(f) * f)``.
+    """
+
+    def __init__(self, dim: int, k: int, backend: str = "auto"):
+        super().__init__()
+        self.lga = LocalNorm(dim, k, backend)
+        self.pre_norm_ft = nn.LayerNorm(2 * dim)
+        self.mlp = nn.ModuleDict({"share_mlp": nn.Conv1d(2 * dim, dim, 1)})
+        self.act = nn.SiLU()
+
+    def forward(self, center: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        g, length = center.shape[1], x.shape[1]
+        if length not in (g, g + 1):
+            raise ValueError(f"LNP: {length} tokens for {g} centres; expected {g} (no cls) or {g + 1} (cls first)")
+        cls = x[:, :1] if length == g + 1 else None
+        tokens = x[:, 1:] if cls is not None else x
+        feat = self.lga(center, tokens)  # (B, G, k, 2C)
+        pooled = (torch.softmax(feat, dim=2) * feat).sum(dim=2)  # (B, G, 2C)
+        share = self.mlp["share_mlp"]
+        out = self.act(F.linear(self.pre_norm_ft(pooled), share.weight.squeeze(-1), share.bias))
+        return out if cls is None else torch.cat([cls, out], dim=1)
+
+
+class Mamba3DBlock(nn.Module):
+    """LNP + a token mixer, each pre-normed with an outer residual. x: (B, L, C), center: (B, G, 3).
+
+    ``mixer="mamba"``: BiMamba with the channel-flip second direction (bimamba v4);
+    ``mixer="attention"``: a Transformer block (the Trans3D block; it has its own residuals).
+    """
+
+    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, mixer: str = "mamba",
+                 num_heads: int = 6, backend: str = "auto"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.lfa = LocalNormPool(dim, center_local_k, backend)
+        self.norm2 = nn.LayerNorm(dim)
+        if mixer == "mamba":
+            self.mixer = BiMamba(dim, bidirectional="channel", backend=backend)
+        elif mixer == "attention":
+            self.mixer = TransformerBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=0.0)
+        else:
+            raise ValueError(f"mixer must be 'mamba' or 'attention', got {mixer!r}")
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.lfa(center, self.norm1(x)))
+        return x + self.drop_path(self.mixer(self.norm2(x)))
+
+
+class Trans3DBlock(Mamba3DBlock):
+    """The Trans3D block: a Mamba3D block whose mixer is a Transformer block (qkv_bias False, mlp 4)."""
+
+    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, num_heads: int = 6,
+                 backend: str = "auto"):
+        super().__init__(dim, center_local_k, drop_path, "attention", num_heads, backend)
+
+
+class PointMAPBlocks(nn.Module):
+    """``blocks.{i}`` Mamba3D blocks and ``blocks_vit.{j}`` Trans3D blocks (official ``Mamba3DEncoder``).
+
+    After Mamba3D block n with (n + 1) % 3 == 0, Trans3D block n // 3 runs. ``pos`` is added at
+    every block input. Drop path: Mamba3D block i gets dpr[i], Trans3D block j gets dpr[j]
+    (official quirk), with dpr = linspace(0, drop_path, depth).
+    """
+
+    def __init__(self, dim: int, depth: int, center_local_k: int = 4, drop_path: float = 0.0,
+                 num_heads: int = 6, backend: str = "auto"):
+        super().__init__()
+        dpr = torch.linspace(0, drop_path, depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList(
+            Mamba3DBlock(dim, center_local_k, dpr[i], "mamba", num_heads, backend) for i in range(depth))
+        self.blocks_vit = nn.ModuleList(
+            Trans3DBlock(dim, center_local_k, dpr[j], num_heads, backend) for j in range(depth // 3))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        for n, block in enumerate(self.blocks):
+            x = block(x + pos, center)
+            if (n + 1) % 3 == 0 and n // 3 < len(self.blocks_vit):
+                x = self.blocks_vit[n // 3](x + pos, center)
+        return x
+
+
+class PointMAPEncoder(nn.Module):
+    """The PointMAP hybrid encoder + final LayerNorm; the ``encoder`` of ``MAPPretrainer``.
+
+    forward(x (B, L, C), pos (B, L, C), coords = centres (B, G, 3)) -> (B, L, C), L = G or G + 1
+    (cls token first).
+    """
+
+    def __init__(self, dim: int = 384, depth: int = 12, center_local_k: int = 4, drop_path: float = 0.0,
+                 num_heads: int = 6, backend: str = "auto"):
+        super().__init__()
+        self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads, backend)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(x, pos, coords))

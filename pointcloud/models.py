@@ -1,0 +1,207 @@
+"""PointMAP models: the MAP pretraining model for point clouds and the point-cloud classifier.
+
+``pointmap_pretrain`` is :class:`map_core.pretrain.MAPPretrainer` with the point parts: the
+group tokeniser, the PointMAP hybrid encoder, a GELU position MLP for the decoder, a
+``Conv1d(trans_dim, 3 * group_size, 1)`` head (official ``increase_dim``) and the Chamfer loss on
+the masked groups. The decoder sees [visible ; masked] tokens, rows of sqrt(num_group) tokens.
+
+``pointmap_classifier`` is the official ``Mamba3D`` classifier of the PointMAP files.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Optional, Set
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from map_core.decoder import ARDecoder
+from map_core.errors import UserError
+from map_core.losses import chamfer_distance
+from map_core.masking import gather_tokens, mask_to_indices
+from map_core.pretrain import MAPPretrainer
+from map_core.registry import MODELS
+from pointcloud.blocks import PointMAPEncoder
+from pointcloud.convert import from_official, strip_wrappers
+from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointShapeError(UserError, ValueError):
+    """A checkpoint tensor's shape differs from the model's."""
+
+
+def _point_init(m: nn.Module) -> None:
+    """Point-MAE ``_init_weights``: trunc-normal(0.02) Linear / Conv1d, zero bias, unit LayerNorm."""
+    if isinstance(m, (nn.Linear, nn.Conv1d)):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _xavier_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class TokenConvHead(nn.Conv1d):
+    """A 1x1 Conv1d applied to tokens: (B, L, C_in) -> (B, L, C_out) (official ``increase_dim``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(in_dim, out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class GroupChamfer(nn.Module):
+    """Chamfer loss between predicted and true groups. pred (B, M, 3K), target (B, M, K, 3).
+
+    All B*M groups are compared separately and averaged, as Point-MAE on (B*M, K, 3).
+    """
+
+    def __init__(self, loss: str = "cdl2"):
+        super().__init__()
+        norms = {"cdl2": 2, "cdl1": 1}
+        if loss not in norms:
+            raise ValueError(f"loss must be 'cdl2' or 'cdl1', got {loss!r}")
+        self.loss, self.norm = loss, norms[loss]
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = target.shape[-2]
+        return chamfer_distance(pred.reshape(-1, k, 3), target.reshape(-1, k, 3), norm=self.norm)
+
+
+def row_length(num_group: int) -> int:
+    """sqrt(num_group): PointMAP decodes rows of sqrt(G) groups, so G must be a perfect square."""
+    row = math.isqrt(num_group)
+    if row * row != num_group:
+        raise ValueError(f"PointMAP needs num_group to be a perfect square (rows of sqrt(G) groups); "
+                         f"got num_group={num_group} (nearest: {row * row} or {(row + 1) ** 2})")
+    return row
+
+
+class PointMAP(MAPPretrainer):
+    """MAP pretraining on point clouds. forward(pts (B, N, 3), mask=None) -> (loss, pred, mask).
+
+    pred: (B, G, 3K) per group in group order (only masked groups are trained); mask: bool (B, G).
+    """
+
+    def rebuilt_points(self, pred: torch.Tensor, mask: torch.Tensor,
+                       center: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rebuilt masked groups (B*M, K, 3), relative to their centres, in (sample, group) order
+        (the official ``rebuild_points``); pass ``center`` (B, G, 3) for absolute coordinates."""
+        masked = mask_to_indices(mask)[1]
+        pts = gather_tokens(pred, masked).reshape(pred.shape[0], masked.shape[1], -1, 3)
+        if center is not None:
+            pts = pts + gather_tokens(center, masked).unsqueeze(2)
+        return pts.reshape(-1, pts.shape[2], 3)
+
+
+@MODELS.register("pointmap_pretrain")
+def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
+                      num_group: int = 64, encoder_dims: int = 384, center_local_k: int = 4,
+                      mask_ratio: float = 0.6, drop_path: float = 0.1, decoder_depth: int = 4,
+                      decoder_num_heads: int = 6, decoder_drop_path: float = 0.1, loss: str = "cdl2",
+                      causal: bool = True, backend: str = "auto") -> PointMAP:
+    """PointMAP pretraining model (official ``Point_MAE`` of the PointMAP files, rand mask).
+
+    Has no ``cls_token`` / ``cls_pos``: the official pretraining encoder creates them but never
+    uses them (2 * trans_dim parameters fewer than the official count).
+    """
+    tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, backend)
+    encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads, backend)
+    tokenizer.apply(_point_init)
+    encoder.apply(_point_init)
+    decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, row_length(num_group), qkv_bias=False,
+                        drop_path=decoder_drop_path, causal=causal, pos_every_block=True)
+    decoder.apply(_xavier_linear)
+    model = PointMAP(tokenizer, encoder, decoder, position_mlp(trans_dim, nn.GELU),
+                     TokenConvHead(trans_dim, 3 * group_size), GroupChamfer(loss), trans_dim, trans_dim,
+                     mask_ratio=mask_ratio, mask_rounding="floor", decoder_order="visible_first",
+                     latent_proj=False)
+    trunc_normal_(model.mask_token, std=0.02)
+    return model
+
+
+class PointMAPClassifier(nn.Module):
+    """Official ``Mamba3D`` classifier. forward(pts (B, N, 3)) -> logits (B, cls_dim).
+
+    Feature = [x_cls, max(x_tokens) + mean(x_tokens)] (B, 2C) after the encoder's norm. The mean is
+    per sample; ``official_mean_bug=True`` adds the FIRST sample's mean to every sample, as the
+    official line ``x[:, 1:].mean(1)[0]`` does (evaluate official finetuned checkpoints with it).
+    """
+
+    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
+                 num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
+                 drop_path: float = 0.1, official_mean_bug: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.official_mean_bug = official_mean_bug
+        self.tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, backend)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, trans_dim))
+        self.encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads, backend)
+        self.cls_head_finetune = nn.Sequential(
+            nn.Linear(2 * trans_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(256, cls_dim))
+        trunc_normal_(self.cls_token, std=0.02)
+        trunc_normal_(self.cls_pos, std=0.02)
+
+    def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
+        """pts (B, N, 3) -> pooled feature (B, 2C) (the input of the head; also used by the SVM)."""
+        tok = self.tokenizer(pts)
+        b = tok.x.shape[0]
+        x = torch.cat([self.cls_token.expand(b, -1, -1), tok.x], dim=1)
+        pos = torch.cat([self.cls_pos.expand(b, -1, -1), tok.pos], dim=1)
+        x = self.encoder(x, pos, tok.coords)  # (B, G + 1, C)
+        tokens = x[:, 1:]
+        mean = tokens.mean(1)
+        if self.official_mean_bug:
+            mean = mean[:1].expand_as(mean)
+        return torch.cat([x[:, 0], tokens.max(1).values + mean], dim=-1)
+
+    def forward(self, pts: torch.Tensor) -> torch.Tensor:
+        return self.cls_head_finetune(self.forward_features(pts))
+
+    def no_weight_decay(self) -> Set[str]:
+        return {"cls_token", "cls_pos"}
+
+    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor]) -> Any:
+        """Load pretrained / finetuned weights non-strictly; returns ``load_state_dict``'s
+        (missing_keys, unexpected_keys) and logs them.
+
+        Accepts our checkpoints and official ones (``module.``, ``base_model.`` and ``MAE_encoder.``
+        prefixes; see :mod:`pointcloud.convert`). A key present in both with another shape raises
+        :class:`CheckpointShapeError` naming the key and both shapes.
+        """
+        weights = from_official(strip_wrappers(state_dict), keep_unused_cls=True)
+        own = self.state_dict()
+        bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+               for k, v in weights.items() if k in own and own[k].shape != v.shape]
+        if bad:
+            raise CheckpointShapeError("load_pretrained: shape mismatch for " + "; ".join(bad))
+        result = self.load_state_dict(weights, strict=False)
+        if result.missing_keys:
+            log.info("load_pretrained: missing keys (kept at init): %s", ", ".join(result.missing_keys))
+        if result.unexpected_keys:
+            log.info("load_pretrained: unexpected keys (ignored): %s", ", ".join(result.unexpected_keys))
+        return result
+
+
+@MODELS.register("pointmap_classifier")
+def pointmap_classifier(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
+                        num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
+                        drop_path: float = 0.1, official_mean_bug: bool = False,
+                        backend: str = "auto") -> PointMAPClassifier:
+    """The PointMAP hybrid classifier (official ``Mamba3D`` of the PointMAP files)."""
+    return PointMAPClassifier(trans_dim, depth, num_heads, group_size, num_group, encoder_dims, center_local_k,
+                              cls_dim, drop_path, official_mean_bug, backend)

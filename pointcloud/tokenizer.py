@@ -1,0 +1,83 @@
+"""Point-group tokeniser: FPS centres, kNN neighbourhoods, mini-PointNet features, position MLP.
+
+Module and parameter names follow Mamba3D / Point-MAE (``encoder.first_conv``, ``encoder.second_conv``,
+``pos_embed``) so official weights map by a prefix (see ``pointcloud.convert``).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from map_core.pretrain import Tokens
+from pointcloud.ops import fps, gather, knn
+
+
+def group_points(xyz: torch.Tensor, num_group: int, group_size: int,
+                 backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+    """FPS centres and their kNN neighbourhoods relative to the centre.
+
+    xyz: (B, N, 3) -> (neighbourhood (B, G, K, 3), centre (B, G, 3)). FPS starts at point 0; the
+    neighbours are sorted nearest first, the centre itself included (at offset 0).
+    """
+    xyz = xyz[..., :3].contiguous()
+    center = gather(xyz, fps(xyz, num_group, backend=backend))  # (B, G, 3)
+    idx = knn(center, xyz, group_size, backend=backend)  # (B, G, K)
+    return gather(xyz, idx) - center.unsqueeze(2), center
+
+
+class MiniPointNet(nn.Module):
+    """Per-group PointNet (Point-MAE ``Encoder``): (B, G, K, 3) -> (B, G, out_dim).
+
+    first_conv: 3 -> 128 -> 256; the per-group max is concatenated back to every point (512);
+    second_conv: 512 -> 512 -> out_dim; max over the K points.
+    """
+
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.out_dim = out_dim
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1))
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_dim, 1))
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        b, g, k, _ = groups.shape
+        feat = self.first_conv(groups.reshape(b * g, k, 3).transpose(1, 2))  # (BG, 256, K)
+        feat_global = feat.max(dim=2, keepdim=True).values
+        feat = torch.cat([feat_global.expand(-1, -1, k), feat], dim=1)  # (BG, 512, K)
+        feat = self.second_conv(feat).max(dim=2).values
+        return feat.reshape(b, g, self.out_dim)
+
+
+def position_mlp(dim: int, act: type = nn.SiLU) -> nn.Sequential:
+    """Centre (…, 3) -> position embedding (…, dim): Linear(3, 128), act, Linear(128, dim).
+
+    The encoder uses SiLU (``pos_embed``), the PointMAP decoder GELU (``decoder_pos_embed``).
+    """
+    return nn.Sequential(nn.Linear(3, 128), act(), nn.Linear(128, dim))
+
+
+class PointGroupTokenizer(nn.Module):
+    """Point cloud (B, N, 3+) -> Tokens of G groups.
+
+    Tokens.x: (B, G, encoder_dims) mini-PointNet features; Tokens.pos: (B, G, trans_dim) from
+    ``pos_embed(centre)``; Tokens.coords: centres (B, G, 3); Tokens.target: neighbourhoods
+    relative to their centre (B, G, K, 3).
+    """
+
+    def __init__(self, num_group: int, group_size: int, encoder_dims: int, trans_dim: int,
+                 backend: str = "auto"):
+        super().__init__()
+        if encoder_dims != trans_dim:
+            raise ValueError(f"encoder_dims ({encoder_dims}) must equal trans_dim ({trans_dim}); "
+                             "the official models add no projection between them")
+        self.num_group, self.group_size, self.backend = num_group, group_size, backend
+        self.encoder = MiniPointNet(encoder_dims)
+        self.pos_embed = position_mlp(trans_dim, nn.SiLU)
+
+    def forward(self, pts: torch.Tensor) -> Tokens:
+        neighborhood, center = group_points(pts, self.num_group, self.group_size, self.backend)
+        return Tokens(x=self.encoder(neighborhood), pos=self.pos_embed(center), coords=center,
+                      target=neighborhood)

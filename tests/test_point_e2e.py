@@ -1,0 +1,117 @@
+"""End to end through tools/train.py on tiny on-disk data: pretrain -> finetune -> test / vote; few-shot.
+
+The repository configs are used with --set overrides that shrink the model (48 channels, 3 blocks,
+16 groups of 8) and the clouds (300 points), so every run takes seconds on a CPU.
+"""
+import json
+import pickle
+from pathlib import Path
+from typing import List
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
+from pointcloud.models import pointmap_classifier
+from pointcloud.tasks import PointClassifyTask
+from tools.train import main
+
+TINY = ["model.trans_dim=48", "model.encoder_dims=48", "model.depth=3", "model.num_group=16",
+        "model.group_size=8", "model.backend=torch", "train.num_workers=0", "train.total_batch_size=4",
+        "scheduler.epochs=1", "scheduler.warmup_epochs=0", "runtime.device=cpu"]
+FINETUNE = TINY + ["task.npoints=256", "task.fps_pool=280", "task.backend=torch"]
+
+
+def _cloud(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.normal(size=(n, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pointdata")
+    rng = np.random.default_rng(0)
+    base = root / "ShapeNet55-34"
+    (base / "ShapeNet-55").mkdir(parents=True)
+    (base / "shapenet_pc").mkdir()
+    names = [f"0{k % 2}000000-m{k}.npy" for k in range(8)]
+    (base / "ShapeNet-55" / "train.txt").write_text("\n".join(names) + "\n")
+    for name in names:
+        np.save(base / "shapenet_pc" / name, _cloud(rng, 400))
+    for split, n in (("training", 8), ("test", 6)):
+        path = root / "ScanObjectNN" / "main_split" / f"{split}_objectdataset_augmentedrot_scale75.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            f.create_dataset("data", data=np.stack([_cloud(rng, 300) for _ in range(n)]))
+            f.create_dataset("label", data=np.arange(n) % 15)
+    folder = root / "ModelNetFewshot" / "5way_10shot"
+    folder.mkdir(parents=True)
+    for fold in range(2):
+        items = {s: [(_cloud(rng, 300), i % 5) for i in range(10 if s == "train" else 5)] for s in ("train", "test")}
+        with open(folder / f"{fold}.pkl", "wb") as f:
+            pickle.dump(items, f)
+    return root
+
+
+def _run(config: str, root: Path, *extra: str, sets: List[str]) -> int:
+    return main(["--config", f"configs/pointcloud/{config}", "--exp-root", str(root), *extra, "--set", *sets])
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_pretrain_finetune_test_vote(data: Path, tmp_path: Path, capsys):
+    exp = tmp_path / "exp"
+    shapenet = [f"dataset.train.data_path={data}/ShapeNet55-34/ShapeNet-55",
+                f"dataset.train.pc_path={data}/ShapeNet55-34/shapenet_pc", "dataset.train.npoints=256",
+                "model.decoder_depth=1"]
+    assert _run("pretrain_shapenet.yaml", exp, sets=TINY + shapenet) == 0
+    pretrained = exp / "pretrain_shapenet" / "default" / "last.pth"
+    assert pretrained.exists()
+
+    scan = [f"dataset.train.root={data}/ScanObjectNN", f"dataset.val.root={data}/ScanObjectNN"]
+    assert _run("finetune_scan_hardest.yaml", exp, "--finetune", str(pretrained), sets=FINETUNE + scan) == 0
+    out = capsys.readouterr().out
+    assert "best_metric" in out
+    best = exp / "finetune_scan_hardest" / "default" / "best.pth"
+    # the finetuned encoder started from the pretrained one (same keys, tokeniser and encoder)
+    weights, pre = extract_state_dict(load_checkpoint(best)), extract_state_dict(load_checkpoint(pretrained))
+    assert any(k.startswith("encoder.blocks.blocks.0.") for k in weights)
+    assert {k for k in pre if k.startswith(("tokenizer.", "encoder."))} <= set(weights)
+
+    assert _run("finetune_scan_hardest.yaml", exp, "--test", sets=FINETUNE + scan) == 0
+    test = _last_json(capsys)
+    assert {"top1", "class_mean_acc"} <= set(test)
+    assert _run("finetune_scan_hardest.yaml", exp, "--vote", sets=FINETUNE + scan) == 0
+    vote = _last_json(capsys)
+    assert vote["votes"] == 10 and 0 <= vote["top1"] <= 100
+
+
+def test_fewshot_two_folds(data: Path, tmp_path: Path, capsys):
+    fewshot = [f"dataset.train.data_path={data}/ModelNetFewshot", f"dataset.val.data_path={data}/ModelNetFewshot",
+               "fewshot.folds=2"]
+    assert _run("fewshot.yaml", tmp_path / "exp", sets=FINETUNE + fewshot) == 0
+    summary = _last_json(capsys)
+    assert len(summary["per_fold"]) == 2 and summary["way"] == 5
+
+
+def test_vote_uses_one_fps_pool_and_averages_views():
+    """vote() = mean of the logits of `votes` random subsets of one FPS pool (checked with a spy model)."""
+    torch.manual_seed(0)
+    task = PointClassifyTask({}, npoints=32, fps_pool=48, augment="rotate", votes=3, num_classes=5, backend="torch")
+    model = pointmap_classifier(trans_dim=48, encoder_dims=48, depth=3, num_group=8, group_size=4, cls_dim=5,
+                                backend="torch").eval()
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    pts, labels = torch.randn(2, 100, 3), torch.tensor([1, 3])
+    loader = [(pts, labels)]
+    metrics = task.vote(model, loader)
+    assert len(seen) == 3 and all(p.shape == (2, 32, 3) for p, _ in seen)
+    pool = task._pool(pts)
+    norms = pool.norm(dim=-1)  # rotation about y keeps each point's norm: every view comes from the pool
+    for p, _ in seen:
+        assert torch.isin(p.norm(dim=-1).round(decimals=4), norms.round(decimals=4)).all()
+    logits = torch.stack([o for _, o in seen]).mean(0)
+    assert metrics["top1"] == 100 * (logits.argmax(-1) == labels).float().mean().item()
