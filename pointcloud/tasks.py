@@ -4,7 +4,8 @@
 then the augmentation; evaluation input = FPS to ``npoints`` (official ``validate``); ``--vote`` =
 per test batch one FPS pool, ``votes`` random subsets each augmented, logits averaged
 (official ``validate_vote``). ``point_pretrain``: optional FPS to ``npoints`` (ModelNet input) and
-the augmentation, then the pretraining model's loss.
+the augmentation, then the pretraining model's loss. ``point_svm``: FPS to ``npoints``, then the
+generic linear SVM on the frozen ``forward_features``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from map_core.engine.tasks import ClassifyTask, PretrainTask, to_device
+from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, to_device
 from map_core.errors import ConfigError
 from map_core.registry import TASKS
 from pointcloud.data.transforms import fps_pool, random_subset, rotate_about_up, scale_and_translate
@@ -35,7 +36,13 @@ def augmentation(name: str, key: str) -> Optional[Callable[[torch.Tensor], torch
 
 
 def fps_points(points: torch.Tensor, npoints: int, backend: str = "auto") -> torch.Tensor:
-    """The ``npoints`` FPS points of each cloud (official ``misc.fps``). (B, N, C) -> (B, npoints, C)."""
+    """The ``npoints`` FPS points of each cloud (official ``misc.fps``). (B, N, C) -> (B, npoints, C).
+
+    With ``npoints == N`` the cloud is returned unchanged: FPS would only reorder it, keeping point
+    0 first, so the tokeniser's own FPS picks the same centres.
+    """
+    if npoints == points.shape[1]:
+        return points
     return gather(points, fps(points[..., :3].contiguous(), npoints, backend=backend))
 
 
@@ -119,3 +126,19 @@ class PointPretrainTask(PretrainTask):
         if training and self.augment is not None:
             points = self.augment(points)
         return _replace_points(batch, points)
+
+
+@TASKS.register("point_svm")
+class PointSVMTask(LinearSVMTask):
+    """Linear SVM on frozen point features (Point-MAE ``runner_pretrain`` ``validate``): every cloud
+    is reduced to ``npoints`` by FPS (official: 1024 of the 8192 ModelNet points), then
+    ``model.forward_features`` (B, F) feeds sklearn ``LinearSVC(C)``.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], npoints: int = 1024, C: float = 1.0, max_iter: int = 10000,
+                 backend: str = "auto"):
+        super().__init__(cfg, C=C, max_iter=max_iter)
+        self.npoints, self.backend = npoints, backend
+
+    def preprocess(self, batch: Any, training: bool) -> Any:
+        return _replace_points(batch, fps_points(batch[0], self.npoints, self.backend))

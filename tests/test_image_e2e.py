@@ -65,3 +65,17 @@ def test_pretrain_finetune_test(tmp_path, capsys):
     assert main(["--config", str(ft_cfg), "--exp-root", str(root), "--exp-name", "f", "--test"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= metrics["top1"] <= 100.0 and np.isfinite(metrics["loss"])
+
+
+def test_corrupt_image_counted_at_epoch_end(tmp_path):
+    """A corrupt training file is skipped, then counted in the epoch record and named in log.txt."""
+    data = tmp_path / "data"
+    _image_folder(data, per_class=5)
+    (data / "train" / "bus" / "broken.png").write_bytes(b"not a png")  # 16 files: one epoch reads all
+    cfg = _config(tmp_path / "pre.yaml", data, pretrain=True)
+    assert main(["--config", str(cfg), "--exp-root", str(tmp_path / "exp"), "--exp-name", "p"]) == 0
+    run_dir = tmp_path / "exp" / "pre" / "p"
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert [r["skipped_images"] for r in records if r["type"] == "epoch"] == [1]
+    warning = next(line for line in (run_dir / "log.txt").read_text().splitlines() if "files skipped" in line)
+    assert "1 unreadable training files skipped" in warning and "broken.png" in warning

@@ -1,4 +1,5 @@
-"""End to end through tools/train.py on tiny on-disk data: pretrain -> finetune -> test / vote; few-shot.
+"""End to end through tools/train.py on tiny on-disk data: pretrain -> finetune -> test / vote;
+pretrain -> linear SVM; few-shot.
 
 The repository configs are used with --set overrides that shrink the model (48 channels, 3 blocks,
 16 groups of 8) and the clouds (300 points), so every run takes seconds on a CPU.
@@ -12,9 +13,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
-from pointcloud.models import pointmap_classifier
+from pointcloud.models import pointmap_classifier, pointmap_pretrain
 from pointcloud.tasks import PointClassifyTask
 from tools.train import main
 
@@ -45,12 +47,20 @@ def data(tmp_path_factory) -> Path:
         with h5py.File(path, "w") as f:
             f.create_dataset("data", data=np.stack([_cloud(rng, 300) for _ in range(n)]))
             f.create_dataset("label", data=np.arange(n) % 15)
-    folder = root / "ModelNetFewshot" / "5way_10shot"
+    folder = root / "ModelNetFewshot" / "3way_4shot"
     folder.mkdir(parents=True)
     for fold in range(2):
-        items = {s: [(_cloud(rng, 300), i % 5) for i in range(10 if s == "train" else 5)] for s in ("train", "test")}
+        items = {s: [(_cloud(rng, 300), i % 3) for i in range(12 if s == "train" else 6)] for s in ("train", "test")}
         with open(folder / f"{fold}.pkl", "wb") as f:
             pickle.dump(items, f)
+    modelnet = root / "ModelNet"
+    modelnet.mkdir()
+    classes = ["chair", "lamp", "plant"]
+    (modelnet / "modelnet40_shape_names.txt").write_text("\n".join(classes) + "\n")
+    for split, n in (("train", 9), ("test", 6)):  # the preprocessed .dat format, 300 points per cloud
+        (modelnet / f"modelnet40_{split}.txt").write_text("".join(f"{classes[i % 3]}_{i:04d}\n" for i in range(n)))
+        with open(modelnet / f"modelnet40_{split}_300pts_fps.dat", "wb") as f:
+            pickle.dump([[_cloud(rng, 300) for _ in range(n)], [np.array([i % 3]) for i in range(n)]], f)
     return root
 
 
@@ -62,15 +72,21 @@ def _last_json(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_pretrain_finetune_test_vote(data: Path, tmp_path: Path, capsys):
-    exp = tmp_path / "exp"
+@pytest.fixture(scope="module")
+def pretrained(data: Path, tmp_path_factory) -> Path:
+    """last.pth of a 1-epoch tiny pretraining on the ShapeNet files."""
+    exp = tmp_path_factory.mktemp("pretrain")
     shapenet = [f"dataset.train.data_path={data}/ShapeNet55-34/ShapeNet-55",
                 f"dataset.train.pc_path={data}/ShapeNet55-34/shapenet_pc", "dataset.train.npoints=256",
                 "model.decoder_depth=1"]
     assert _run("pretrain_shapenet.yaml", exp, sets=TINY + shapenet) == 0
-    pretrained = exp / "pretrain_shapenet" / "default" / "last.pth"
-    assert pretrained.exists()
+    path = exp / "pretrain_shapenet" / "default" / "last.pth"
+    assert path.exists()
+    return path
 
+
+def test_pretrain_finetune_test_vote(data: Path, pretrained: Path, tmp_path: Path, capsys):
+    exp = tmp_path / "exp"
     scan = [f"dataset.train.root={data}/ScanObjectNN", f"dataset.val.root={data}/ScanObjectNN"]
     assert _run("finetune_scan_hardest.yaml", exp, "--finetune", str(pretrained), sets=FINETUNE + scan) == 0
     out = capsys.readouterr().out
@@ -89,12 +105,46 @@ def test_pretrain_finetune_test_vote(data: Path, tmp_path: Path, capsys):
     assert vote["votes"] == 10 and 0 <= vote["top1"] <= 100
 
 
-def test_fewshot_two_folds(data: Path, tmp_path: Path, capsys):
+def test_pretrain_then_linear_svm(data: Path, pretrained: Path, tmp_path: Path, capsys):
+    """svm_modelnet.yaml loads the pretraining checkpoint whole and reports the SVM accuracy."""
+    exp = tmp_path / "exp"
+    modelnet = [f"dataset.{s}.{k}" for s in ("train", "test") for k in (f"data_path={data}/ModelNet", "npoints=300")]
+    sets = TINY + modelnet + ["model.decoder_depth=1", "task.npoints=256", "task.backend=torch"]
+    assert _run("svm_modelnet.yaml", exp, "--finetune", str(pretrained), sets=sets) == 0
+    result = _last_json(capsys)
+    assert result["metric"] == "accuracy" and 0 <= result["best_metric"] <= 100
+    run_dir = exp / "svm_modelnet" / "default"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accuracy"] for r in records if "accuracy" in r] == [result["best_metric"]]
+    log_text = (run_dir / "log.txt").read_text()
+    assert "loaded pretrained weights" in log_text and "missing keys" not in log_text
+
+
+def test_pointmap_forward_features_is_mean_and_max_of_all_tokens():
+    torch.manual_seed(0)
+    model = pointmap_pretrain(trans_dim=48, encoder_dims=48, depth=2, num_group=16, group_size=8,
+                              decoder_depth=1, backend="torch").eval()
+    pts = torch.randn(3, 128, 3)
+    with torch.no_grad():
+        feats = model.forward_features(pts)
+        tok = model.tokenizer(pts)
+        x = model.encoder(tok.x, tok.pos, tok.coords)
+    assert feats.shape == (3, 96) and x.shape == (3, 16, 48)  # all 16 groups encoded, no mask
+    torch.testing.assert_close(feats, torch.cat([x.mean(1), x.amax(1)], dim=-1))
+
+
+def test_fewshot_way_and_shot_set_once(data: Path, tmp_path: Path, capsys):
+    """fewshot.way / shot reach every dataset section, task.num_classes and model.cls_dim."""
     fewshot = [f"dataset.train.data_path={data}/ModelNetFewshot", f"dataset.val.data_path={data}/ModelNetFewshot",
-               "fewshot.folds=2"]
-    assert _run("fewshot.yaml", tmp_path / "exp", sets=FINETUNE + fewshot) == 0
+               "fewshot.folds=2", "fewshot.way=3", "fewshot.shot=4"]
+    exp = tmp_path / "exp"
+    assert _run("fewshot.yaml", exp, sets=FINETUNE + fewshot) == 0
     summary = _last_json(capsys)
-    assert len(summary["per_fold"]) == 2 and summary["way"] == 5
+    assert len(summary["per_fold"]) == 2 and (summary["way"], summary["shot"]) == (3, 4)
+    fold_cfg = yaml.safe_load((exp / "fewshot" / "default" / "fold_1" / "config.yaml").read_text())
+    for split in ("train", "val"):
+        assert {k: fold_cfg["dataset"][split][k] for k in ("way", "shot", "fold")} == {"way": 3, "shot": 4, "fold": 1}
+    assert fold_cfg["model"]["cls_dim"] == 3 and fold_cfg["task"]["num_classes"] == 3
 
 
 def test_vote_uses_one_fps_pool_and_averages_views():

@@ -31,7 +31,7 @@ from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_obje
 from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
 from map_core.engine.tasks import Task, build_task, to_device
-from map_core.registry import TASKS
+from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("map_core.engine.progress")
@@ -306,11 +306,23 @@ class Trainer:
                 metrics.update(self.task.evaluate(self.eval_model(), self.eval_loader))
                 is_best = self._improved(metrics[self.task.metric])
                 self.best = metrics[self.task.metric] if is_best else self.best
-            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics,
+            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics, **self._skipped_inputs(),
                                                            "best_" + self.task.metric: self.best})
             log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             self._save(metrics, is_best)
         return {"best_metric": self.best, "metric": self.task.metric, "last_metrics": metrics}
+
+    def _skipped_inputs(self) -> Dict[str, int]:
+        """``{"skipped_images": n}`` and a warning when the train dataset has met n > 0 unreadable
+        files so far (``num_skipped`` / ``skipped_files``, e.g. ImageNet); else ``{}``."""
+        dataset = self.datasets["train"]
+        count = getattr(dataset, "num_skipped", 0)
+        if not count:
+            return {}
+        first = getattr(dataset, "skipped_files", [])[:5]
+        log.warning("epoch %d: %d unreadable training files skipped so far (first: %s)",
+                    self.epoch, count, ", ".join(first))
+        return {"skipped_images": count}
 
     def fit_frozen(self, finetune: Optional[str]) -> Dict[str, Any]:
         """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
@@ -358,14 +370,34 @@ def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInf
     return trainer.fit(opts.finetune, resume)
 
 
+def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]) -> None:
+    """Set each of ``values`` in ``section`` where its builder (``registry[section.NAME]``) takes that
+    key or the section already has it (builders with ``**kwargs``)."""
+    keys = accepted_keys(registry.get(section["NAME"])) or set()
+    for key, value in values.items():
+        if key in keys or key in section:
+            section[key] = value
+
+
+def fewshot_fold_config(cfg: Config, fold: int) -> Config:
+    """``cfg`` for one few-shot fold: ``fewshot.way`` / ``shot`` and ``fold`` go into every dataset
+    section, ``way`` into ``task.num_classes`` and ``model.cls_dim`` / ``num_classes`` (where the
+    builder takes the key), so ``--set fewshot.way=10 fewshot.shot=20`` changes the whole run."""
+    fold_cfg = copy.deepcopy(cfg)
+    way, shot = cfg["fewshot"]["way"], cfg["fewshot"]["shot"]
+    for section in fold_cfg["dataset"].values():
+        _set_accepted(section, DATASETS, {"way": way, "shot": shot, "fold": fold})
+    _set_accepted(fold_cfg["task"], TASKS, {"num_classes": way})
+    _set_accepted(fold_cfg["model"], MODELS, {"cls_dim": way, "num_classes": way})
+    return fold_cfg
+
+
 def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
-    """One finetune per fold (``fold`` set in every dataset section); mean / std of best metrics."""
+    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics."""
     results = []
     for fold in range(cfg["fewshot"]["folds"]):
-        fold_cfg = copy.deepcopy(cfg)
-        for split in fold_cfg["dataset"]:
-            fold_cfg["dataset"][split]["fold"] = fold
         log.info("few-shot fold %d of %d", fold + 1, cfg["fewshot"]["folds"])
+        fold_cfg = fewshot_fold_config(cfg, fold)
         results.append(_train_once(fold_cfg, opts, opts.exp_dir / f"fold_{fold}", dist_info)["best_metric"])
     summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
                "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}

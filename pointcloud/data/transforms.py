@@ -60,7 +60,9 @@ def rotate_about_up(points: torch.Tensor, generator: Optional[torch.Generator] =
 def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None, backend: str = "auto") -> torch.Tensor:
     """The farthest ``pool`` points of each cloud (``pool`` from FPS_POOL by default, capped at N).
 
-    points: (B, N, C) -> (B, min(pool, N), C), in FPS order.
+    points: (B, N, C) -> (B, min(pool, N), C), in FPS order. When the pool covers the whole cloud
+    the cloud is returned as it is: FPS of all N points would only reorder them, and callers draw
+    a random subset next.
     """
     if pool is None:
         if npoints not in FPS_POOL:
@@ -70,6 +72,8 @@ def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None, bac
     if npoints > pool:
         raise ValueError(f"cannot take {npoints} points from an FPS pool of {pool} (clouds have "
                          f"{points.shape[1]} points)")
+    if pool == points.shape[1]:
+        return points
     return gather(points, fps(points[..., :3].contiguous(), pool, backend=backend))
 
 
