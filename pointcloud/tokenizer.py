@@ -30,23 +30,25 @@ def group_points(xyz: torch.Tensor, num_group: int, group_size: int,
 class MiniPointNet(nn.Module):
     """Per-group PointNet (Point-MAE ``Encoder``): (B, G, K, 3) -> (B, G, out_dim).
 
-    first_conv: 3 -> 128 -> 256; the per-group max is concatenated back to every point (512);
-    second_conv: 512 -> 512 -> out_dim; max over the K points.
+    first_conv: 3 -> w -> 2w; the per-group max is concatenated back to every point (4w);
+    second_conv: 4w -> 4w -> out_dim; max over the K points. The official width is w = 128;
+    smaller widths make small models (the CPU demo) much cheaper.
     """
 
-    def __init__(self, out_dim: int):
+    def __init__(self, out_dim: int, width: int = 128):
         super().__init__()
         self.out_dim = out_dim
         self.first_conv = nn.Sequential(
-            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1))
+            nn.Conv1d(3, width, 1), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Conv1d(width, 2 * width, 1))
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_dim, 1))
+            nn.Conv1d(4 * width, 4 * width, 1), nn.BatchNorm1d(4 * width), nn.ReLU(inplace=True),
+            nn.Conv1d(4 * width, out_dim, 1))
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         b, g, k, _ = groups.shape
-        feat = self.first_conv(groups.reshape(b * g, k, 3).transpose(1, 2))  # (BG, 256, K)
+        feat = self.first_conv(groups.reshape(b * g, k, 3).transpose(1, 2))  # (BG, 2w, K)
         feat_global = feat.max(dim=2, keepdim=True).values
-        feat = torch.cat([feat_global.expand(-1, -1, k), feat], dim=1)  # (BG, 512, K)
+        feat = torch.cat([feat_global.expand(-1, -1, k), feat], dim=1)  # (BG, 4w, K)
         feat = self.second_conv(feat).max(dim=2).values
         return feat.reshape(b, g, self.out_dim)
 
@@ -68,13 +70,13 @@ class PointGroupTokenizer(nn.Module):
     """
 
     def __init__(self, num_group: int, group_size: int, encoder_dims: int, trans_dim: int,
-                 backend: str = "auto"):
+                 backend: str = "auto", pointnet_width: int = 128):
         super().__init__()
         if encoder_dims != trans_dim:
             raise ValueError(f"encoder_dims ({encoder_dims}) must equal trans_dim ({trans_dim}); "
                              "the official models add no projection between them")
         self.num_group, self.group_size, self.backend = num_group, group_size, backend
-        self.encoder = MiniPointNet(encoder_dims)
+        self.encoder = MiniPointNet(encoder_dims, pointnet_width)
         self.pos_embed = position_mlp(trans_dim, nn.SiLU)
 
     def forward(self, pts: torch.Tensor) -> Tokens:

@@ -322,3 +322,12 @@ def test_make_fewshot_splits_round_trip(data_root: Path, tmp_path: Path):
     test = ModelNetFewShot(out, way=3, shot=1, fold=1, subset="test")
     assert len(train) == 3 and len(test) == 3 and train[0][0].shape == (30, 6)
     assert sorted(int(test[i][1]) for i in range(3)) == [0, 1, 2]
+
+
+def test_first_per_class_keeps_file_order():
+    from pointcloud.data.scanobjectnn import first_per_class
+
+    labels = np.array([2, 0, 2, 1, 2, 0, 0])
+    assert first_per_class(labels, 2).tolist() == [0, 1, 2, 3, 5]
+    assert first_per_class(labels, 0).tolist() == []
+    assert first_per_class(labels, 10).tolist() == list(range(7))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import h5py
 import numpy as np
@@ -35,11 +35,25 @@ def h5_path(variant: str, subset: str) -> str:
     return f"{folder}/{'training' if subset == 'train' else 'test'}_objectdataset{suffix}.h5"
 
 
+def first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first ``n`` entries of each label, in their original order."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank[where] = np.arange(len(where))
+    return np.flatnonzero(rank < n)
+
+
 @DATASETS.register("ScanObjectNN")
 class ScanObjectNN(Dataset):
-    """All 2048 points of each object, not normalised (as the official reader), order shuffled in training."""
+    """All 2048 points of each object, not normalised (as the official reader), order shuffled in training.
 
-    def __init__(self, root: PathLike = "data/ScanObjectNN", variant: str = "hardest", subset: str = "train"):
+    ``max_per_class`` keeps only the first N clouds of each class (in file order), for runs with
+    few labels.
+    """
+
+    def __init__(self, root: PathLike = "data/ScanObjectNN", variant: str = "hardest", subset: str = "train",
+                 max_per_class: Optional[int] = None):
         path = require(f"{root}/{h5_path(variant, subset)}", f"ScanObjectNN {variant} {subset} file", LAYOUT)
         with h5py.File(path, "r") as f:
             missing = [key for key in ("data", "label") if key not in f]
@@ -57,6 +71,9 @@ class ScanObjectNN(Dataset):
             point = int(np.argmax(~np.isfinite(points[first]).all(axis=1)))
             raise DataError(f"{path}: non-finite coordinates (NaN or inf) in cloud {first}, point {point} "
                             f"({int(bad.sum())} bad clouds)")
+        if max_per_class is not None:
+            keep = first_per_class(labels, max_per_class)
+            points, labels = points[keep], labels[keep]
         self.points, self.labels, self.subset = points, labels, subset
         logger.info("ScanObjectNN %s %s: %s clouds of %d points", variant, subset, len(points), points.shape[1])
 

@@ -1,0 +1,92 @@
+"""Measure training-step throughput of a registered model (forward + backward + optimizer step).
+
+    python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224
+    python tools/benchmark.py --model pointmap_pretrain --batch 128 --input points:1024 \
+        --backend torch --precision bf16 --steps 20
+
+Prints one JSON line per run: device, model, batch, precision, backend, ms/step, samples/s and
+peak GPU memory. Results worth keeping go to BENCHMARKS.md with the command and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from map_core.registry import MODELS  # noqa: E402
+
+
+def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
+    """``image:SIZE`` -> (B, 3, SIZE, SIZE); ``points:N`` -> (B, N, 3) on the unit sphere's inside."""
+    kind, _, size = spec.partition(":")
+    if kind == "image":
+        return torch.randn(batch, 3, int(size), int(size), device=device)
+    if kind == "points":
+        pts = torch.randn(batch, int(size), 3, device=device)
+        return pts / pts.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+    raise ValueError(f"--input must be image:SIZE or points:N, got {spec!r}")
+
+
+def bench(model_name: str, batch: int, input_spec: str, backend: str, precision: str,
+          steps: int, warmup: int, device: torch.device) -> dict:
+    model = MODELS.get(model_name)(backend=backend).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = make_input(input_spec, batch, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = model(x)[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": model_name, "batch": batch, "input": input_spec, "precision": precision,
+        "backend": backend, "ms_per_step": round(1000 * seconds, 2),
+        "samples_per_s": round(batch / seconds, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--input", default="image:224", help="image:SIZE or points:N")
+    p.add_argument("--backend", nargs="+", default=["auto"], help="one or more scan backends to compare")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    args = p.parse_args(argv)
+    import image, pointcloud  # noqa: F401  (registration)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision if device.type == "cuda" else "fp32"
+    for backend in args.backend:
+        print(json.dumps(bench(args.model, args.batch, args.input, backend, precision,
+                               args.steps, args.warmup, device)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

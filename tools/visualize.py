@@ -1,0 +1,163 @@
+"""Pictures of MAP reconstructions: masked input / reconstruction / ground truth.
+
+    python tools/visualize.py --config configs/demo/image_pretrain.yaml \
+        --ckpt experiments/demo/image_pretrain/demo/last.pth --out recon.png [--num 6] [--split val]
+
+Works for image MAP models (rows of images) and PointMAP models (rows of 3D scatter plots); the
+config's model and dataset sections say which. With open3d installed, point reconstructions are
+also written as .ply files next to the PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
+from map_core.errors import UserError  # noqa: E402
+
+
+@torch.no_grad()
+def image_panels(model, imgs: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 mask: Optional[torch.Tensor] = None) -> List[np.ndarray]:
+    """For each image: [masked input, reconstruction (visible + predicted), original] as HxWx3.
+
+    imgs: (B, 3, H, W) normalised with mean/std. Predicted patches are in normalised-pixel units,
+    so they are mapped back with each true patch's mean and variance (as MAE's visualisation).
+    """
+    model.eval()
+    _, pred, mask = model(imgs, mask)
+    target = model.patchify(imgs)
+    t_mean, t_var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+    pred = pred * (t_var + 1e-6).sqrt() + t_mean
+    m = mask[..., None].to(pred.dtype)
+    grey = torch.zeros_like(target)  # 0 in normalised units is the dataset mean colour
+    masked_in = model.unpatchify(target * (1 - m) + grey * m)
+    recon = model.unpatchify(target * (1 - m) + pred * m)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    to_img = lambda x: (x.cpu() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return [np.stack(p) for p in zip(to_img(masked_in), to_img(recon), to_img(imgs))]
+
+
+@torch.no_grad()
+def point_panels(model, pts: torch.Tensor, mask: Optional[torch.Tensor] = None
+                 ) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each cloud: (visible points, visible + predicted masked points, ground-truth groups)."""
+    model.eval()
+    tok = model.tokenizer(pts)
+    _, pred, mask = model(pts, mask)
+    keep, masked = mask_to_indices(mask)
+    centre = tok.coords
+    groups = tok.target + centre.unsqueeze(2)  # (B, G, K, 3) absolute
+    k = groups.shape[2]
+    rebuilt = pred.reshape(*pred.shape[:2], k, 3) + centre.unsqueeze(2)
+    out = []
+    for b in range(pts.shape[0]):
+        visible = gather_tokens(groups[b:b + 1], keep[b:b + 1]).reshape(-1, 3)
+        guess = gather_tokens(rebuilt[b:b + 1], masked[b:b + 1]).reshape(-1, 3)
+        out.append((visible.cpu().numpy(), torch.cat([visible, guess]).cpu().numpy(),
+                    groups[b].reshape(-1, 3).cpu().numpy()))
+    return out
+
+
+def save_image_figure(panels: List[np.ndarray], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 3, figsize=(6, 2 * len(panels)), squeeze=False)
+    for row, triple in zip(axes, panels):
+        for ax, img, title in zip(row, triple, ("masked input", "reconstruction", "ground truth")):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_point_figure(panels, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 3 * len(panels)))
+    titles = ("visible groups", "reconstruction", "ground truth")
+    for r, triple in enumerate(panels):
+        for c, (cloud, title) in enumerate(zip(triple, titles)):
+            ax = fig.add_subplot(len(panels), 3, 3 * r + c + 1, projection="3d")
+            # y is up in ShapeNet / ScanObjectNN conventions
+            ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=1, c=cloud[:, 1], cmap="viridis")
+            ax.view_init(elev=15, azim=-70)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    try:
+        import open3d as o3d
+    except ImportError:
+        return
+    for r, triple in enumerate(panels):
+        for cloud, name in zip(triple, ("visible", "recon", "gt")):
+            pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.astype(np.float64)))
+            o3d.io.write_point_cloud(str(path.with_name(f"{path.stem}_{r}_{name}.ply")), pc)
+
+
+def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0) -> Path:
+    """Reconstruct ``num`` samples spread evenly over ``dataset`` and save the figure to ``out``."""
+    picks = torch.linspace(0, len(dataset) - 1, min(num, len(dataset))).round().long().tolist()
+    x = torch.stack([dataset[i][0] for i in picks])
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    x = x.to(device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if x.dim() == 4:
+        tf = getattr(dataset, "transform", None)
+        norm = next((t for t in getattr(tf, "transforms", []) if hasattr(t, "mean")), None)
+        mean, std = (norm.mean, norm.std) if norm is not None else ((0, 0, 0), (1, 1, 1))
+        save_image_figure(image_panels(model, x, mean, std), out)
+    else:
+        save_point_figure(point_panels(model, x), out)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--ckpt", required=True, help="pretraining checkpoint (ours or official)")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--split", default="val")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    from map_core.config import load_config, validate
+    from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
+    from map_core.engine.tasks import build_task
+    import image, pointcloud  # noqa: F401  (registration)
+
+    try:
+        cfg = validate(load_config(args.config, args.set))
+        task = build_task(cfg)
+        model = task.build_model()
+        sd = extract_state_dict(load_checkpoint(args.ckpt))
+        if hasattr(model, "load_pretrained"):
+            model.load_pretrained(sd)
+        else:
+            model.load_state_dict(sd)
+        print(visualize(model, task.build_dataset(args.split), Path(args.out), args.num))
+    except (UserError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
