@@ -148,7 +148,7 @@ def test_ddp_two_ranks_identical_weights(config: Path, tmp_path: Path) -> None:
     root = tmp_path / "exp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(REPO / "tests/engine_toy.py"), "--config", str(config), "--exp-root", str(root),
-           "--set", f"task.dump_params={dump}", "train.max_steps_per_epoch=2"]
+           "--set", f"task.dump_params={dump}", "train.max_steps_per_epoch=2", "runtime.device=cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from map_core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
         return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local_rank} needs GPU {local_rank} but this node has "
+                f"{torch.cuda.device_count()}: start at most that many processes per node "
+                f"(torchrun --nproc_per_node), or set runtime.device=cpu")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
