@@ -184,3 +184,19 @@ def test_official_layout_loads(tmp_path: Path) -> None:
     assert ckpt["epoch"] == 3 and ckpt["args"].lr == 1e-3
     assert list(extract_state_dict(ckpt)) == ["fc.weight"]
     assert list(extract_state_dict({"base_model": {"a": torch.zeros(1)}})) == ["a"]
+
+
+def test_stale_temp_files_are_cleaned_and_best_is_a_copy(tmp_path: Path) -> None:
+    from map_core.engine.checkpoint import atomic_copy, atomic_save
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".last.pth.{dead.pid}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    atomic_save({"w": torch.ones(3)}, tmp_path / "last.pth")
+    assert not stale.exists()
+    atomic_copy(tmp_path / "last.pth", tmp_path / "best.pth")
+    atomic_save({"w": torch.zeros(3)}, tmp_path / "last.pth")  # replacing last leaves best alone
+    assert load_checkpoint(tmp_path / "best.pth")["w"].tolist() == [1.0, 1.0, 1.0]
+    assert load_checkpoint(tmp_path / "last.pth")["w"].tolist() == [0.0, 0.0, 0.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import pickle
 import random
 from pathlib import Path
@@ -31,6 +32,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     A crash at any moment leaves either the previous complete file or the new one.
     """
     path = Path(path)
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -42,6 +44,40 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers that were killed mid-save."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` a complete copy of ``src`` atomically (a hard link when the file system allows)."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(dst.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

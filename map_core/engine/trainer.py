@@ -178,8 +178,9 @@ class Trainer:
             every = self.cfg["train"]["save_every"]
             if every and self.epoch % every == 0:
                 names.append(f"epoch_{self.epoch:04d}.pth")
-            for name in names:
-                ckpt_io.atomic_save(state, self.exp_dir / name)
+            ckpt_io.atomic_save(state, self.exp_dir / names[0])
+            for name in names[1:]:  # the same bytes: link or copy instead of serialising again
+                ckpt_io.atomic_copy(self.exp_dir / names[0], self.exp_dir / name)
             log.info("saved %s (epoch %d)", ", ".join(names), self.epoch)
         self.last_saved = self.exp_dir / "last.pth"
         barrier()
