@@ -27,6 +27,7 @@ from timm.models import register_model
 
 from map_core.encoder import HybridEncoder, official_layout
 from map_core.registry import MODELS, check_kwargs
+from map_core.weights import load_matching
 
 from .convert import CheckpointShapeError, from_official, is_official, unwrap_checkpoint
 from .models import SIZES
@@ -201,15 +202,7 @@ class MAPClassifier(nn.Module):
             sd[key] = resize_pos_embed(sd[key], self.tokenizer.grid_size, (side, side))
             log.info("load_pretrained: resized %s from %dx%d to %dx%d", key, side, side,
                      *self.tokenizer.grid_size)
-        bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-               for k, v in sd.items() if k in own and v.shape != own[k].shape]
-        if bad:
-            raise CheckpointShapeError("load_pretrained: shape mismatch for " + "; ".join(bad))
-        result = self.load_state_dict(sd, strict=False)
-        if result.missing_keys:
-            log.info("load_pretrained: missing (left at init): %s", ", ".join(result.missing_keys))
-        if result.unexpected_keys:
-            log.warning("load_pretrained: unexpected (ignored): %s", ", ".join(result.unexpected_keys))
+        result = load_matching(self, sd, "load_pretrained")
         return LoadResult(list(result.missing_keys), list(result.unexpected_keys))
 
 

@@ -25,13 +25,11 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
-from map_core.errors import UserError
+from map_core.weights import CheckpointShapeError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointShapeError(UserError, ValueError):
-    """A checkpoint tensor does not fit the model (the message names every such key)."""
 
 # (official prefix, our prefix); a prefix ending without "." matches that exact key
 _RENAMES: Tuple[Tuple[str, str], ...] = (

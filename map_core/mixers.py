@@ -17,7 +17,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .ssm import causal_conv1d, selective_scan
 

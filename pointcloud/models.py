@@ -18,11 +18,11 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from map_core.decoder import ARDecoder
-from map_core.errors import UserError
 from map_core.losses import chamfer_distance
 from map_core.masking import gather_tokens, mask_to_indices
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS
+from map_core.weights import CheckpointShapeError, load_matching  # noqa: F401  (re-exported)
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.convert import from_official, strip_wrappers
 from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
@@ -30,8 +30,6 @@ from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
 log = logging.getLogger(__name__)
 
 
-class CheckpointShapeError(UserError, ValueError):
-    """A checkpoint tensor's shape differs from the model's."""
 
 
 def _point_init(m: nn.Module) -> None:
@@ -195,17 +193,7 @@ class PointMAPClassifier(nn.Module):
         :class:`CheckpointShapeError` naming the key and both shapes.
         """
         weights = from_official(strip_wrappers(state_dict), keep_unused_cls=True)
-        own = self.state_dict()
-        bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-               for k, v in weights.items() if k in own and own[k].shape != v.shape]
-        if bad:
-            raise CheckpointShapeError("load_pretrained: shape mismatch for " + "; ".join(bad))
-        result = self.load_state_dict(weights, strict=False)
-        if result.missing_keys:
-            log.info("load_pretrained: missing keys (kept at init): %s", ", ".join(result.missing_keys))
-        if result.unexpected_keys:
-            log.info("load_pretrained: unexpected keys (ignored): %s", ", ".join(result.unexpected_keys))
-        return result
+        return load_matching(self, weights, "load_pretrained")
 
 
 @MODELS.register("pointmap_classifier")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from map_core.weights import check_shapes, load_matching  # noqa: F401  (re-exported)
 from map_core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,6 @@ def extract_state_dict(ckpt: Any) -> Dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt.items()}
 
 
-def check_shapes(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise UserError listing every key whose checkpoint shape differs from the model's."""
-    own = model.state_dict()
-    bad = [f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise UserError(f"shape mismatch loading '{source}' ({len(bad)} keys):\n" + "\n".join(bad))
-
-
 def load_finetune_weights(model: nn.Module, path: str | Path) -> None:
     """Initialise ``model`` from a pretrained checkpoint before finetuning.
 
@@ -158,8 +150,7 @@ def load_finetune_weights(model: nn.Module, path: str | Path) -> None:
         if hasattr(model, "load_pretrained"):
             result = model.load_pretrained(state_dict)
         else:
-            check_shapes(model, state_dict, str(path))
-            result = model.load_state_dict(state_dict, strict=False)
+            result = load_matching(model, state_dict, f"'{path}'")
     except RuntimeError as err:
         if "size mismatch" in str(err):
             raise UserError(f"shape mismatch loading '{path}':\n{err}") from None
