@@ -2,7 +2,7 @@
 
     python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224
     python tools/benchmark.py --model pointmap_pretrain --batch 128 --input points:1024 \
-        --backend torch --precision bf16 --steps 20
+        --backend torch --precision bf16 --steps 20 --set depth=6
 
 Prints one JSON line per run: device, model, batch, precision, backend, ms/step, samples/s and
 peak GPU memory. Results worth keeping go to BENCHMARKS.md with the command and the date.
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,15 +36,17 @@ def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
 
 
 def bench(model_name: str, batch: int, input_spec: str, backend: str, precision: str,
-          steps: int, warmup: int, device: torch.device) -> dict:
-    model = MODELS.get(model_name)(backend=backend).to(device)
+          steps: int, warmup: int, device: torch.device, model_kwargs: Optional[dict] = None) -> dict:
+    model = MODELS.get(model_name)(backend=backend, **(model_kwargs or {})).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = make_input(input_spec, batch, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model(x)[0]
+            out = model(x)
+            # pretraining models return (loss, ...); classifiers return logits
+            loss = out[0] if isinstance(out, tuple) else out.float().logsumexp(-1).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -61,7 +64,7 @@ def bench(model_name: str, batch: int, input_spec: str, backend: str, precision:
     seconds = (time.perf_counter() - start) / steps
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "model": model_name, "batch": batch, "input": input_spec, "precision": precision,
+        "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec, "precision": precision,
         "backend": backend, "ms_per_step": round(1000 * seconds, 2),
         "samples_per_s": round(batch / seconds, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
@@ -77,14 +80,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
     args = p.parse_args(argv)
+    model_kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     import image, pointcloud  # noqa: F401  (registration)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision if device.type == "cuda" else "fp32"
     for backend in args.backend:
         print(json.dumps(bench(args.model, args.batch, args.input, backend, precision,
-                               args.steps, args.warmup, device)), flush=True)
+                               args.steps, args.warmup, device, model_kwargs)), flush=True)
     return 0
 
 
