@@ -104,6 +104,7 @@ def save_point_figure(panels, path: Path) -> None:
     try:
         import open3d as o3d
     except ImportError:
+        print("open3d is not installed (pip install -e '.[vis]'): no .ply files written")
         return
     for r, triple in enumerate(panels):
         for cloud, name in zip(triple, ("visible", "recon", "gt")):
