@@ -146,7 +146,7 @@ def check_scanobjectnn(root: Path) -> Problems:
 
 
 def check_imagenet(root: Path) -> Problems:
-    base = root / "ImageNet"
+    base = root / "imagenet"
     problems = _missing([base / "train", base / "val"], "ImageNet folder")
     for split in ("train", "val"):
         folder = base / split

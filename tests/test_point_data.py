@@ -86,8 +86,8 @@ def data_root(tmp_path: Path) -> Path:
     write_modelnet(root)
     write_fewshot(root)
     write_scanobjectnn(root)
-    (root / "ImageNet" / "train" / "n01440764").mkdir(parents=True)
-    (root / "ImageNet" / "val" / "n01440764").mkdir(parents=True)
+    (root / "imagenet" / "train" / "n01440764").mkdir(parents=True)
+    (root / "imagenet" / "val" / "n01440764").mkdir(parents=True)
     return root
 
 
