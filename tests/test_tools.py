@@ -1,0 +1,74 @@
+"""The small command-line tools: benchmark and visualize run end to end on tiny inputs."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import benchmark  # noqa: E402  (tools/benchmark.py)
+import visualize  # noqa: E402  (tools/visualize.py)
+from map_core.engine.checkpoint import atomic_save  # noqa: E402
+from map_core.registry import MODELS  # noqa: E402
+
+TINY_IMAGE = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, decoder_dim=32,
+                  decoder_depth=1, decoder_heads=4)
+
+
+def test_benchmark_prints_one_json_line_per_backend(capsys):
+    args = ["--model", "map_pretrain", "--batch", "2", "--input", "image:16", "--steps", "1", "--warmup", "0",
+            "--set"] + [f"{k}={v}" for k, v in TINY_IMAGE.items()]
+    assert benchmark.main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and rows[0]["device"] == "cpu" and rows[0]["samples_per_s"] > 0
+    assert rows[0]["model_kwargs"]["embed_dim"] == 32
+
+
+def test_benchmark_classifier_logits_path(capsys):
+    args = ["--model", "map_classifier", "--batch", "2", "--input", "image:16", "--steps", "1", "--warmup", "0",
+            "--set", "img_size=16", "patch_size=4", "embed_dim=32", "depth=3", "num_heads=4",
+            "num_cls_tokens=2", "num_classes=3"]
+    assert benchmark.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "map_classifier"
+
+
+def test_image_panels_keep_visible_patches():
+    torch.manual_seed(0)
+    import image  # noqa: F401
+
+    model = MODELS.get("map_pretrain")(**TINY_IMAGE, backend="torch")
+    imgs = torch.randn(2, 3, 16, 16)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, ::2] = True
+    panels = visualize.image_panels(model, imgs, mean=(0, 0, 0), std=(1, 1, 1), mask=mask)
+    masked_in, recon, truth = panels[0]
+    assert masked_in.shape == recon.shape == truth.shape == (16, 16, 3)
+    # visible patches (odd patch indices) are copied from the input into the reconstruction
+    patch = lambda img, i: img[4 * (i // 4):4 * (i // 4) + 4, 4 * (i % 4):4 * (i % 4) + 4]
+    for i in range(1, 16, 2):
+        assert (patch(recon, i) == patch(truth, i)).all()
+
+
+def test_visualize_cli_writes_png(tmp_path: Path):
+    import image  # noqa: F401
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(2):
+            folder = tmp_path / "data" / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()).save(folder / f"{i}.png")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model: {NAME: map_pretrain, " + ", ".join(f"{k}: {v}" for k, v in TINY_IMAGE.items()) + "}\n"
+        "task: {NAME: pretrain}\n"
+        f"dataset: {{val: {{NAME: ImageNet, root: {tmp_path / 'data'}, split: val, input_size: 16, crop_pct: 1.0}}}}\n")
+    model = MODELS.get("map_pretrain")(**TINY_IMAGE)
+    atomic_save({"model": model.state_dict()}, tmp_path / "ckpt.pth")
+    out = tmp_path / "recon.png"
+    assert visualize.main(["--config", str(cfg), "--ckpt", str(tmp_path / "ckpt.pth"), "--out", str(out),
+                           "--num", "2"]) == 0
+    assert Image.open(out).size[0] > 100
