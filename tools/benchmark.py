@@ -21,6 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from map_core import ssm  # noqa: E402
 from map_core.registry import MODELS  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def bench(model_name: str, batch: int, input_spec: str, backend: str, precision:
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec, "precision": precision,
-        "backend": backend, "ms_per_step": round(1000 * seconds, 2),
+        "backend": backend, "scan_checkpoint": ssm.CHECKPOINT_CHUNK, "ms_per_step": round(1000 * seconds, 2),
         "samples_per_s": round(batch / seconds, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     }
@@ -80,10 +81,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--scan-checkpoint", type=int, default=None, metavar="STEPS",
+                   help="span of the torch scan's backward recomputation (0: keep every state); "
+                        "default: map_core.ssm.CHECKPOINT_CHUNK")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
     args = p.parse_args(argv)
     model_kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    if args.scan_checkpoint is not None:
+        ssm.CHECKPOINT_CHUNK = args.scan_checkpoint or None
     import image, pointcloud  # noqa: F401  (registration)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
