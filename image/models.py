@@ -24,7 +24,7 @@ from timm.models import register_model
 
 from map_core.decoder import ARDecoder
 from map_core.encoder import HybridEncoder, official_layout
-from map_core.losses import normalize_patches
+from map_core.losses import masked_mse
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS, check_kwargs
 
@@ -41,14 +41,6 @@ SIZES: Dict[str, Tuple[int, int, int, int, int]] = {
     "large": (1024, 48, 16, 16, 8),  # official: 12 heads, which does not divide 1024
     "huge": (1536, 36, 12, 16, 8),
 }
-
-
-def norm_pix_mse(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
-    """Mean over tokens of the per-patch MSE. pred, target: (B, L_mask, P); targets are normalised
-    per patch (unbiased variance, eps 1e-6) when ``norm_pix``."""
-    if norm_pix:
-        target = normalize_patches(target.float())
-    return (pred.float() - target.float()).pow(2).mean()
 
 
 def official_init(model: nn.Module) -> None:
@@ -149,7 +141,7 @@ def map_pretrain(
         decoder=decoder,
         decoder_pos=LearnedPositions(tokenizer.num_patches, decoder_dim),
         head=nn.Linear(decoder_dim, patch_size * patch_size * in_chans),
-        loss_fn=partial(norm_pix_mse, norm_pix=norm_pix_loss),
+        loss_fn=partial(masked_mse, norm_pix=norm_pix_loss),
         encoder_dim=embed_dim,
         decoder_dim=decoder_dim,
         mask_ratio=mask_ratio,

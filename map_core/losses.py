@@ -14,12 +14,15 @@ def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def masked_mse(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True
+    pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None, norm_pix: bool = True
 ) -> torch.Tensor:
-    """Mean over masked tokens of the per-token MSE. pred, target: (B, L, P); mask: bool (B, L)."""
+    """Mean over masked tokens of the per-token MSE. pred, target: (B, L, P); mask: bool (B, L),
+    or None when pred and target already hold only the masked tokens (the pretrainer's loss_fn)."""
     if norm_pix:
-        target = normalize_patches(target)
+        target = normalize_patches(target.float())
     per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    if mask is None:
+        return per_token.mean()
     mask = mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum().clamp_min(1)
 

@@ -129,3 +129,9 @@ def test_chamfer_is_memory_safe_at_scale():
     cl1 = chamfer_distance(x[:4], x[:4], norm=1)
     cl1.requires_grad_()
     assert torch.isfinite(cl1)
+
+
+def test_masked_mse_without_mask_averages_given_tokens():
+    pred, target = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    everything = torch.ones(2, 3, dtype=torch.bool)
+    torch.testing.assert_close(masked_mse(pred, target), masked_mse(pred, target, everything))
