@@ -24,6 +24,7 @@ from timm.models import register_model
 
 from map_core.decoder import ARDecoder
 from map_core.encoder import HybridEncoder, official_layout
+from map_core.layers import xavier_init
 from map_core.losses import masked_mse
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS, check_kwargs
@@ -51,14 +52,7 @@ def official_init(model: nn.Module) -> None:
     included, so only its net effect is reproduced here. Convs, A_log, D, norms of RMS type and the
     tokens / position tables keep the init their modules gave them.
     """
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    model.apply(partial(xavier_init, layer_norms=True))
 
 
 class MAPImagePretrainer(MAPPretrainer):

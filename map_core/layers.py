@@ -14,6 +14,18 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
 
+def xavier_init(m: nn.Module, layer_norms: bool = False) -> None:
+    """MAE-style init for ``module.apply``: xavier-uniform Linear weights, zero biases, and with
+    ``layer_norms`` LayerNorm weight 1 / bias 0."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif layer_norms and isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
     """``"rms"`` -> RMSNorm (weight only), ``"layer"`` -> LayerNorm."""
     if kind == "rms":

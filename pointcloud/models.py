@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from map_core.decoder import ARDecoder
+from map_core.layers import xavier_init
 from map_core.losses import chamfer_distance
 from map_core.masking import gather_tokens, mask_to_indices
 from map_core.pretrain import MAPPretrainer
@@ -41,13 +42,6 @@ def _point_init(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
-
-
-def _xavier_linear(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 class TokenConvHead(nn.Conv1d):
@@ -130,7 +124,7 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
     encoder.apply(_point_init)
     decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, row_length(num_group), qkv_bias=False,
                         drop_path=decoder_drop_path, causal=causal, pos_every_block=True)
-    decoder.apply(_xavier_linear)
+    decoder.apply(xavier_init)
     model = PointMAP(tokenizer, encoder, decoder, position_mlp(trans_dim, nn.GELU),
                      TokenConvHead(trans_dim, 3 * group_size), GroupChamfer(loss), trans_dim, trans_dim,
                      mask_ratio=mask_ratio, mask_rounding="floor", decoder_order="visible_first",
