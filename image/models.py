@@ -52,7 +52,8 @@ def official_init(model: nn.Module) -> None:
     included, so only its net effect is reproduced here. Convs, A_log, D, norms of RMS type and the
     tokens / position tables keep the init their modules gave them.
     """
-    model.apply(partial(xavier_init, layer_norms=True))
+    for m in model.modules():
+        xavier_init(m, layer_norms=True)
 
 
 class MAPImagePretrainer(MAPPretrainer):
