@@ -38,7 +38,7 @@ def test_image_panels_keep_visible_patches():
     torch.manual_seed(0)
     import image  # noqa: F401
 
-    model = MODELS.get("map_pretrain")(**TINY_IMAGE, backend="torch")
+    model = MODELS.get("map_pretrain")(**TINY_IMAGE)
     imgs = torch.randn(2, 3, 16, 16)
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, ::2] = True
