@@ -45,9 +45,7 @@ class Backend:
     devices: Optional[Tuple[str, ...]] = ("cuda",)
     auto: bool = False
     interpretable: bool = False
-
-    def installed(self) -> bool:
-        return self.package is None or _importable(self.package)
+    installed: bool = True  # whether ``package`` can be imported, looked up once at registration
 
     def runs_natively_on(self, device_type: str) -> bool:
         return self.devices is None or device_type in self.devices
@@ -81,7 +79,7 @@ def register(op: str, name: str, fn: Union[Callable, str], *, package: Optional[
     if op not in _REGISTRY:
         raise ValueError(f"unknown op '{op}'; expected one of {OPS}")
     _REGISTRY[op][name] = Backend(name, fn, package, None if devices is None else tuple(devices), auto,
-                                  interpretable)
+                                  interpretable, package is None or _importable(package))
     _RESOLVED.clear()
 
 
@@ -104,7 +102,7 @@ def configure(choices: Mapping[str, str], where: str = "runtime.backends") -> No
     """
     for op, name in choices.items():
         _check_name(op, name, f"{where}.{op}")
-        if name != "auto" and not _REGISTRY[op][name].installed():
+        if name != "auto" and not _REGISTRY[op][name].installed:
             raise ImportError(f"{where}.{op}: backend '{name}' needs the package "
                               f"'{_REGISTRY[op][name].package}', which is not installed; use 'auto' or 'torch'")
     _CHOICE.update(choices)
@@ -140,11 +138,11 @@ def resolve(op: str, device: torch.device, name: Optional[str] = None) -> Backen
     if name == "auto":
         # never the interpreter: auto on CPU is the reference
         candidates = [b for b in _REGISTRY[op].values()
-                      if b.auto and b.runs_natively_on(device.type) and b.installed()]
+                      if b.auto and b.runs_natively_on(device.type) and b.installed]
         backend = candidates[0] if candidates else _REGISTRY[op]["torch"]
     else:
         backend = _REGISTRY[op][name]
-        if not backend.installed():
+        if not backend.installed:
             raise ImportError(f"{op} backend '{name}' needs the package '{backend.package}', which is not "
                               f"installed; use 'auto' or 'torch'")
         if not backend.runs_on(device.type):
@@ -162,3 +160,11 @@ def resolve(op: str, device: torch.device, name: Optional[str] = None) -> Backen
 def get(op: str, device: torch.device, name: Optional[str] = None) -> Callable:
     """The implementation of ``op`` to call for tensors on ``device`` (see ``resolve``)."""
     return resolve(op, device, name).fn
+
+
+def resolve_all(device: torch.device) -> None:
+    """Resolve (and log) every registered op for ``device`` now, e.g. before ``torch.compile``
+    traces the model, so tracing only reads the cache."""
+    for op, registered in _REGISTRY.items():
+        if registered:
+            resolve(op, device)

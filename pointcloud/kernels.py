@@ -61,8 +61,10 @@ def _fps_kernel(xyz_ptr, out_ptr, N, n_samples, s_b, s_n, s_c, BLOCK_N: tl.const
         far = tl.argmax(min_dist, axis=0, tie_break_left=True)
 
 
+@torch.library.custom_op("pointcloud::fps", mutates_args=())
 def fps_triton(xyz: torch.Tensor, n: int) -> torch.Tensor:
-    """xyz: (B, N, 3) -> indices (B, n) int64, the same as :func:`pointcloud.ops.fps_torch`."""
+    """xyz: (B, N, 3) -> indices (B, n) int64, the same as :func:`pointcloud.ops.fps_torch`.
+    A custom op, so ``torch.compile`` keeps it whole."""
     b, n_points, _ = xyz.shape
     _check_size(n_points, "fps")
     out = torch.empty(b, n, device=xyz.device, dtype=torch.int64)
@@ -95,8 +97,15 @@ def _knn_kernel(q_ptr, r_ptr, out_ptr, M, N, K, s_qb, s_qm, s_qc, s_rb, s_rn, s_
         dist = tl.where(offs_n[None, :] == nearest[:, None], float("inf"), dist)
 
 
+@fps_triton.register_fake
+def _(xyz, n):
+    return xyz.new_empty((xyz.shape[0], n), dtype=torch.int64)
+
+
+@torch.library.custom_op("pointcloud::knn", mutates_args=())
 def knn_triton(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
-    """query: (B, M, 3), ref: (B, N, 3) -> (B, M, k) int64, the same as :func:`pointcloud.ops.knn_torch`."""
+    """query: (B, M, 3), ref: (B, N, 3) -> (B, M, k) int64, the same as :func:`pointcloud.ops.knn_torch`
+    (up to the order of neighbours at equal fp32 distances). A custom op, like :func:`fps_triton`."""
     b, m, _ = query.shape
     n_points = ref.shape[1]
     _check_size(n_points, "knn")
@@ -107,3 +116,8 @@ def knn_triton(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
                                              BLOCK_M=block_m, BLOCK_N=block_n,
                                              num_warps=_warps_for(block_m * block_n))
     return out
+
+
+@knn_triton.register_fake
+def _(query, ref, k):
+    return query.new_empty((query.shape[0], query.shape[1], k), dtype=torch.int64)

@@ -162,7 +162,29 @@ def _backward(ctx, dy):
 _conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _ConvFunction(torch.autograd.Function):
+    """The eager path without the custom op's dispatch layers (see ``selective_scan``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reverse):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.reverse = reverse
+        return conv_forward(x, weight, bias, reverse)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dx, dw, db = conv_backward(dy, x, weight, bias, ctx.reverse)
+        return dx, dw, db, None
+
+
+EAGER_FUNCTION = True
+
+
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          reverse: bool = False) -> torch.Tensor:
     """The ``"triton"`` backend of :func:`map_core.ssm.causal_conv1d`. weight: (D, K) or (D, 1, K)."""
-    return _conv_op(x, weight.reshape(weight.shape[0], -1).contiguous(), bias, reverse)
+    weight = weight.reshape(weight.shape[0], -1).contiguous()
+    if EAGER_FUNCTION and not torch.compiler.is_compiling():
+        return _ConvFunction.apply(x, weight, bias, reverse)
+    return _conv_op(x, weight, bias, reverse)

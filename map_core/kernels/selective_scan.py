@@ -6,24 +6,26 @@ no flipped copy). Inputs may be fp32, fp16 or bf16 with any strides: the mixers 
 time-major views ((B, L, D) memory seen as (B, D, L)), so every load of one step is contiguous
 over channels. The state and all arithmetic are fp32.
 
-Forward: one program per (batch row, block of ``BLOCK_D`` channels) holds the (BLOCK_D, N) state
-in registers and walks the sequence one step at a time, loading the next step's inputs while
-computing the current one. Every ``CHUNK`` steps it writes the state (fp32) as a checkpoint.
+Both kernels run one program per (batch row, block of ``BLOCK_D`` channels) and walk the sequence
+one step at a time. The (N, BLOCK_D) state is laid out with the channels across threads and the N
+states of a channel inside one thread, so the sums over N (the output, the gradients of delta and
+u) need no communication between threads.
 
-Backward: the same grid walks the chunks from last to first. Per chunk it loads (BLOCK_D, CHUNK)
-tiles, rebuilds the chunk's states from its checkpoint with an associative scan over time, runs the
-adjoint recurrence ``g_t = exp(delta_{t+1} A) g_{t+1} + dy_t C_t`` with a reverse associative scan,
-and forms every gradient from those two (BLOCK_D, N, CHUNK) tiles. ``a_t h_{t-1}`` is taken as
-``h_t - delta_t B_t u_t``, so no shifted copy of the states is needed. dB and dC are reduced over
-the channel block in registers and written as one partial per block (summed afterwards: no
-atomics, deterministic); dA, dD and d(delta_bias) are accumulated over time in registers.
+Forward: keeps the state in registers, loads the next step's inputs while computing the current
+one, writes the state every ``CHUNK`` steps as a checkpoint (fp32) and, for the backward, the
+output before the z gate (in the input dtype).
 
-Floors (MAP-Base shapes: batch 64, d_inner 1536, N 16, length 196, bf16): the forward must read
-u, delta, z, B, C and write y (~116 MB with the checkpoints); the backward must read those, dy and
-the checkpoints and write du, ddelta, dz, dB, dC (~290 MB); ~0.09 ms at 4.8 TB/s (H200) for both.
-Exponentials: 308 M per pass; this design computes exp(delta A) once in the forward and twice in
-the backward (``a_t`` and the shifted ``a_{t+1}``), 924 M in all, ~0.25 ms of the special-function
-units (16 per SM per clock). Measured numbers are in BENCHMARKS.md.
+Backward: walks the chunks from last to first. For each it recomputes the chunk's states from its
+checkpoint into a (CHUNK, N, BLOCK_D) register tile, then runs the adjoint recurrence backwards in
+time, ``g_t = dy_t C_t + q_{t+1}`` with ``q_t = exp(delta_t A) g_t``, which needs only the step's
+own exponential. dB and dC (sums over channels) are reduced across the program's threads and
+written as one partial per channel block (summed afterwards: no atomics, deterministic); dA, dD
+and d(delta_bias) are accumulated in registers.
+
+Floors (MAP-Base shapes: batch 64, d_inner 1536, N 16, length 196, bf16): the bytes that must move
+(read u, delta, z, B, C and dy, write y, du, ddelta, dz, dB, dC) are ~430 MB; exp(delta A) is
+308 M exponentials per pass. This design computes it once in the forward and twice in the
+backward (recomputation and adjoint). Measured numbers are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -35,16 +37,14 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(math.log2(math.e))
-# Forward: channels per program (the (BLOCK_D, N) state lives in registers) and warps.
-FWD_BLOCK_D = 32
-FWD_WARPS = 4
-# Forward over (BLOCK_D, CHUNK) tiles with an associative scan instead of a step loop.
-FWD_CHUNKED = False
-# Backward: channels and steps per tile; the (BLOCK_D, N, CHUNK) tiles set the register budget.
-BWD_BLOCK_D = 16
-BWD_WARPS = 8
-# Steps between saved states: the backward's tile length.
-CHUNK = 16
+LN2 = tl.constexpr(math.log(2.0))
+# Channels per program: one per thread (32 per warp); more warps, fewer programs.
+FWD_BLOCK_D = 64
+FWD_WARPS = 1
+BWD_BLOCK_D = 32
+BWD_WARPS = 1
+# Steps between saved states; the backward keeps one chunk of states in registers.
+CHUNK = 4
 
 
 @triton.jit
@@ -54,15 +54,15 @@ def _softplus(x):
 
 
 @triton.jit
-def _linear_combine(a_left, b_left, a_right, b_right):
-    # (a, b) is the map h -> a h + b; apply left, then right
-    return a_left * a_right, a_right * b_left + b_right
+def _step_index(s, L, REVERSE: tl.constexpr):
+    """The time index of processing step s."""
+    return L - 1 - s if REVERSE else s
 
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, last_ptr,
-    L, DIM, NSTATE, N_CHUNKS,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, ckpt_ptr, last_ptr,
+    L, DIM, NSTATE, N_CHUNKS, s_ad, s_an,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
     s_ob, s_od, s_ol,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
@@ -70,169 +70,104 @@ def _scan_fwd_kernel(
     REVERSE: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, STORE_CKPT: tl.constexpr,
     STORE_LAST: tl.constexpr,
 ):
+    """out and y (the output before the z gate; written when STORE_CKPT and HAS_Z) share out's
+    strides. A (D, N) has strides s_ad, s_an; time-invariant B / C (D, N) pass their strides as
+    (s_bb, s_bn) / (s_cb, s_cn). ckpt (B, N_CHUNKS, N, D) and last (B, N, D) are fp32."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < DIM
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < NSTATE)
-    A2 = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2E
+    mask_n = offs_n < NSTATE
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_offs = offs_n[:, None] * DIM + offs_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0) * LOG2E
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if not VAR_B:
-        B_fix = tl.load(B_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+        B_fix = tl.load(B_ptr + offs_n[:, None] * s_bn + offs_d[None, :] * s_bb, mask=mask_nd, other=0.0).to(tl.float32)
     if not VAR_C:
-        C_fix = tl.load(C_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+        C_fix = tl.load(C_ptr + offs_n[:, None] * s_cn + offs_d[None, :] * s_cb, mask=mask_nd, other=0.0).to(tl.float32)
     u_row = u_ptr + pid_b * s_ub + offs_d * s_ud
     d_row = delta_ptr + pid_b * s_db + offs_d * s_dd
     z_row = z_ptr + pid_b * s_zb + offs_d * s_zd
-    o_row = out_ptr + pid_b * s_ob + offs_d * s_od
-    b_row = B_ptr + pid_b * s_bb + offs_n * s_bn
-    c_row = C_ptr + pid_b * s_cb + offs_n * s_cn
-    mask_n = offs_n < NSTATE
-    ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * DIM * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :]
+    o_off = pid_b * s_ob + offs_d * s_od
+    b_col = B_ptr + pid_b * s_bb + offs_n * s_bn
+    c_col = C_ptr + pid_b * s_cb + offs_n * s_cn
+    ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * NSTATE * DIM + nd_offs
 
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    # inputs of step 0, then of step s + 1 while step s is computed
-    t = L - 1 if REVERSE else 0
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    # the inputs of step 0, then those of step s + 1 while step s is computed
+    t = _step_index(0, L, REVERSE)
     u_nx = tl.load(u_row + t * s_ul, mask=mask_d, other=0.0)
     d_nx = tl.load(d_row + t * s_dl, mask=mask_d, other=0.0)
     if HAS_Z:
         z_nx = tl.load(z_row + t * s_zl, mask=mask_d, other=0.0)
     if VAR_B:
-        b_nx = tl.load(b_row + t * s_bl, mask=mask_n, other=0.0)
+        b_nx = tl.load(b_col + t * s_bl, mask=mask_n, other=0.0)
     if VAR_C:
-        c_nx = tl.load(c_row + t * s_cl, mask=mask_n, other=0.0)
+        c_nx = tl.load(c_col + t * s_cl, mask=mask_n, other=0.0)
     for s in range(0, L):
-        t = L - 1 - s if REVERSE else s
+        t = _step_index(s, L, REVERSE)
         u = u_nx.to(tl.float32)
-        dr = d_nx.to(tl.float32)
+        dt = d_nx.to(tl.float32)
         if HAS_Z:
             zz = z_nx.to(tl.float32)
         if VAR_B:
-            Bt = b_nx.to(tl.float32)
+            Bv = b_nx.to(tl.float32)[:, None]
+        else:
+            Bv = B_fix
         if VAR_C:
-            Ct = c_nx.to(tl.float32)
-        has_next = s + 1 < L
-        t_nx = t - 1 if REVERSE else t + 1
-        u_nx = tl.load(u_row + t_nx * s_ul, mask=mask_d & has_next, other=0.0)
-        d_nx = tl.load(d_row + t_nx * s_dl, mask=mask_d & has_next, other=0.0)
+            Cv = c_nx.to(tl.float32)[:, None]
+        else:
+            Cv = C_fix
+        more = s + 1 < L
+        t_nx = _step_index(s + 1, L, REVERSE)
+        u_nx = tl.load(u_row + t_nx * s_ul, mask=mask_d & more, other=0.0)
+        d_nx = tl.load(d_row + t_nx * s_dl, mask=mask_d & more, other=0.0)
         if HAS_Z:
-            z_nx = tl.load(z_row + t_nx * s_zl, mask=mask_d & has_next, other=0.0)
+            z_nx = tl.load(z_row + t_nx * s_zl, mask=mask_d & more, other=0.0)
         if VAR_B:
-            b_nx = tl.load(b_row + t_nx * s_bl, mask=mask_n & has_next, other=0.0)
+            b_nx = tl.load(b_col + t_nx * s_bl, mask=mask_n & more, other=0.0)
         if VAR_C:
-            c_nx = tl.load(c_row + t_nx * s_cl, mask=mask_n & has_next, other=0.0)
+            c_nx = tl.load(c_col + t_nx * s_cl, mask=mask_n & more, other=0.0)
 
         if STORE_CKPT:
             if s % CHUNK == 0:
-                tl.store(ckpt_tile + (s // CHUNK) * DIM * NSTATE, h, mask=mask_dn)
+                tl.store(ckpt_tile + (s // CHUNK) * NSTATE * DIM, h, mask=mask_nd)
         if HAS_BIAS:
-            dr = dr + bias
+            dt = dt + bias
         if SOFTPLUS:
-            dr = _softplus(dr)
-        dA = tl.exp2(dr[:, None] * A2)
-        du = dr * u
-        if VAR_B:
-            h = dA * h + du[:, None] * Bt[None, :]
-        else:
-            h = dA * h + du[:, None] * B_fix
-        if VAR_C:
-            y = tl.sum(h * Ct[None, :], axis=1)
-        else:
-            y = tl.sum(h * C_fix, axis=1)
+            dt = _softplus(dt)
+        h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bv
+        y = tl.sum(h * Cv, axis=0)
         if HAS_D:
             y += Dv * u
         if HAS_Z:
+            if STORE_CKPT:
+                tl.store(y_ptr + o_off + t * s_ol, y.to(y_ptr.dtype.element_ty), mask=mask_d)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(o_row + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+        tl.store(out_ptr + o_off + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
     if STORE_LAST:
-        tl.store(last_ptr + pid_b * DIM * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :], h, mask=mask_dn)
-
-
-@triton.jit
-def _scan_fwd_chunked_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr, last_ptr,
-    L, DIM, NSTATE, N_CHUNKS,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
-    s_ob, s_od, s_ol,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, STORE_CKPT: tl.constexpr,
-    STORE_LAST: tl.constexpr,
-):
-    """The forward over (BLOCK_D, CHUNK) tiles: an associative scan per chunk instead of a step loop."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_j = tl.arange(0, CHUNK)
-    mask_d = offs_d < DIM
-    mask_n = offs_n < NSTATE
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn_offs = offs_d[:, None] * NSTATE + offs_n[None, :]
-    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0) * LOG2E
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if not VAR_B:
-        Bv = tl.load(B_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)[:, :, None]
-    if not VAR_C:
-        Cv = tl.load(C_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)[:, :, None]
-    ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * DIM * NSTATE + dn_offs
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for c in range(0, N_CHUNKS):
-        if STORE_CKPT:
-            tl.store(ckpt_tile + c * DIM * NSTATE, h, mask=mask_dn)
-        s = c * CHUNK + offs_j
-        valid = s < L
-        t = L - 1 - s if REVERSE else s
-        m2 = mask_d[:, None] & valid[None, :]
-        u = tl.load(u_ptr + pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        dr = tl.load(delta_ptr + pid_b * s_db + offs_d[:, None] * s_dd + t[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dr += bias[:, None]
-        if SOFTPLUS:
-            dr = _softplus(dr)
-        delta = tl.where(m2, dr, 0.0)
-        if VAR_B:
-            Bv = tl.load(B_ptr + pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl,
-                         mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
-        if VAR_C:
-            Cv = tl.load(C_ptr + pid_b * s_cb + offs_n[:, None] * s_cn + t[None, :] * s_cl,
-                         mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
-        a = tl.exp2(delta[:, None, :] * A2[:, :, None])
-        a_cum, h_s = tl.associative_scan((a, (delta * u)[:, None, :] * Bv), 2, _linear_combine)
-        hs = h_s + a_cum * h[:, :, None]
-        y = tl.sum(hs * Cv, axis=1)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            zz = tl.load(z_ptr + pid_b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + pid_b * s_ob + offs_d[:, None] * s_od + t[None, :] * s_ol,
-                 y.to(out_ptr.dtype.element_ty), mask=m2)
-        # padded steps decay by 1 and add nothing, so the last column is the state after the chunk
-        h = tl.sum(tl.where(offs_j[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
-    if STORE_LAST:
-        tl.store(last_ptr + pid_b * DIM * NSTATE + dn_offs, h, mask=mask_dn)
+        tl.store(last_ptr + pid_b * NSTATE * DIM + nd_offs, h, mask=mask_nd)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, dlast_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, y_ptr, ckpt_ptr, dlast_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, DIM, NSTATE, N_CHUNKS, N_DBLOCKS,
+    L, DIM, NSTATE, N_CHUNKS, N_DBLOCKS, s_ad, s_an,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
-    s_gb, s_gd, s_gl, s_xb, s_xd, s_xl,
+    s_gb, s_gd, s_gl, s_yb, s_yd, s_yl, s_xb, s_xd, s_xl,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_DLAST: tl.constexpr,
 ):
-    """Gradients. dout: strides s_g*; du, ddelta, dz: one layout, strides s_x*;
-    dA, dD, dbias: fp32 per batch row (B, D, N) / (B, D), summed by the caller; dB, dC: fp32
-    (B, N_DBLOCKS, N, L) partials for time-varying B / C, else (B, D, N)."""
+    """Gradients. dout: strides s_g*; y (the forward's output before the gate): s_y*; du, ddelta,
+    dz: one layout, strides s_x*. dA, dD, dbias: fp32 per batch row ((B, N, D), (B, D), (B, D)),
+    summed by the caller; dB, dC: fp32 (B, N_DBLOCKS, N, L) partials when time-varying, else
+    (B, N, D)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -240,127 +175,127 @@ def _scan_bwd_kernel(
     offs_j = tl.arange(0, CHUNK)
     mask_d = offs_d < DIM
     mask_n = offs_n < NSTATE
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn_offs = offs_d[:, None] * NSTATE + offs_n[None, :]
-    A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0)
-    A2 = A * LOG2E
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_offs = offs_n[:, None] * DIM + offs_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0) * LOG2E
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if not VAR_B:
-        B_fix = tl.load(B_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
-        dB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        B_fix = tl.load(B_ptr + offs_n[:, None] * s_bn + offs_d[None, :] * s_bb, mask=mask_nd, other=0.0).to(tl.float32)
+        dB_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     if not VAR_C:
-        C_fix = tl.load(C_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
-        dC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    if HAS_DLAST:
-        carry = tl.load(dlast_ptr + pid_b * DIM * NSTATE + dn_offs, mask=mask_dn, other=0.0)
+        C_fix = tl.load(C_ptr + offs_n[:, None] * s_cn + offs_d[None, :] * s_cb, mask=mask_nd, other=0.0).to(tl.float32)
+        dC_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if HAS_DLAST:  # g at the last step gets the last state's gradient
+        q = tl.load(dlast_ptr + pid_b * NSTATE * DIM + nd_offs, mask=mask_nd, other=0.0)
     else:
-        carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * DIM * NSTATE + dn_offs
-    dpart = (pid_b * N_DBLOCKS + pid_d) * NSTATE * L
+        q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    u_row = u_ptr + pid_b * s_ub + offs_d * s_ud
+    d_row = delta_ptr + pid_b * s_db + offs_d * s_dd
+    z_row = z_ptr + pid_b * s_zb + offs_d * s_zd
+    g_row = dout_ptr + pid_b * s_gb + offs_d * s_gd
+    y_row = y_ptr + pid_b * s_yb + offs_d * s_yd
+    x_off = pid_b * s_xb + offs_d * s_xd
+    b_col = B_ptr + pid_b * s_bb + offs_n * s_bn
+    c_col = C_ptr + pid_b * s_cb + offs_n * s_cn
+    ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * NSTATE * DIM + nd_offs
+    part = (pid_b * N_DBLOCKS + pid_d) * NSTATE * L + offs_n * L
 
     for i in range(0, N_CHUNKS):
         c = N_CHUNKS - 1 - i
-        s = c * CHUNK + offs_j
-        valid = s < L
-        valid_nx = s + 1 < L
-        t = L - 1 - s if REVERSE else s
-        t_nx = t - 1 if REVERSE else t + 1
-        m2 = mask_d[:, None] & valid[None, :]
-        m2_nx = mask_d[:, None] & valid_nx[None, :]
-        u = tl.load(u_ptr + pid_b * s_ub + offs_d[:, None] * s_ud + t[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        d_in = delta_ptr + pid_b * s_db + offs_d[:, None] * s_dd
-        dr = tl.load(d_in + t[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
-        dr_nx = tl.load(d_in + t_nx[None, :] * s_dl, mask=m2_nx, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + pid_b * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dr += bias[:, None]
-            dr_nx += bias[:, None]
-        if SOFTPLUS:
-            delta = _softplus(dr)
-            delta_nx = _softplus(dr_nx)
-        else:
-            delta = dr
-            delta_nx = dr_nx
-        # steps past the end decay by 1 and add nothing: the adjoint passes through them
-        delta = tl.where(m2, delta, 0.0)
-        delta_nx = tl.where(m2_nx, delta_nx, 0.0)
-        if VAR_B:
-            Bv = tl.load(B_ptr + pid_b * s_bb + offs_n[:, None] * s_bn + t[None, :] * s_bl,
-                         mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
-        else:
-            Bv = B_fix[:, :, None]
-        if VAR_C:
-            Cv = tl.load(C_ptr + pid_b * s_cb + offs_n[:, None] * s_cn + t[None, :] * s_cl,
-                         mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
-        else:
-            Cv = C_fix[:, :, None]
-        if HAS_Z:
-            zz = tl.load(z_ptr + pid_b * s_zb + offs_d[:, None] * s_zd + t[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zz)
-            dy = dout * zz * sig
-        else:
-            dy = dout
-
-        # states of the chunk from its checkpoint: h_j = Acum_j h0 + Hs_j
-        du_t = delta * u
-        a = tl.exp2(delta[:, None, :] * A2[:, :, None])
-        bu = du_t[:, None, :] * Bv
-        a_cum, h_s = tl.associative_scan((a, bu), 2, _linear_combine)
-        h0 = tl.load(ckpt_tile + c * DIM * NSTATE, mask=mask_dn, other=0.0)
-        h = h_s + a_cum * h0[:, :, None]
-        if HAS_Z:
-            y = tl.sum(h * Cv, axis=1)
+        # the states before each step of the chunk, from its checkpoint (steps past the end
+        # have delta 0: they decay by 1 and add nothing)
+        h = tl.load(ckpt_tile + c * NSTATE * DIM, mask=mask_nd, other=0.0)
+        H = tl.zeros((CHUNK, BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for j in tl.static_range(CHUNK):
+            s = c * CHUNK + j
+            ok = mask_d & (s < L)
+            t = _step_index(s, L, REVERSE)
+            H = tl.where(offs_j[:, None, None] == j, h[None, :, :], H)
+            dt = tl.load(d_row + t * s_dl, mask=ok, other=0.0).to(tl.float32)
+            u = tl.load(u_row + t * s_ul, mask=ok, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(ok, dt, 0.0)
+            if VAR_B:
+                Bv = tl.load(b_col + t * s_bl, mask=mask_n & (s < L), other=0.0).to(tl.float32)[:, None]
+            else:
+                Bv = B_fix
+            h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bv
+        for jj in tl.static_range(CHUNK):
+            j = CHUNK - 1 - jj
+            s = c * CHUNK + j
+            ok = mask_d & (s < L)
+            t = _step_index(s, L, REVERSE)
+            h_before = tl.sum(tl.where(offs_j[:, None, None] == j, H, 0.0), axis=0)
+            dr = tl.load(d_row + t * s_dl, mask=ok, other=0.0).to(tl.float32)
+            u = tl.load(u_row + t * s_ul, mask=ok, other=0.0).to(tl.float32)
+            dout = tl.load(g_row + t * s_gl, mask=ok, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dr = dr + bias
+            dt = dr
+            if SOFTPLUS:
+                dt = _softplus(dr)
+            dt = tl.where(ok, dt, 0.0)
+            if VAR_B:
+                Bv = tl.load(b_col + t * s_bl, mask=mask_n & (s < L), other=0.0).to(tl.float32)[:, None]
+            else:
+                Bv = B_fix
+            if VAR_C:
+                Cv = tl.load(c_col + t * s_cl, mask=mask_n & (s < L), other=0.0).to(tl.float32)[:, None]
+            else:
+                Cv = C_fix
+            if HAS_Z:
+                zz = tl.load(z_row + t * s_zl, mask=ok, other=0.0).to(tl.float32)
+                y = tl.load(y_row + t * s_yl, mask=ok, other=0.0).to(tl.float32)
+                sig = tl.sigmoid(zz)
+                dy = dout * zz * sig
+                dz = dout * y * sig * (1.0 + zz * (1.0 - sig))
+                tl.store(dz_ptr + x_off + t * s_xl, dz.to(dz_ptr.dtype.element_ty), mask=ok)
+            else:
+                dy = dout
+            a = tl.exp2(dt[None, :] * A2)
+            dtu = dt * u
+            h_after = a * h_before + dtu[None, :] * Bv
+            g = q + dy[None, :] * Cv
+            g_ah = g * a * h_before
+            g_b = tl.sum(g * Bv, axis=0)
+            ddelta = tl.sum(g_ah * A2, axis=0) * LN2 + u * g_b
+            du = dt * g_b
             if HAS_D:
-                y += Dv[:, None] * u
-            dz = dout * y * sig * (1.0 + zz * (1.0 - sig))
-            tl.store(dz_ptr + pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl,
-                     dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                du += Dv * dy
+                dD_acc += dy * u
+            if SOFTPLUS:
+                ddelta = ddelta * tl.sigmoid(dr)
+            ddelta = tl.where(ok, ddelta, 0.0)
+            if HAS_BIAS:
+                dbias_acc += ddelta
+            dA_acc += g_ah * dt[None, :]
+            tl.store(du_ptr + x_off + t * s_xl, du.to(du_ptr.dtype.element_ty), mask=ok)
+            tl.store(ddelta_ptr + x_off + t * s_xl, ddelta.to(ddelta_ptr.dtype.element_ty), mask=ok)
+            if VAR_B:
+                tl.store(dB_ptr + part + t, tl.sum(g * dtu[None, :], axis=1), mask=mask_n & (s < L))
+            else:
+                dB_acc += g * dtu[None, :]
+            if VAR_C:
+                tl.store(dC_ptr + part + t, tl.sum(h_after * dy[None, :], axis=1), mask=mask_n & (s < L))
+            else:
+                dC_acc += h_after * dy[None, :]
+            q = a * g
 
-        # adjoint states g_j = a_{j+1} g_{j+1} + dy_j C_j, from the end of the chunk
-        a_nx = tl.exp2(delta_nx[:, None, :] * A2[:, :, None])
-        a_rev, g_s = tl.associative_scan((a_nx, dy[:, None, :] * Cv), 2, _linear_combine, reverse=True)
-        g = g_s + a_rev * carry[:, :, None]
-        carry = tl.sum(tl.where(offs_j[None, None, :] == 0, g, 0.0), axis=2)
-
-        g_ah = g * (h - bu)  # g_t * a_t * h_{t-1}
-        dA_acc += tl.sum(g_ah * delta[:, None, :], axis=2)
-        g_b = tl.sum(g * Bv, axis=1)
-        ddelta = tl.sum(g_ah * A[:, :, None], axis=1) + u * g_b
-        du = delta * g_b
-        if HAS_D:
-            du += Dv[:, None] * dy
-            dD_acc += tl.sum(dy * u, axis=1)
-        if SOFTPLUS:
-            ddelta = ddelta * tl.sigmoid(dr)
-        ddelta = tl.where(m2, ddelta, 0.0)
-        dbias_acc += tl.sum(ddelta, axis=1)
-        x_tile = pid_b * s_xb + offs_d[:, None] * s_xd + t[None, :] * s_xl
-        tl.store(du_ptr + x_tile, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + x_tile,
-                 ddelta.to(ddelta_ptr.dtype.element_ty), mask=m2)
-        if VAR_B:
-            dB = tl.sum(g * du_t[:, None, :], axis=0)  # (N, CHUNK)
-            tl.store(dB_ptr + dpart + offs_n[:, None] * L + t[None, :], dB, mask=mask_n[:, None] & valid[None, :])
-        else:
-            dB_acc += tl.sum(g * du_t[:, None, :], axis=2)
-        if VAR_C:
-            dC = tl.sum(h * dy[:, None, :], axis=0)
-            tl.store(dC_ptr + dpart + offs_n[:, None] * L + t[None, :], dC, mask=mask_n[:, None] & valid[None, :])
-        else:
-            dC_acc += tl.sum(h * dy[:, None, :], axis=2)
-
-    row_dn = pid_b * DIM * NSTATE + dn_offs
-    tl.store(dA_ptr + row_dn, dA_acc, mask=mask_dn)
+    row_nd = pid_b * NSTATE * DIM + nd_offs
+    tl.store(dA_ptr + row_nd, dA_acc, mask=mask_nd)
     if not VAR_B:
-        tl.store(dB_ptr + row_dn, dB_acc, mask=mask_dn)
+        tl.store(dB_ptr + row_nd, dB_acc, mask=mask_nd)
     if not VAR_C:
-        tl.store(dC_ptr + row_dn, dC_acc, mask=mask_dn)
+        tl.store(dC_ptr + row_nd, dC_acc, mask=mask_nd)
     if HAS_D:
         tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
@@ -409,35 +344,38 @@ def _or(t: Optional[torch.Tensor], dummy: torch.Tensor) -> torch.Tensor:
     return dummy if t is None else t
 
 
+def _bc_strides(m: torch.Tensor) -> Tuple[int, int, int]:
+    """(B, N, L) strides of a time-varying B / C; (d, n, 0) strides of a time-invariant (D, N) one."""
+    return tuple(m.stride()) if m.dim() == 3 else (m.stride(0), m.stride(1), 0)
+
+
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, reverse: bool,
-                 save_checkpoints: bool, return_last_state: bool):
+                 save_for_backward: bool, return_last_state: bool):
     """Launch the forward kernel.
 
-    Returns (out (B, D, L) in u's dtype and layout, checkpoints (B, ceil(L / CHUNK), D, N) fp32
-    or None, last state (B, D, N) fp32 or None).
+    Returns (out (B, D, L) in u's dtype and layout; with ``save_for_backward`` the checkpoints
+    (B, ceil(L / CHUNK), N, D) fp32 and, when z is given, the output before the gate, else None;
+    the last state (B, D, N) fp32 or None).
     """
     b, d, length = u.shape
     n = A.shape[1]
-    A = A.float().contiguous()
-    B = B if B.dim() == 3 else B.contiguous()
-    C = C if C.dim() == 3 else C.contiguous()
+    A = A.float()
     n_chunks = triton.cdiv(length, CHUNK)
     out = _empty_like_layout(u)
-    ckpt = torch.empty(b, n_chunks, d, n, device=u.device, dtype=torch.float32) if save_checkpoints else None
-    last = torch.empty(b, d, n, device=u.device, dtype=torch.float32) if return_last_state else None
-    kernel = _scan_fwd_chunked_kernel if FWD_CHUNKED else _scan_fwd_kernel
-    kernel[(b, triton.cdiv(d, FWD_BLOCK_D))](
-        u, delta, A, B, C, _or(D, A), _or(z, u), _or(delta_bias, A), out, _or(ckpt, A), _or(last, A),
-        length, d, n, n_chunks,
-        *u.stride(), *delta.stride(), *_strides(B if B.dim() == 3 else None),
-        *_strides(C if C.dim() == 3 else None), *_strides(z), *out.stride(),
-        BLOCK_D=FWD_BLOCK_D, STORE_CKPT=save_checkpoints, STORE_LAST=return_last_state,
+    y = _empty_like_layout(u) if save_for_backward and z is not None else None
+    ckpt = torch.empty(b, n_chunks, n, d, device=u.device, dtype=torch.float32) if save_for_backward else None
+    last = torch.empty(b, n, d, device=u.device, dtype=torch.float32) if return_last_state else None
+    _scan_fwd_kernel[(b, triton.cdiv(d, FWD_BLOCK_D))](
+        u, delta, A, B, C, _or(D, A), _or(z, u), _or(delta_bias, A), out, _or(y, out), _or(ckpt, A),
+        _or(last, A), length, d, n, n_chunks, *A.stride(),
+        *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C), *_strides(z), *out.stride(),
+        BLOCK_D=FWD_BLOCK_D, STORE_CKPT=save_for_backward, STORE_LAST=return_last_state,
         num_warps=FWD_WARPS, **_flags(D, z, delta_bias, B, C, softplus, reverse, n),
     )
-    return out, ckpt, last
+    return out, ckpt, y, (last.transpose(1, 2).contiguous() if last is not None else None)
 
 
-def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, dlast, softplus: bool, reverse: bool):
+def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, softplus: bool, reverse: bool):
     """Launch the backward kernel and sum its partial results.
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the dtypes of their inputs (None
@@ -446,39 +384,38 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, dlast, softpl
     b, d, length = u.shape
     n = A.shape[1]
     var_b, var_c = B.dim() == 3, C.dim() == 3
-    A32 = A.float().contiguous()
-    Bk = B if var_b else B.contiguous()
-    Ck = C if var_c else C.contiguous()
+    A32 = A.float()
     n_chunks = triton.cdiv(length, CHUNK)
     n_dblocks = triton.cdiv(d, BWD_BLOCK_D)
     dev, f32 = u.device, torch.float32
     du = _empty_like_layout(u)
     ddelta = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=delta.dtype)
     dz = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=z.dtype) if z is not None else None
-    dA = torch.empty(b, d, n, device=dev, dtype=f32)
-    dB = torch.empty((b, n_dblocks, n, length) if var_b else (b, d, n), device=dev, dtype=f32)
-    dC = torch.empty((b, n_dblocks, n, length) if var_c else (b, d, n), device=dev, dtype=f32)
+    dA = torch.empty(b, n, d, device=dev, dtype=f32)
+    dB = torch.empty((b, n_dblocks, n, length) if var_b else (b, n, d), device=dev, dtype=f32)
+    dC = torch.empty((b, n_dblocks, n, length) if var_c else (b, n, d), device=dev, dtype=f32)
     dD = torch.empty(b, d, device=dev, dtype=f32) if D is not None else None
     dbias = torch.empty(b, d, device=dev, dtype=f32) if delta_bias is not None else None
+    dlast_k = dlast.transpose(1, 2).contiguous() if dlast is not None else None
     _scan_bwd_kernel[(b, n_dblocks)](
-        u, delta, A32, Bk, Ck, _or(D, dA), _or(z, u), _or(delta_bias, dA), dout, ckpt, _or(dlast, dA),
+        u, delta, A32, B, C, _or(D, A32), _or(z, u), _or(delta_bias, A32), dout, _or(y, u), ckpt, _or(dlast_k, A32),
         du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA),
-        length, d, n, n_chunks, n_dblocks,
-        *u.stride(), *delta.stride(), *_strides(Bk if var_b else None), *_strides(Ck if var_c else None),
-        *_strides(z), *dout.stride(), *du.stride(),
+        length, d, n, n_chunks, n_dblocks, *A32.stride(),
+        *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C),
+        *_strides(z), *dout.stride(), *_strides(y), *du.stride(),
         BLOCK_D=BWD_BLOCK_D, HAS_DLAST=dlast is not None, num_warps=BWD_WARPS,
         **_flags(D, z, delta_bias, B, C, softplus, reverse, n),
     )
-    return (du, ddelta, dA.sum(0).to(A.dtype), (dB.sum(1) if var_b else dB.sum(0)).to(B.dtype),
-            (dC.sum(1) if var_c else dC.sum(0)).to(C.dtype),
+    return (du, ddelta, dA.sum(0).t().to(A.dtype), (dB.sum(1) if var_b else dB.sum(0).t()).to(B.dtype),
+            (dC.sum(1) if var_c else dC.sum(0).t()).to(C.dtype),
             dD.sum(0).to(D.dtype) if D is not None else None, dz,
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None)
 
 
 # ----------------------------------------------------------------------------- autograd + custom op
-# torch.compile sees the scan as one opaque op (no graph break): a forward op that also returns the
-# checkpoints and a backward op, tied together with register_autograd. Custom ops cannot return
-# None, so absent results travel as empty tensors.
+# torch.compile sees the scan as one opaque op (no graph break): a forward op that also returns what
+# the backward needs and a backward op, tied together with register_autograd. Custom ops cannot
+# return None, so absent results travel as empty tensors.
 _NONE = (0,)
 
 
@@ -486,41 +423,45 @@ def _none_to_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tenso
     return like.new_empty(_NONE) if t is None else t
 
 
-def _empty_to_none(t: torch.Tensor) -> Optional[torch.Tensor]:
-    return None if t.dim() == 1 and t.numel() == 0 else t
+def _empty_to_none(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None or (t.dim() == 1 and t.numel() == 0) else t
 
 
 @torch.library.custom_op("map_core::selective_scan_fwd", mutates_args=())
 def _scan_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                 softplus: bool, reverse: bool, save_checkpoints: bool,
-                 return_last_state: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, ckpt, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse,
-                                   save_checkpoints, return_last_state)
-    return out, _none_to_empty(ckpt, A.float()), _none_to_empty(last, A.float())
+                 softplus: bool, reverse: bool, save_for_backward: bool,
+                 return_last_state: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, ckpt, y, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse,
+                                      save_for_backward, return_last_state)
+    f32 = A.float()
+    return out, _none_to_empty(ckpt, f32), _none_to_empty(y, u), _none_to_empty(last, f32)
 
 
 @_scan_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save_checkpoints, return_last_state):
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save_for_backward, return_last_state):
     b, d, length = u.shape
     n = A.shape[1]
-    ckpt = u.new_empty((b, triton.cdiv(length, CHUNK), d, n) if save_checkpoints else _NONE, dtype=torch.float32)
-    last = u.new_empty((b, d, n) if return_last_state else _NONE, dtype=torch.float32)
-    return _empty_like_layout(u), ckpt, last
+    f32 = torch.float32
+    ckpt = u.new_empty((b, triton.cdiv(length, CHUNK), n, d) if save_for_backward else _NONE, dtype=f32)
+    y = _empty_like_layout(u) if save_for_backward and z is not None else u.new_empty(_NONE)
+    last = u.new_empty((b, d, n) if return_last_state else _NONE, dtype=f32)
+    return _empty_like_layout(u), ckpt, y, last
 
 
 @torch.library.custom_op("map_core::selective_scan_bwd", mutates_args=())
 def _scan_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                 delta_bias: Optional[torch.Tensor], ckpt: torch.Tensor, dlast: Optional[torch.Tensor],
-                 softplus: bool, reverse: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                   torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, dlast, softplus, reverse)
+                 delta_bias: Optional[torch.Tensor], ckpt: torch.Tensor, y: Optional[torch.Tensor],
+                 dlast: Optional[torch.Tensor], softplus: bool,
+                 reverse: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, softplus, reverse)
     return tuple(_none_to_empty(g, A) for g in grads)
 
 
 @_scan_bwd_op.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, dlast, softplus, reverse):
+def _(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, softplus, reverse):
     du = _empty_like_layout(u)
 
     def like_du(dtype):
@@ -536,19 +477,40 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, dlast, softplus, reverse)
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, softplus, reverse, _, _ = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1], _empty_to_none(output[2]))
     ctx.softplus, ctx.reverse = softplus, reverse
 
 
-def _backward(ctx, dout, dckpt, dlast):
-    u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-    if dlast is not None and dlast.numel() == 0:
-        dlast = None
-    grads = _scan_bwd_op(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, dlast, ctx.softplus, ctx.reverse)
+def _backward(ctx, dout, dckpt, dy_saved, dlast):
+    u, delta, A, B, C, D, z, delta_bias, ckpt, y = ctx.saved_tensors
+    grads = _scan_bwd_op(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, _empty_to_none(dlast),
+                         ctx.softplus, ctx.reverse)
     return tuple(_empty_to_none(g) for g in grads) + (None,) * 4
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ScanFunction(torch.autograd.Function):
+    """The eager path: the same kernels without the custom op's dispatch layers, which cost tens of
+    microseconds a call (BENCHMARKS.md); ``torch.compile`` traces the custom op instead."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, return_last):
+        out, ckpt, y, last = scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, return_last)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y)
+        ctx.softplus, ctx.reverse = softplus, reverse
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt, y = ctx.saved_tensors
+        grads = scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, ctx.softplus, ctx.reverse)
+        return grads + (None,) * 4
+
+
+# Eager calls go through _ScanFunction (False: through the custom op, as under torch.compile).
+EAGER_FUNCTION = True
 
 
 def selective_scan_triton(
@@ -560,6 +522,9 @@ def selective_scan_triton(
     check_shapes(u, delta, A, B, C, D, z, delta_bias)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    out, _, last = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, needs_grad,
-                                return_last_state)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, needs_grad, return_last_state)
+    if EAGER_FUNCTION and not torch.compiler.is_compiling():
+        out, last = _ScanFunction.apply(*args)
+    else:
+        out, _, _, last = _scan_fwd_op(*args)
     return (out, last) if return_last_state else out
