@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
+from .compile import repeated_block
+
 
 def xavier_init(m: nn.Module, layer_norms: bool = False) -> None:
     """MAE-style init for ``module.apply``: xavier-uniform Linear weights, zero biases, and with
@@ -35,6 +37,7 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
     raise ValueError(f"unknown norm '{kind}'; expected 'rms' or 'layer'")
 
 
+@repeated_block
 class MambaLayer(nn.Module):
     """Mamba's add -> norm -> mixer block (the fused add-norm semantics of ``mamba_ssm``).
 
@@ -111,6 +114,7 @@ class CrossNormAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
+@repeated_block
 class TransformerBlock(nn.Module):
     """Pre-norm Transformer block (timm ViT ``Block`` names: norm1, attn, norm2, mlp).
 
@@ -138,6 +142,7 @@ class TransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+@repeated_block
 class CrossNormBlock(nn.Module):
     """MAP 2D decoder block: the query and the keys/values get their own LayerNorm.
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
+from map_core.compile import repeated_block
 from map_core.layers import TransformerBlock
 from map_core.mixers import BiMamba
 from pointcloud.ops import gather, knn
@@ -73,6 +74,7 @@ class LocalNormPool(nn.Module):
         return out if cls is None else torch.cat([cls, out], dim=1)
 
 
+@repeated_block
 class Mamba3DBlock(nn.Module):
     """LNP + a token mixer, each pre-normed with an outer residual. x: (B, L, C), center: (B, G, 3).
 
