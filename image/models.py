@@ -60,7 +60,7 @@ class MAPImagePretrainer(MAPPretrainer):
     """MAP pretraining on images. forward(imgs (B, 3, H, W), mask=None) -> (loss, pred (B, L, p*p*3),
     mask bool (B, L)); pred is in token order and (h, w, p, q, c) patch layout."""
 
-    def forward(self, imgs: torch.Tensor, mask: Optional[torch.Tensor] = None):
+    def forward(self, imgs: torch.Tensor, mask: Optional[torch.Tensor] = None, n_mask: Optional[int] = None):
         grid = self.tokenizer.grid_of(imgs)
         if grid != self.tokenizer.grid_size:
             raise ValueError(
@@ -68,7 +68,7 @@ class MAPImagePretrainer(MAPPretrainer):
                 f"rows were built for {self.tokenizer.grid_size[0]}x{self.tokenizer.grid_size[1]} "
                 f"(img_size {self.tokenizer.grid_size[0] * self.patch_size})"
             )
-        return super().forward(imgs, mask)
+        return super().forward(imgs, mask, n_mask)
 
     @property
     def patch_size(self) -> int:

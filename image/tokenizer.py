@@ -94,6 +94,11 @@ class ImagePatchTokenizer(nn.Module):
     def grid_of(self, imgs: torch.Tensor) -> Tuple[int, int]:
         return (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
 
+    def num_tokens(self, imgs: torch.Tensor) -> int:
+        """How many tokens ``forward(imgs)`` makes (from the shape alone)."""
+        h, w = self.grid_of(imgs)
+        return h * w
+
     def position_embedding(self, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """(1, h*w, D) for ``grid`` (default: the built grid)."""
         return resize_pos_embed(self.pos_embed, grid or self.grid_size, self.grid_size)

@@ -85,7 +85,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     max_steps_per_epoch: Optional[int] = None
-    compile: bool = False
+    compile: bool = False  # torch.compile each repeated block (map_core.compile)
+    compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
+    cuda_graphs: bool = False  # replay forward, loss and backward from CUDA graphs (map_core.graphs)
 
 
 @dataclass

@@ -35,7 +35,14 @@ def random_mask(
 
     Returns bool (batch, length). Deterministic for a seeded ``generator``.
     """
-    n_mask = num_masked(length, ratio, rounding)
+    return random_mask_of_count(batch, length, num_masked(length, ratio, rounding), generator, device)
+
+
+def random_mask_of_count(batch: int, length: int, n_mask: int, generator: Optional[torch.Generator] = None,
+                         device: Optional[torch.device] = None) -> torch.Tensor:
+    """A uniformly random mask per row with exactly ``n_mask`` True. Returns bool (batch, length)."""
+    if not 0 <= n_mask <= length:
+        raise ValueError(f"cannot mask {n_mask} of {length} tokens")
     gen_device = generator.device if generator is not None else device
     noise = torch.rand(batch, length, generator=generator, device=gen_device)
     ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each token's noise within its row

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .decoder import ARDecoder
-from .masking import gather_tokens, mask_to_indices, random_mask, truncated_normal_ratio
+from .masking import gather_tokens, mask_to_indices, num_masked, random_mask_of_count, truncated_normal_ratio
 
 
 @dataclass
@@ -76,12 +76,17 @@ class MAPPretrainer(nn.Module):
         self.mask_ratio_bounds, self.mask_rounding = tuple(mask_ratio_bounds), mask_rounding
         self.decoder_order = decoder_order
 
-    def sample_mask(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
-        """bool (batch, length), True = masked, one ratio for the whole batch."""
+    def sample_num_masked(self, length: int) -> int:
+        """How many of ``length`` tokens this step masks: one ratio per step, drawn on the host."""
         ratio = self.mask_ratio
         if self.mask_ratio_std > 0:
             ratio = truncated_normal_ratio(self.mask_ratio, self.mask_ratio_std, *self.mask_ratio_bounds)
-        return random_mask(batch, length, ratio, device=device, rounding=self.mask_rounding)
+        return num_masked(length, ratio, self.mask_rounding)
+
+    def graph_static_args(self, inputs: torch.Tensor) -> dict:
+        """The host-drawn part of a step, fixed in a captured CUDA graph (``map_core.graphs``): the
+        number of masked tokens. The mask itself is drawn on the device, anew at every replay."""
+        return {"n_mask": self.sample_num_masked(self.tokenizer.num_tokens(inputs))}
 
     def forward_encoder(self, tok: Tokens, keep: torch.Tensor) -> torch.Tensor:
         """Encode the visible tokens. keep: (B, L_keep) -> (B, L_keep, C)."""
@@ -105,19 +110,21 @@ class MAPPretrainer(nn.Module):
         return out.scatter(1, order[..., None].expand(-1, -1, out.shape[-1]), out)
 
     def forward(
-        self, inputs: torch.Tensor, mask: Optional[torch.Tensor] = None
+        self, inputs: torch.Tensor, mask: Optional[torch.Tensor] = None, n_mask: Optional[int] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """inputs: a modality batch; mask: optional bool (B, L), True = masked.
+        """inputs: a modality batch; mask: optional bool (B, L), True = masked; n_mask: how many
+        tokens a mask drawn here masks (default: drawn per step, see ``sample_num_masked``).
 
         Returns (loss, pred (B, L, P) in token order, mask (B, L)).
         """
         tok = self.tokenizer(inputs)
         b, length = tok.x.shape[:2]
-        if mask is None:
-            mask = self.sample_mask(b, length, tok.x.device)
+        if mask is None:  # the count is known here: the mask is never read on the host
+            n_mask = self.sample_num_masked(length) if n_mask is None else n_mask
+            mask = random_mask_of_count(b, length, n_mask, device=tok.x.device)
         elif mask.shape != (b, length):
             raise ValueError(f"mask must have shape {(b, length)}, got {tuple(mask.shape)}")
-        keep, masked = mask_to_indices(mask.to(tok.x.device))
+        keep, masked = mask_to_indices(mask.to(tok.x.device), n_mask)
         pred = self.forward_decoder(self.forward_encoder(tok, keep), tok, keep, masked)
         loss = self.loss_fn(gather_tokens(pred, masked), gather_tokens(tok.target, masked))
         return loss, pred, mask

@@ -78,6 +78,10 @@ class PointGroupTokenizer(nn.Module):
         self.encoder = MiniPointNet(encoder_dims, pointnet_width)
         self.pos_embed = position_mlp(trans_dim, nn.SiLU)
 
+    def num_tokens(self, pts: torch.Tensor) -> int:
+        """How many tokens ``forward(pts)`` makes: the number of groups."""
+        return self.num_group
+
     def forward(self, pts: torch.Tensor) -> Tokens:
         neighborhood, center = group_points(pts, self.num_group, self.group_size)
         return Tokens(x=self.encoder(neighborhood), pos=self.pos_embed(center), coords=center,

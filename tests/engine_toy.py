@@ -23,9 +23,9 @@ from map_core.registry import DATASETS, MODELS, TASKS  # noqa: E402
 class ToyMLP(nn.Module):
     """x: (B, in_dim) -> logits (B, num_classes); dropout so the RNG state matters."""
 
-    def __init__(self, in_dim: int = 8, hidden: int = 16, num_classes: int = 4):
+    def __init__(self, in_dim: int = 8, hidden: int = 16, num_classes: int = 4, dropout: float = 0.1):
         super().__init__()
-        self.fc1, self.drop, self.head = nn.Linear(in_dim, hidden), nn.Dropout(0.1), nn.Linear(hidden, num_classes)
+        self.fc1, self.drop, self.head = nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         self.pos_embed = nn.Parameter(torch.zeros(1, hidden))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

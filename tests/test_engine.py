@@ -200,3 +200,19 @@ def test_stale_temp_files_are_cleaned_and_best_is_a_copy(tmp_path: Path) -> None
     assert load_checkpoint(tmp_path / "best.pth")["w"].tolist() == [1.0, 1.0, 1.0]
     assert load_checkpoint(tmp_path / "last.pth")["w"].tolist() == [0.0, 0.0, 0.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_training_matches_eager(config: Path, tmp_path: Path) -> None:
+    root = tmp_path / "exp"
+    common = ["--set", "runtime.device=cuda", "train.precision=fp32", "model.dropout=0.0"]
+    assert train(config, root, "--exp-name", "eager", *common) == 0
+    assert train(config, root, "--exp-name", "graphs", *common, "train.cuda_graphs=true") == 0
+    eager, graphs = (load_checkpoint(root / f"toy/{n}/last.pth")["model"] for n in ("eager", "graphs"))
+    for key, value in eager.items():
+        torch.testing.assert_close(graphs[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_cuda_graphs_on_cpu_is_a_config_error(config: Path, tmp_path: Path, capsys) -> None:
+    assert train(config, tmp_path / "exp", "--set", "runtime.device=cpu", "train.cuda_graphs=true") == 2
+    assert "train.cuda_graphs needs one process on a CUDA device" in capsys.readouterr().err

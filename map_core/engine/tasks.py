@@ -73,7 +73,9 @@ class Task:
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # no cast cache: each weight is cast once per forward anyway, and CUDA-graph capture
+        # (train.cuda_graphs) requires it off
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     def build_model(self) -> nn.Module:
         return _build(MODELS, self.cfg["model"], "model")

@@ -24,6 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from map_core import backends
+from map_core.compile import compile_blocks
+from map_core.graphs import GraphedStep
 from map_core.config import Config, dump_config
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
@@ -158,8 +160,14 @@ class Trainer:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=self.cfg["runtime"]["find_unused_parameters"])
-        # the training forward; evaluation and checkpoints use the plain modules
-        self.step_model: nn.Module = torch.compile(self.ddp_model) if train["compile"] else self.ddp_model
+        if train["compile"]:  # in place, block by block: checkpoints and evaluation are unaffected
+            compile_blocks(self.model, train["compile_mode"])
+        self.graphed: Optional[GraphedStep] = None
+        if train["cuda_graphs"]:
+            if self.dist.device.type != "cuda" or self.dist.world_size > 1:
+                raise ConfigError("train.cuda_graphs needs one process on a CUDA device (not CPU, not DDP); "
+                                  "use train.compile there")
+            self.graphed = GraphedStep(self.model, self.task.train_step, self.task.autocast)
         self.nonfinite = torch.zeros((), device=self.dist.device)  # non-finite updates since the last check
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.dist.device)
 
@@ -244,11 +252,14 @@ class Trainer:
         bad = torch.zeros((), device=dev)
         for i, batch in enumerate(batches):
             batch = self.task.preprocess(to_device(batch, dev), training=True)
-            sync = i == accum - 1 or not isinstance(self.ddp_model, DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
-                with self.task.autocast():
-                    loss, info = self.task.train_step(self.step_model, batch)
-                self.scaler.scale(loss / accum).backward()
+            if self.graphed is not None:  # forward, loss and backward replayed from a CUDA graph
+                loss, info = self.graphed(batch, self.scaler.scale(torch.ones((), device=dev)) / accum)
+            else:
+                sync = i == accum - 1 or not isinstance(self.ddp_model, DistributedDataParallel)
+                with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
+                    with self.task.autocast():
+                        loss, info = self.task.train_step(self.ddp_model, batch)
+                    self.scaler.scale(loss / accum).backward()
             loss = loss.detach().float()
             bad += (~torch.isfinite(loss)).float()
             totals["loss"] += loss / accum
@@ -260,7 +271,7 @@ class Trainer:
             bad += (~torch.isfinite(totals["grad_norm"])).float()
         all_reduce_sum(bad)  # every rank skips the same updates
         self._optimizer_step(bad)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.graphed is None)  # graphs accumulate into fixed tensors
         self.global_step += 1
         self.nonfinite += bad
         self.first_nonfinite = torch.where((self.first_nonfinite < 0) & (bad > 0), self.global_step,

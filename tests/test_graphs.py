@@ -1,0 +1,74 @@
+"""CUDA-graph training steps replay exactly what the eager step computes (GPU only)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from map_core.graphs import GraphedStep
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+class Counted(nn.Module):
+    """A small MLP whose step shape is set on the host, like MAP 2D's mask count."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 3))
+        self.keep = 4
+
+    def graph_static_args(self, x):
+        return {"keep": self.keep}
+
+    def forward(self, x, keep=None):
+        return self.net(x[:, : (self.keep if keep is None else keep)]).float().pow(2).mean()
+
+
+def mse_step(model, batch):
+    return model(batch[0] * batch[1]), {"first": batch[0][0, 0, 0]}
+
+
+def eager_grads(model, batch, scale):
+    """The eager step's gradients, without touching ``.grad`` (which the graphs write into)."""
+    loss, _ = mse_step(model, batch)
+    return loss.detach(), torch.autograd.grad(loss * scale, list(model.parameters()))
+
+
+def test_replay_matches_eager_for_new_data_and_each_signature():
+    torch.manual_seed(0)
+    model = Counted().cuda()
+    graphed = GraphedStep(model, mse_step, lambda: torch.autocast("cuda", enabled=False))
+    for keep in (4, 2, 4):  # a second signature, then back to the first graph
+        model.keep = keep
+        for _ in range(2):
+            batch = (torch.randn(5, 7, 6, device="cuda"), torch.rand(5, 1, 1, device="cuda"))
+            scale = torch.tensor(0.5, device="cuda")
+            want_loss, want = eager_grads(model, batch, scale)
+            model.zero_grad(set_to_none=False)
+            loss, info = graphed(batch, scale)
+            assert torch.allclose(loss, want_loss) and info["first"] == batch[0][0, 0, 0]
+            for p, g in zip(model.parameters(), want):
+                torch.testing.assert_close(p.grad, g)
+    assert len(graphed.graphs) == 2  # one graph per signature, shared gradient tensors
+
+
+def test_gradients_accumulate_over_micro_batches():
+    torch.manual_seed(1)
+    model = Counted().cuda()
+    graphed = GraphedStep(model, mse_step, lambda: torch.autocast("cuda", enabled=False))
+    batches = [(torch.randn(5, 7, 6, device="cuda"), torch.rand(5, 1, 1, device="cuda")) for _ in range(2)]
+    model.zero_grad(set_to_none=False)
+    for b in batches:
+        graphed(b, torch.tensor(0.5, device="cuda"))
+    want = [sum(g) for g in zip(*(eager_grads(model, b, torch.tensor(0.5, device="cuda"))[1] for b in batches))]
+    for p, g in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_resetting_gradients_to_none_is_refused():
+    model = Counted().cuda()
+    graphed = GraphedStep(model, mse_step, lambda: torch.autocast("cuda", enabled=False))
+    batch = (torch.randn(5, 7, 6, device="cuda"), torch.rand(5, 1, 1, device="cuda"))
+    graphed(batch, torch.tensor(1.0, device="cuda"))
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(RuntimeError, match="set_to_none=False"):
+        graphed(batch, torch.tensor(1.0, device="cuda"))
