@@ -3,8 +3,9 @@
     # one model: forward + backward + AdamW step
     python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224 [--compile]
     python tools/benchmark.py --model pointmap_pretrain --batch 128 --input points:1024 --scan torch
-    # the whole comparison of BENCHMARKS.md: MAP sizes, PointMAP, a timm MAE ViT-B step, scaling
-    python tools/benchmark.py --suite [--compile-modes none default]
+    # the whole comparison of BENCHMARKS.md: MAP sizes, PointMAP, a timm MAE ViT-B step, scaling,
+    # each eager, with torch.compile (--compile) or replayed from CUDA graphs (--cuda-graphs)
+    python tools/benchmark.py --suite
     # the kernels against their references and their floors (bytes / bandwidth, exp / SFU rate)
     python tools/benchmark.py --kernels [--sweep]
 
@@ -30,6 +31,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from map_core import backends  # noqa: E402
+from map_core.compile import compile_blocks  # noqa: E402
+from map_core.graphs import GraphedStep  # noqa: E402
 from map_core.registry import MODELS  # noqa: E402
 from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
 
@@ -167,35 +170,51 @@ def profile_step(step: Callable[[], None], device: torch.device, top: int = 15) 
 
 def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: int, warmup: int,
           device: torch.device, model_kwargs: Optional[dict] = None, compile_mode: Optional[str] = None,
-          profile: bool = False) -> dict:
+          profile: bool = False, cuda_graphs: bool = False) -> dict:
     """Median training-step time (forward, backward, fused AdamW step) and what follows from it."""
     torch.manual_seed(0)
     model = build_model(model_name, model_kwargs).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = make_input(input_spec, batch, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-    run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
+    if compile_mode:
+        compile_blocks(model, None if compile_mode == "default" else compile_mode)
+
+    def loss_of(net: nn.Module, inputs: torch.Tensor):
+        out = net(inputs)
+        # pretraining models return (loss, ...); classifiers return logits
+        return (out[0] if isinstance(out, tuple) else out.float().logsumexp(-1).mean()), {}
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                              cache_enabled=False)
 
     def forward_backward(net: nn.Module) -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = net(x)
-            # pretraining models return (loss, ...); classifiers return logits
-            loss = out[0] if isinstance(out, tuple) else out.float().logsumexp(-1).mean()
+        with autocast():
+            loss, _ = loss_of(net, x)
         loss.backward()
 
+    graphed = GraphedStep(model, loss_of, autocast) if cuda_graphs else None
+    one = torch.ones((), device=device)
+
     def step() -> None:
-        forward_backward(run)
+        if graphed is not None:
+            graphed(x, one)
+        else:
+            forward_backward(model)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=graphed is None)
 
     flops = step_flops(lambda: forward_backward(model))
     opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":  # the peak includes warm-up, compilation and graph capture
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     warm_s = time.perf_counter() - t0
     ms = statistics.median(cuda_times_ms(step, steps, device))
     peak = peak_tflops(device)
@@ -204,7 +223,7 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
     return {**extra,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec,
-        "precision": precision, "compile": compile_mode or "none",
+        "precision": precision, "compile": compile_mode or "none", "cuda_graphs": cuda_graphs,
         "backends": {op: backends.resolve(op, device).name for op in ("scan", "conv", "fps", "knn")
                      if backends._REGISTRY[op]},
         "ms_per_step": round(ms, 2), "samples_per_s": round(1000 * batch / ms, 1),
@@ -215,25 +234,36 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
 
 
 # ----------------------------------------------------------------------------- suite
-SUITE = [  # (model, batch, input, kwargs): the rows of BENCHMARKS.md's comparison and scaling tables
-    ("mae_vit_base", 64, "image:224", {}),
-    ("map_tiny_patch16_224", 64, "image:224", {}),
-    ("map_small_patch16_224", 64, "image:224", {}),
-    ("map_base_patch16_224", 64, "image:224", {}),
-    ("map_base_patch16_224", 128, "image:224", {}),
-    ("pointmap_pretrain", 128, "points:1024", {}),
-    ("pointmap_pretrain", 32, "points:4096", {"num_group": 256}),
-    ("pointmap_classifier", 32, "points:8192", {"num_group": 512}),
-    ("map_base_patch16_224", 32, "image:384", {"img_size": 384}),
-    ("map_base_patch16_224", 16, "image:512", {"img_size": 512}),
+FIXED = {"mask_ratio_std": 0.0}  # MAP 2D with its mean mask ratio every step: static shapes
+SUITE = [  # (model, batch, input, model kwargs, step modes): the rows of BENCHMARKS.md's tables
+    ("mae_vit_base", 64, "image:224", {}, ("eager", "graphs")),
+    ("map_tiny_patch16_224", 64, "image:224", {}, ("eager", "compile")),
+    ("map_tiny_patch16_224", 64, "image:224", FIXED, ("graphs",)),
+    ("map_small_patch16_224", 64, "image:224", {}, ("eager",)),
+    ("map_small_patch16_224", 64, "image:224", FIXED, ("graphs",)),
+    ("map_base_patch16_224", 64, "image:224", {}, ("eager", "compile")),
+    ("map_base_patch16_224", 64, "image:224", FIXED, ("graphs",)),
+    ("map_base_patch16_224", 128, "image:224", FIXED, ("graphs",)),
+    ("map_base_patch16_224", 32, "image:384", dict(FIXED, img_size=384), ("graphs",)),
+    ("map_base_patch16_224", 16, "image:512", dict(FIXED, img_size=512), ("graphs",)),
+    ("pointmap_pretrain", 128, "points:1024", {}, ("eager", "graphs")),
+    ("pointmap_pretrain", 32, "points:4096", {"num_group": 256}, ("graphs",)),
+    ("pointmap_classifier", 32, "points:8192", {"num_group": 512}, ("eager", "graphs")),
 ]
 
 
 # ----------------------------------------------------------------------------- kernels
-def _median_ms(fn: Callable[[], None], device: torch.device, reps: int = 50) -> float:
+def _median_ms(fn: Callable[[], None], device: torch.device, reps: int = 50, graph: bool = True) -> float:
+    """Median device time of ``fn``. With ``graph``, the calls are replayed from a CUDA graph, so the
+    host's launch overhead (measured apart in ``host_overhead``) is left out."""
     if device.type == "cuda":
         import triton.testing
 
+        if graph:
+            try:
+                return float(triton.testing.do_bench_cudagraph(fn, rep=reps * 4, return_mode="median"))
+            except RuntimeError as err:  # not capturable: time launches as they come
+                print(json.dumps({"kind": "note", "cudagraph_failed": str(err).splitlines()[0]}), flush=True)
         return float(triton.testing.do_bench(fn, warmup=25, rep=reps * 4, return_mode="median"))
     return statistics.median(cuda_times_ms(fn, max(3, reps // 10), device))
 
@@ -242,7 +272,7 @@ def copy_bandwidth(device: torch.device) -> float:
     """Bytes per second of a large device-to-device copy (read + write)."""
     src = torch.empty(1 << 29, dtype=torch.uint8, device=device)  # 512 MiB
     dst = torch.empty_like(src)
-    ms = _median_ms(lambda: dst.copy_(src), device)
+    ms = _median_ms(lambda: dst.copy_(src), device, graph=False)
     return 2 * src.numel() / (ms / 1000)
 
 
@@ -264,7 +294,7 @@ def exp_rate(device: torch.device) -> Optional[float]:
 
     programs, block, iters = 132 * 64, 1024, 256
     out = torch.empty(programs * block, device=device)
-    ms = _median_ms(lambda: chain[(programs,)](out, ITERS=iters, BLOCK=block, num_warps=8), device)
+    ms = _median_ms(lambda: chain[(programs,)](out, ITERS=iters, BLOCK=block, num_warps=8), device, graph=False)
     return programs * block * iters / (ms / 1000)
 
 
@@ -289,12 +319,56 @@ def _scan_fwd_bwd(x: dict, backend: str, grad_out: torch.Tensor):
     return out, dict(zip(leaves, grads))
 
 
+def _scan_kernel_ms(x: dict, dy: torch.Tensor, device: torch.device) -> tuple:
+    """Device time of the training forward (with what it saves) and of the backward kernels."""
+    from map_core.kernels import selective_scan as ks
+
+    args = list(x.values())
+    fwd = round(_median_ms(lambda: ks.scan_forward(*args, True, False, True, False), device), 4)
+    _, ckpt, y, _ = ks.scan_forward(*args, True, False, True, False)
+    bwd = round(_median_ms(lambda: ks.scan_backward(dy, *args, ckpt, y, None, True, False), device), 4)
+    return fwd, bwd
+
+
 def scan_floor(b: int, d: int, n: int, length: int, itemsize: int = 2) -> Dict[str, float]:
     """Fewest bytes (fwd: read u, delta, z, B, C, write y; bwd: read those and dy, write du,
     ddelta, dz, dB, dC) and exponentials (exp(delta A) once forward, once in the recomputation)."""
     bdl, bnl = b * d * length * itemsize, b * n * length * itemsize
     return {"bytes": (3 * bdl + 2 * bnl + bdl) + (4 * bdl + 2 * bnl + 3 * bdl + 2 * bnl),
             "exps": 2.0 * b * d * n * length}
+
+
+def host_overhead(device: torch.device) -> List[dict]:
+    """Microseconds of host time per call at a tiny shape (the launch cost, not the kernel's)."""
+    from map_core.kernels import causal_conv1d as kc
+    from map_core.kernels import selective_scan as ks
+
+    rows = []
+    x = _scan_case(1, 32, 16, 8, device)
+    dy = torch.randn(1, 32, 8, device=device, dtype=torch.bfloat16)
+    xc = torch.randn(1, 8, 32, device=device, dtype=torch.bfloat16).transpose(1, 2)
+    w, b = torch.randn(32, 4, device=device), torch.randn(32, device=device)
+
+    def conv_fb():
+        leaves = [xc.detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_()]
+        torch.autograd.grad(causal_conv1d(*leaves, backend="triton"), leaves, dy)
+
+    for flag in (True, False):
+        ks.EAGER_FUNCTION = kc.EAGER_FUNCTION = flag
+        for name, fn in (("scan_fwd_bwd", lambda: _scan_fwd_bwd(x, "triton", dy)), ("conv_fwd_bwd", conv_fb)):
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                fn()
+            host_us = (time.perf_counter() - t0) / 200 * 1e6
+            torch.cuda.synchronize()
+            rows.append({"kind": "host_overhead", "op": name, "path": "autograd.Function" if flag else "custom_op",
+                         "us_per_call": round(host_us, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    ks.EAGER_FUNCTION = kc.EAGER_FUNCTION = True
+    return rows
 
 
 def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
@@ -305,6 +379,9 @@ def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
     bw, exps = copy_bandwidth(device), exp_rate(device)
     rows.append({"kind": "ceilings", "copy_GBps": round(bw / 1e9, 1),
                  "exp2_per_s_T": round(exps / 1e12, 3) if exps else None})
+    print(json.dumps(rows[-1]), flush=True)
+    if device.type == "cuda":
+        rows.extend(host_overhead(device))
     cases = [("map_base", 64, 1536, 16, 196), ("map_base", 64, 1536, 16, 98), ("map_base", 128, 1536, 16, 196),
              ("pointmap", 128, 768, 16, 129), ("pointmap", 128, 768, 16, 26)]
     for name, b, d, n, length in cases:
@@ -319,9 +396,8 @@ def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
         del out_r, grads_r
         if b == 64 and length == 196:
             row["reference_fwd_bwd_ms"] = round(_median_ms(lambda: _scan_fwd_bwd(x, "torch", dy), device, 5), 2)
-        with torch.no_grad():
-            row["fwd_ms"] = round(_median_ms(lambda: ks.selective_scan_triton(*x.values(), delta_softplus=True), device), 4)
-        row["fwd_bwd_ms"] = round(_median_ms(lambda: _scan_fwd_bwd(x, "triton", dy), device), 4)
+        row["fwd_ms"], row["bwd_ms"] = _scan_kernel_ms(x, dy, device)
+        row["fwd_bwd_ms"] = round(row["fwd_ms"] + row["bwd_ms"], 4)
         floor = scan_floor(b, d, n, length)
         row["floor_bytes_ms"] = round(floor["bytes"] / bw * 1000, 4)
         if exps:
@@ -338,10 +414,16 @@ def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
         w, bias = torch.randn(d, 1, 4, device=device), torch.randn(d, device=device)
         dyc = torch.randn(b, length, d, device=device, dtype=torch.bfloat16).transpose(1, 2)
         row = {"kind": "conv", "batch": b, "d_inner": d, "length": length}
+        from map_core.kernels import causal_conv1d as kc
+
+        w2 = w.reshape(d, 4)
+        row["triton_fwd_ms"] = round(_median_ms(lambda: kc.conv_forward(xc, w2, bias, False), device), 4)
+        row["triton_bwd_ms"] = round(_median_ms(lambda: kc.conv_backward(dyc, xc, w2, bias, False), device), 4)
         for backend in ("triton", "torch"):
             def fb():
                 leaves = [xc.detach().requires_grad_(), w.detach().requires_grad_(), bias.detach().requires_grad_()]
-                y = causal_conv1d(*leaves, backend=backend)
+                with torch.autocast("cuda", dtype=torch.bfloat16):  # as in the models
+                    y = causal_conv1d(*leaves, backend=backend)
                 torch.autograd.grad(y, leaves, dyc)
             row[f"{backend}_fwd_bwd_ms"] = round(_median_ms(fb, device), 4)
         row["floor_bytes_ms"] = round(5 * xc.numel() * 2 / bw * 1000, 4)
@@ -364,29 +446,37 @@ def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
     return rows
 
 
+def _compiled_info(kernel) -> dict:
+    """Registers and spills of the most recently compiled variant of a Triton kernel."""
+    try:
+        compiled = list(kernel.device_caches[torch.cuda.current_device()][0].values())[-1]
+        return {"regs": compiled.n_regs, "spills": compiled.n_spills}
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return {}
+
+
 def scan_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
     """Block sizes, warps and chunk length of the scan kernels at one shape (all else fixed)."""
     from map_core.kernels import selective_scan as ks
 
-    saved = {k: getattr(ks, k) for k in ("FWD_BLOCK_D", "FWD_WARPS", "FWD_CHUNKED", "BWD_BLOCK_D", "BWD_WARPS", "CHUNK")}
+    saved = {k: getattr(ks, k) for k in ("FWD_BLOCK_D", "FWD_WARPS", "BWD_BLOCK_D", "BWD_WARPS", "CHUNK")}
     rows = []
-    fwd = [dict(FWD_CHUNKED=False, FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((16, 2), (32, 4), (64, 4), (64, 8), (128, 4))]
-    fwd += [dict(FWD_CHUNKED=True, FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((8, 4), (16, 4), (16, 8), (32, 8))]
+    # channels per program = 32 x warps x channels per thread
+    fwd = [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((8, 1), (16, 1), (32, 1), (64, 1), (64, 2), (128, 2))]
     bwd = [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
-           ((8, 4, 16), (16, 8, 16), (16, 4, 16), (32, 8, 16), (8, 4, 32), (16, 8, 32), (32, 8, 8), (16, 4, 8))]
+           ((8, 1, 4), (8, 1, 8), (16, 1, 4), (16, 1, 8), (32, 1, 4), (8, 1, 16), (16, 1, 2), (32, 1, 2))]
     try:
         for cfg in fwd:
             for k, v in {**saved, **cfg}.items():
                 setattr(ks, k, v)
-            with torch.no_grad():
-                ms = _median_ms(lambda: ks.selective_scan_triton(*x.values(), delta_softplus=True), device)
-            rows.append({"kind": "scan_sweep_fwd", **cfg, "fwd_ms": round(ms, 4)})
+            ms, _ = _scan_kernel_ms(x, dy, device)
+            rows.append({"kind": "scan_sweep_fwd", **cfg, "fwd_ms": ms, **_compiled_info(ks._scan_fwd_kernel)})
             print(json.dumps(rows[-1]), flush=True)
         for cfg in bwd:
             for k, v in {**saved, **cfg}.items():
                 setattr(ks, k, v)
-            ms = _median_ms(lambda: _scan_fwd_bwd(x, "triton", dy), device)
-            rows.append({"kind": "scan_sweep_bwd", **cfg, "fwd_bwd_ms": round(ms, 4)})
+            _, ms = _scan_kernel_ms(x, dy, device)
+            rows.append({"kind": "scan_sweep_bwd", **cfg, "bwd_ms": ms, **_compiled_info(ks._scan_bwd_kernel)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         for k, v in saved.items():
@@ -403,16 +493,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="torch.compile the model (default mode, or e.g. reduce-overhead)")
+                   help="torch.compile every repeated block (default mode, or e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
     for op in ("scan", "conv", "fps", "knn"):
         p.add_argument(f"--{op}", default="auto", help=f"{op} backend (auto, torch, triton, ...)")
     p.add_argument("--profile", action="store_true", help="also profile one step (kernels, host syncs)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay forward + backward from CUDA graphs")
     p.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
                    help="also time these models at the same batch and input (e.g. mae_vit_base)")
     p.add_argument("--suite", action="store_true", help="every row of BENCHMARKS.md's model tables")
-    p.add_argument("--compile-modes", nargs="+", default=["none"], help="with --suite: none, default, ...")
     p.add_argument("--kernels", action="store_true", help="the kernels against references and floors")
     p.add_argument("--sweep", action="store_true", help="with --kernels: block sizes of the scan")
     args = p.parse_args(argv)
@@ -425,16 +515,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         kernel_report(device, args.sweep)
         return 0
     if args.suite:
-        runs = [(m, b, i, kw, None if mode == "none" else mode) for mode in args.compile_modes for m, b, i, kw in SUITE]
+        runs = [(m, b, i, kw, "default" if mode == "compile" else None, mode == "graphs")
+                for m, b, i, kw, modes in SUITE for mode in modes]
     elif args.model:
         kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        runs = [(m, args.batch, args.input, kwargs if m == args.model else {}, args.compile)
+        runs = [(m, args.batch, args.input, kwargs if m == args.model else {}, args.compile, args.cuda_graphs)
                 for m in [args.model] + args.compare]
     else:
         p.error("give --model, --suite or --kernels")
-    for model, batch, spec, kwargs, mode in runs:
+    for model, batch, spec, kwargs, mode, graphs in runs:
         try:
-            row = bench(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode, args.profile)
+            row = bench(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode, args.profile,
+                        graphs and device.type == "cuda")
         except torch.cuda.OutOfMemoryError as err:
             row = {"model": model, "batch": batch, "input": spec, "compile": mode or "none",
                    "error": f"out of memory: {str(err).splitlines()[0]}"}
