@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, to_device
 from map_core.errors import ConfigError
@@ -46,6 +46,22 @@ def fps_points(points: torch.Tensor, npoints: int, backend: str = "auto") -> tor
     return gather(points, fps(points[..., :3].contiguous(), npoints, backend=backend))
 
 
+class ChecksPointCount:
+    """Task mixin: each dataset is checked when built for the ``npoints`` the task samples.
+
+    Readers with a ``require_points(needed, reason)`` method raise DataError naming the file and the
+    first cloud that is too small (instead of an FPS error in the first batch).
+    """
+
+    npoints: Optional[int] = None
+
+    def build_dataset(self, split: str) -> Dataset:
+        dataset = super().build_dataset(split)
+        if self.npoints is not None and hasattr(dataset, "require_points"):
+            dataset.require_points(self.npoints, "that task.npoints asks for")
+        return dataset
+
+
 def _replace_points(batch: Any, points: torch.Tensor) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)([points, *batch[1:]])
@@ -53,7 +69,7 @@ def _replace_points(batch: Any, points: torch.Tensor) -> Any:
 
 
 @TASKS.register("point_classify")
-class PointClassifyTask(ClassifyTask):
+class PointClassifyTask(ChecksPointCount, ClassifyTask):
     """Point-cloud classification (Mamba3D ``runner_finetune``). Metrics: top1 (overall accuracy),
     class_mean_acc, top5 (>= 5 classes), loss.
 
@@ -106,7 +122,7 @@ class PointClassifyTask(ClassifyTask):
 
 
 @TASKS.register("point_pretrain")
-class PointPretrainTask(PretrainTask):
+class PointPretrainTask(ChecksPointCount, PretrainTask):
     """Point-cloud pretraining (Mamba3D ``runner_pretrain``): the loss of ``model(points)``.
 
     npoints: when set, clouds are reduced to ``npoints`` by FPS first (the official path for
@@ -129,7 +145,7 @@ class PointPretrainTask(PretrainTask):
 
 
 @TASKS.register("point_svm")
-class PointSVMTask(LinearSVMTask):
+class PointSVMTask(ChecksPointCount, LinearSVMTask):
     """Linear SVM on frozen point features (Point-MAE ``runner_pretrain`` ``validate``): every cloud
     is reduced to ``npoints`` by FPS (official: 1024 of the 8192 ModelNet points), then
     ``model.forward_features`` (B, F) feeds sklearn ``LinearSVC(C)``.
