@@ -45,6 +45,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--exp-name", default="default", help="experiment folder name")
     p.add_argument("--exp-root", default=None, help="root of experiment folders")
     p.add_argument("--finetune", default=None, help="pretrained checkpoint to start from")
+    p.add_argument("--allow-partial-load", action="store_true",
+                   help="accept a --finetune checkpoint that fills under half of the encoder")
     p.add_argument("--resume", nargs="?", const="", default=None, help="checkpoint (default: last.pth)")
     p.add_argument("--ckpt", default=None, help="weights for --test / --vote (default: best.pth)")
     p.add_argument("--test", action="store_true", help="evaluate only")
@@ -99,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = validate(load_config(args.config, overrides))
         mode = "vote" if args.vote else "test" if args.test else "train"
         opts = RunOptions(exp_dir=experiment_dir(args), finetune=args.finetune, resume=args.resume,
-                          ckpt=args.ckpt, mode=mode, progress=TqdmProgress if use_bar else None)
+                          ckpt=args.ckpt, mode=mode, progress=TqdmProgress if use_bar else None,
+                          allow_partial_load=args.allow_partial_load)
         metrics = run(cfg, opts)
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

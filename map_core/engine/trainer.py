@@ -32,6 +32,7 @@ from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
 from map_core.engine.tasks import Task, build_task, to_device
 from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
+from map_core.weights import load_exact
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("map_core.engine.progress")
@@ -53,6 +54,7 @@ class RunOptions:
     ckpt: Optional[str] = None
     mode: str = "train"  # train | test | vote
     progress: Optional[ProgressFactory] = None
+    allow_partial_load: bool = False  # accept a --finetune checkpoint that fills under half of the encoder
 
 
 def amp_settings(precision: str, device: torch.device) -> tuple:
@@ -129,7 +131,7 @@ class Trainer:
                           pin_memory=self.dist.device.type == "cuda", drop_last=training,
                           worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
 
-    def _setup_training(self, finetune: Optional[str], resume: Optional[Path]) -> None:
+    def _setup_training(self, finetune: Optional[str], resume: Optional[Path], allow_partial: bool) -> None:
         train = self.cfg["train"]
         self.train_loader = self._loader("train", training=True)
         self.updates_per_epoch = len(self.train_loader) // train["accum_steps"]
@@ -141,7 +143,7 @@ class Trainer:
         eval_split = next((s for s in ("val", "test") if s in self.datasets), None)
         self.eval_loader = self._loader(eval_split, training=False) if eval_split else None
         if finetune and not resume:
-            ckpt_io.load_finetune_weights(self.model, finetune)
+            ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
         self.optimizer = build_optimizer(self.model, self.cfg["optimizer"], train["total_batch_size"])
         self.scheduler = build_scheduler(self.optimizer, self.cfg["scheduler"], self.updates_per_epoch)
         if train["ema"]["enable"]:
@@ -187,7 +189,7 @@ class Trainer:
 
     def _load_state(self, path: Path) -> None:
         state = ckpt_io.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        load_exact(self.model, state["model"], f"--resume checkpoint '{path}'")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -284,17 +286,21 @@ class Trainer:
             return True
         return value > self.best if self.task.higher_is_better else value < self.best
 
-    def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None) -> Dict[str, Any]:
-        """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}."""
+    def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None,
+            allow_partial: bool = False) -> Dict[str, Any]:
+        """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}.
+
+        ``allow_partial`` accepts a ``finetune`` checkpoint that fills under half of the encoder.
+        """
         if not self.task.trains:
-            return self.fit_frozen(finetune)
+            return self.fit_frozen(finetune, allow_partial)
         try:
-            return self._fit(finetune, resume)
+            self._setup_training(finetune, resume, allow_partial)
+            return self._fit()
         finally:
             self.records.close()
 
-    def _fit(self, finetune: Optional[str], resume: Optional[Path]) -> Dict[str, Any]:
-        self._setup_training(finetune, resume)
+    def _fit(self) -> Dict[str, Any]:
         train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
@@ -325,15 +331,17 @@ class Trainer:
                     self.epoch, count, ", ".join(first))
         return {"skipped_images": count}
 
-    def fit_frozen(self, finetune: Optional[str]) -> Dict[str, Any]:
+    def fit_frozen(self, finetune: Optional[str], allow_partial: bool = False) -> Dict[str, Any]:
         """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
-        if finetune:
-            ckpt_io.load_finetune_weights(self.model, finetune)
-        self.task.fit(self.model, self._loader("train", training=False))
-        split = "test" if "test" in self.datasets else "val"
-        metrics = self.task.evaluate(self.model, self._loader(split, training=False))
-        self.records.write(split, 0, metrics)
-        self.records.close()
+        try:
+            if finetune:
+                ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
+            self.task.fit(self.model, self._loader("train", training=False))
+            split = "test" if "test" in self.datasets else "val"
+            metrics = self.task.evaluate(self.model, self._loader(split, training=False))
+            self.records.write(split, 0, metrics)
+        finally:
+            self.records.close()
         return {"best_metric": metrics[self.task.metric], "metric": self.task.metric, "last_metrics": metrics}
 
     def load_for_eval(self, path: Path) -> None:
@@ -343,8 +351,7 @@ class Trainer:
             weights = {k: v for k, v in state["ema"].items()}
         else:
             weights = ckpt_io.extract_state_dict(state)
-        ckpt_io.check_shapes(self.model, weights, str(path))
-        self.model.load_state_dict(weights)
+        load_exact(self.model, weights, f"'{path}'")
         log.info("evaluating weights from %s", path)
 
     def test(self, vote: bool) -> Dict[str, float]:
@@ -352,7 +359,6 @@ class Trainer:
         loader = self._loader(split, training=False)
         metrics = self.task.vote(self.model, loader) if vote else self.task.evaluate(self.model, loader)
         self.records.write("vote" if vote else "test", 0, metrics)
-        self.records.close()
         return metrics
 
 
@@ -368,7 +374,7 @@ def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInf
     trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
     if dist_info.is_main:
         dump_config(cfg, exp_dir / "config.yaml")
-    return trainer.fit(opts.finetune, resume)
+    return trainer.fit(opts.finetune, resume, opts.allow_partial_load)
 
 
 def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]) -> None:
@@ -416,8 +422,11 @@ def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
     if opts.mode in ("test", "vote"):
         path = Path(opts.ckpt or opts.finetune or opts.exp_dir / "best.pth")
         trainer = Trainer(cfg, opts.exp_dir, dist_info, splits=_eval_splits(cfg))
-        trainer.load_for_eval(path)
-        return trainer.test(vote=opts.mode == "vote")
+        try:
+            trainer.load_for_eval(path)
+            return trainer.test(vote=opts.mode == "vote")
+        finally:
+            trainer.records.close()
     if "fewshot" in cfg:
         return run_fewshot(cfg, opts, dist_info)
     return _train_once(cfg, opts, opts.exp_dir, dist_info)
