@@ -6,7 +6,8 @@
     python tools/train.py --config ... --test [--ckpt best.pth] | --vote
 
 The experiment folder is <exp-root>/<config stem>/<exp name>/ (exp-root: --exp-root, else
-$MAP_EXP_ROOT, else ./experiments).
+$MAP_EXP_ROOT, else ./experiments). A folder holding checkpoints is never overwritten: continue
+it with --resume, or pass --overwrite to replace it.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--allow-partial-load", action="store_true",
                    help="accept a --finetune checkpoint that fills under half of the encoder")
     p.add_argument("--resume", nargs="?", const="", default=None, help="checkpoint (default: last.pth)")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run")
     p.add_argument("--ckpt", default=None, help="weights for --test / --vote (default: best.pth)")
     p.add_argument("--test", action="store_true", help="evaluate only")
     p.add_argument("--vote", action="store_true", help="evaluate with the task's voting")
@@ -102,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         mode = "vote" if args.vote else "test" if args.test else "train"
         opts = RunOptions(exp_dir=experiment_dir(args), finetune=args.finetune, resume=args.resume,
                           ckpt=args.ckpt, mode=mode, progress=TqdmProgress if use_bar else None,
-                          allow_partial_load=args.allow_partial_load)
+                          overwrite=args.overwrite, allow_partial_load=args.allow_partial_load)
         metrics = run(cfg, opts)
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
                                          barrier, init_distributed)
+from map_core.engine.experiment import check_same_optimizer, checkpoints_in, config_hint, prepare_fresh_start
 from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
 from map_core.engine.tasks import Task, build_task, to_device
@@ -54,6 +55,7 @@ class RunOptions:
     ckpt: Optional[str] = None
     mode: str = "train"  # train | test | vote
     progress: Optional[ProgressFactory] = None
+    overwrite: bool = False  # replace the checkpoints of an earlier run in exp_dir
     allow_partial_load: bool = False  # accept a --finetune checkpoint that fills under half of the encoder
 
 
@@ -150,6 +152,7 @@ class Trainer:
             self.ema = ModelEmaV3(self.model, decay=train["ema"]["decay"], use_warmup=train["ema"]["warmup"])
         if resume:
             self._load_state(resume)
+        self.records.rewind(self.global_step)
         self.ddp_model: nn.Module = self.model
         if self.dist.world_size > 1:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
@@ -189,8 +192,15 @@ class Trainer:
 
     def _load_state(self, path: Path) -> None:
         state = ckpt_io.load_checkpoint(path)
-        load_exact(self.model, state["model"], f"--resume checkpoint '{path}'")
-        self.optimizer.load_state_dict(state["optimizer"])
+        check_same_optimizer(state.get("config"), self.cfg, path)
+        hint = config_hint(state.get("config"), self.cfg, "model", "Resume with the checkpoint's model settings, "
+                           "or start a new run (--exp-name).")
+        load_exact(self.model, state["model"], f"--resume checkpoint '{path}'", hint)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # parameter groups changed (e.g. optimizer.layer_decay)
+            raise ConfigError(f"--resume: the optimizer state in '{path}' does not fit this config ({err}); "
+                              f"resume with the checkpoint's optimizer settings") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
@@ -351,7 +361,10 @@ class Trainer:
             weights = {k: v for k, v in state["ema"].items()}
         else:
             weights = ckpt_io.extract_state_dict(state)
-        load_exact(self.model, weights, f"'{path}'")
+        saved = state.get("config") if isinstance(state, Mapping) else None
+        hint = config_hint(saved, self.cfg, "model", "Evaluate with the checkpoint's model settings "
+                           "(the --set values of its training run).")
+        load_exact(self.model, weights, f"'{path}'", hint)
         log.info("evaluating weights from %s", path)
 
     def test(self, vote: bool) -> Dict[str, float]:
@@ -369,8 +382,8 @@ def _eval_splits(cfg: Config) -> tuple:
     raise ConfigError("--test / --vote need a dataset.test (or dataset.val) section")
 
 
-def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo) -> Dict[str, Any]:
-    resume = ckpt_io.resolve_resume(opts.resume, exp_dir)
+def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
+                resume: Optional[Path]) -> Dict[str, Any]:
     trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
     if dist_info.is_main:
         dump_config(cfg, exp_dir / "config.yaml")
@@ -399,13 +412,38 @@ def fewshot_fold_config(cfg: Config, fold: int) -> Config:
     return fold_cfg
 
 
+def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optional[float]]:
+    """(checkpoint to resume the fold from, or None; its best metric if it trained all ``epochs``)."""
+    last = fold_dir / "last.pth"
+    if not last.is_file():
+        return None, None
+    state = ckpt_io.load_checkpoint(last)
+    return (None, state["best_metric"]) if state["epoch"] >= epochs else (last, None)
+
+
 def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
-    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics."""
+    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics.
+
+    With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
+    a fold with a checkpoint continues from it, and folds without one start from the beginning.
+    """
+    folds, epochs = cfg["fewshot"]["folds"], cfg["scheduler"]["epochs"]
+    if opts.resume:
+        raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
+                          f"pass --resume without a path")
+    if opts.resume is not None and not checkpoints_in(opts.exp_dir):
+        raise UserError(f"--resume: no fold of '{opts.exp_dir}' has a checkpoint yet; start without --resume")
     results = []
-    for fold in range(cfg["fewshot"]["folds"]):
-        log.info("few-shot fold %d of %d", fold + 1, cfg["fewshot"]["folds"])
-        fold_cfg = fewshot_fold_config(cfg, fold)
-        results.append(_train_once(fold_cfg, opts, opts.exp_dir / f"fold_{fold}", dist_info)["best_metric"])
+    for fold in range(folds):
+        fold_dir = opts.exp_dir / f"fold_{fold}"
+        resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
+        if best is None:
+            log.info("few-shot fold %d of %d", fold + 1, folds)
+            best = _train_once(fewshot_fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
+        else:
+            log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
+                     Trainer.metric_name(cfg), best)
+        results.append(best)
     summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
                "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
     if dist_info.is_main:
@@ -414,8 +452,14 @@ def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str,
 
 
 def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
-    """Train (or few-shot, test, vote) as the options say; returns the final metrics."""
+    """Train (or few-shot, test, vote) as the options say; returns the final metrics.
+
+    A training run without ``resume`` refuses an experiment folder that holds checkpoints, unless
+    ``overwrite`` (then the earlier run is removed first).
+    """
     dist_info = init_distributed(cfg["runtime"]["device"])
+    if opts.mode == "train" and opts.resume is None:
+        prepare_fresh_start(opts.exp_dir, opts.overwrite, remove=dist_info.is_main)
     if dist_info.is_main:
         opts.exp_dir.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -429,4 +473,4 @@ def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
             trainer.records.close()
     if "fewshot" in cfg:
         return run_fewshot(cfg, opts, dist_info)
-    return _train_once(cfg, opts, opts.exp_dir, dist_info)
+    return _train_once(cfg, opts, opts.exp_dir, dist_info, ckpt_io.resolve_resume(opts.resume, opts.exp_dir))

@@ -1,0 +1,69 @@
+"""Experiment folders: never overwritten silently; a resumed run must match its checkpoint.
+
+A folder holding checkpoints belongs to a run: starting again without ``--resume`` is refused
+unless the caller asks to overwrite (then the earlier run's files are removed first).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, List, Mapping, Optional
+
+from map_core.config import config_diff
+from map_core.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+SAVED_CONFIG = "config.yaml"
+CHECKPOINT_PATTERNS = ("*.pth", "fold_*/*.pth")
+RUN_FILES = ("metrics.jsonl", "log.txt", SAVED_CONFIG, "fewshot_summary.json", "tb")
+
+
+class ExperimentExistsError(UserError):
+    """A run without --resume would overwrite the checkpoints of an earlier run."""
+
+
+def checkpoints_in(exp_dir: Path) -> List[Path]:
+    """The checkpoints of the run in ``exp_dir`` (its own and those of few-shot folds), sorted."""
+    return sorted(p for pattern in CHECKPOINT_PATTERNS for p in Path(exp_dir).glob(pattern))
+
+
+def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> None:
+    """Before a run that does not resume: refuse a folder with checkpoints, or with ``overwrite``
+    delete the earlier run's checkpoints, fold folders and records (when ``remove``: one rank does)."""
+    found = checkpoints_in(exp_dir)
+    if found and not overwrite:
+        names = ", ".join(str(p.relative_to(exp_dir)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ExperimentExistsError(
+            f"experiment folder '{exp_dir}' already holds checkpoints ({names}); continue that run with "
+            f"--resume, or start another with --exp-name NAME (or replace it with --overwrite)")
+    if found and remove:
+        log.warning("--overwrite: removing the earlier run in %s", exp_dir)
+        for path in found + [Path(exp_dir) / name for name in RUN_FILES]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for fold in Path(exp_dir).glob("fold_*"):
+            shutil.rmtree(fold)
+
+
+def config_hint(saved: Optional[Mapping[str, Any]], cfg: Mapping[str, Any], section: str, fix: str) -> str:
+    """A sentence listing how ``section`` of a checkpoint's saved config differs from ``cfg`` (or '')."""
+    if not isinstance(saved, Mapping) or section not in saved:
+        return ""
+    diffs = config_diff(saved[section], cfg[section], section)
+    if not diffs:
+        return ""
+    return f"; it was made with another {section} config (checkpoint -> now: {'; '.join(diffs)}). {fix}"
+
+
+def check_same_optimizer(saved: Optional[Mapping[str, Any]], cfg: Mapping[str, Any], path: Path) -> None:
+    """``--resume`` needs the optimizer the checkpoint's state belongs to."""
+    if not isinstance(saved, Mapping) or "optimizer" not in saved:
+        return
+    old, new = saved["optimizer"].get("NAME"), cfg["optimizer"]["NAME"]
+    if old != new:
+        raise ConfigError(f"--resume: '{path}' holds the state of optimizer '{old}', but optimizer.NAME is now "
+                          f"'{new}'; resume with optimizer.NAME={old}, or start a new run (--exp-name)")
