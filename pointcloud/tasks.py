@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from map_core.engine.progress import tracked
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, to_device
 from map_core.errors import ConfigError
 from map_core.registry import TASKS
@@ -105,7 +106,7 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
         """Accuracy with ``votes`` augmented random subsets of one FPS pool per cloud, logits averaged."""
         model.eval()
         stats: Optional[torch.Tensor] = None
-        for batch in loader:
+        for batch in tracked(loader, self.progress, "vote"):
             batch = to_device(batch, self.device)
             pool, labels = self._pool(batch[0]), batch[1]
             logits = 0

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,6 +25,7 @@ from map_core.config import load_config, validate  # noqa: E402
 from map_core.engine.distributed import cleanup  # noqa: E402
 from map_core.engine.trainer import RunOptions, run  # noqa: E402
 from map_core.errors import UserError  # noqa: E402
+from tools.cli import progress_factory, setup_console  # noqa: E402
 
 PLUGINS = ("image", "pointcloud")
 
@@ -59,35 +59,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class TqdmProgress:
-    """tqdm bar for a TTY; the engine calls update(n, postfix) and close()."""
-
-    def __init__(self, total: int, desc: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
-
-    def update(self, n: int, postfix: Dict[str, Any]) -> None:
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def setup_console(use_bar: bool) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    if use_bar:  # the bar shows step progress; keep step lines in log.txt only
-        handler.addFilter(lambda record: not record.name.startswith("map_core.engine.progress"))
-    root = logging.getLogger()
-    root.handlers = [h for h in root.handlers if not getattr(h, "_map_console", False)]
-    handler._map_console = True
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-
-
 def experiment_dir(args: argparse.Namespace) -> Path:
     root = Path(args.exp_root or os.environ.get("MAP_EXP_ROOT") or "experiments")
     return root / Path(args.config).stem / args.exp_name
@@ -95,15 +66,16 @@ def experiment_dir(args: argparse.Namespace) -> Path:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    use_bar = sys.stdout.isatty() and int(os.environ.get("RANK", "0")) == 0
-    setup_console(use_bar)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    bars = sys.stderr.isatty() and main_rank
+    setup_console(bars)
     try:
         import_plugins()
         overrides = args.set + ([f"train.seed={args.seed}"] if args.seed is not None else [])
         cfg = validate(load_config(args.config, overrides))
         mode = "vote" if args.vote else "test" if args.test else "train"
         opts = RunOptions(exp_dir=experiment_dir(args), finetune=args.finetune, resume=args.resume,
-                          ckpt=args.ckpt, mode=mode, progress=TqdmProgress if use_bar else None,
+                          ckpt=args.ckpt, mode=mode, progress=progress_factory(bars) if main_rank else None,
                           overwrite=args.overwrite, allow_partial_load=args.allow_partial_load)
         metrics = run(cfg, opts)
     except (UserError, FileNotFoundError) as err:
@@ -111,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         cleanup()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(json.dumps(metrics, default=str))
     return 0
 

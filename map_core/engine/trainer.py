@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,14 +31,13 @@ from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_obje
 from map_core.engine.experiment import check_same_optimizer, checkpoints_in, config_hint, prepare_fresh_start
 from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
+from map_core.engine.progress import Progress, ProgressFactory, format_eta
 from map_core.engine.tasks import Task, build_task, to_device
 from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
 from map_core.weights import load_exact
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("map_core.engine.progress")
-
-ProgressFactory = Callable[[int, str], Any]  # (total, description) -> object with update(n, dict), close()
 
 
 class NonFiniteLossError(UserError):
@@ -102,6 +101,7 @@ class Trainer:
         self.task: Task = build_task(cfg)
         self.amp_dtype, use_scaler = amp_settings(train["precision"], self.dist.device)
         self.task.bind(self.dist.device, self.amp_dtype)
+        self.task.progress = progress if self.dist.is_main else None
         self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg["dataset"])}
         self.model = self.task.build_model().to(self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -251,25 +251,30 @@ class Trainer:
             self.ema.update(self.model, step=self.global_step)
         return totals
 
-    def _log_step(self, window: Dict[str, float], count: int, samples: int, seconds: float, bar: Any) -> None:
+    def _eta(self) -> str:
+        """Time left for the run at the speed of this session's steps so far."""
+        total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+        done, first_step, started = self.global_step, *self._session_start
+        per_step = (time.time() - started) / max(done - first_step, 1)
+        return format_eta(per_step * (total - done))
+
+    def _log_step(self, window: Dict[str, float], count: int, samples: int, seconds: float) -> Dict[str, str]:
+        """Write the mean of ``window`` over ``count`` updates; returns what the progress bar shows."""
         values = torch.tensor(list(window.values()), dtype=torch.float64, device=self.dist.device) / count
         values = all_reduce_sum(values) / self.dist.world_size
         record = dict(zip(window, values.tolist()))
         record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
         self.records.write("train", self.global_step, record)
-        if bar is not None:
-            bar.update(count, {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
-                        "samples/s": f"{record['samples_per_s']:.0f}"})
-        progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f", self.epoch + 1,
+        progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f eta %s", self.epoch + 1,
                           self.global_step, self.updates_per_epoch * self.cfg["scheduler"]["epochs"],
-                          record["loss"], record["lr"], record["samples_per_s"])
+                          record["loss"], record["lr"], record["samples_per_s"], self._eta())
+        return {"epoch": str(self.epoch + 1), "loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
 
-    def train_epoch(self) -> float:
-        """One epoch; returns the mean training loss (this rank)."""
+    def train_epoch(self, bar: Optional[Progress] = None) -> float:
+        """One epoch (each update reported to ``bar``); returns the mean training loss (this rank)."""
         self.ddp_model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
         accum, log_every = self.cfg["train"]["accum_steps"], self.cfg["train"]["log_every"]
-        bar = self.progress(self.updates_per_epoch, f"epoch {self.epoch + 1}") if self.progress and self.dist.is_main else None
         data, window, count, samples, start, epoch_loss = iter(self.train_loader), {}, 0, 0, time.time(), 0.0
         for update in range(self.updates_per_epoch):
             batches = [next(data) for _ in range(accum)]
@@ -277,11 +282,12 @@ class Trainer:
             epoch_loss += values["loss"]
             window = {k: window.get(k, 0.0) + v for k, v in values.items()}
             count, samples = count + 1, samples + sum(len(b[0]) for b in batches)
+            postfix = None
             if count == log_every or update == self.updates_per_epoch - 1:
-                self._log_step(window, count, samples, time.time() - start, bar)
+                postfix = self._log_step(window, count, samples, time.time() - start)
                 window, count, samples, start = {}, 0, 0, time.time()
-        if bar is not None:
-            bar.close()
+            if bar is not None:
+                bar.update(1, postfix)
         return epoch_loss / self.updates_per_epoch
 
     @staticmethod
@@ -304,18 +310,25 @@ class Trainer:
         """
         if not self.task.trains:
             return self.fit_frozen(finetune, allow_partial)
+        bar = None
         try:
             self._setup_training(finetune, resume, allow_partial)
-            return self._fit()
+            total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+            if self.progress and self.dist.is_main:
+                bar = self.progress(total, "train", initial=self.global_step)
+            return self._fit(bar)
         finally:
+            if bar is not None:
+                bar.close()
             self.records.close()
 
-    def _fit(self) -> Dict[str, Any]:
+    def _fit(self, bar: Optional[Progress]) -> Dict[str, Any]:
         train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
+        self._session_start = (self.global_step, time.time())
         while self.epoch < epochs:
-            train_loss = self.train_epoch()
+            train_loss = self.train_epoch(bar)
             self.epoch += 1
             metrics = {"train_loss": train_loss}
             is_best = False
@@ -433,17 +446,24 @@ def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str,
                           f"pass --resume without a path")
     if opts.resume is not None and not checkpoints_in(opts.exp_dir):
         raise UserError(f"--resume: no fold of '{opts.exp_dir}' has a checkpoint yet; start without --resume")
+    bar = opts.progress(folds, "few-shot folds") if opts.progress and dist_info.is_main else None
     results = []
-    for fold in range(folds):
-        fold_dir = opts.exp_dir / f"fold_{fold}"
-        resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
-        if best is None:
-            log.info("few-shot fold %d of %d", fold + 1, folds)
-            best = _train_once(fewshot_fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
-        else:
-            log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
-                     Trainer.metric_name(cfg), best)
-        results.append(best)
+    try:
+        for fold in range(folds):
+            fold_dir = opts.exp_dir / f"fold_{fold}"
+            resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
+            if best is None:
+                log.info("few-shot fold %d of %d", fold + 1, folds)
+                best = _train_once(fewshot_fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
+            else:
+                log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
+                         Trainer.metric_name(cfg), best)
+            results.append(best)
+            if bar is not None:
+                bar.update(1, {"last": f"{best:.2f}"})
+    finally:
+        if bar is not None:
+            bar.close()
     summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
                "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
     if dist_info.is_main:
@@ -465,7 +485,7 @@ def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
     barrier()
     if opts.mode in ("test", "vote"):
         path = Path(opts.ckpt or opts.finetune or opts.exp_dir / "best.pth")
-        trainer = Trainer(cfg, opts.exp_dir, dist_info, splits=_eval_splits(cfg))
+        trainer = Trainer(cfg, opts.exp_dir, dist_info, opts.progress, splits=_eval_splits(cfg))
         try:
             trainer.load_for_eval(path)
             return trainer.test(vote=opts.mode == "vote")
