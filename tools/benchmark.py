@@ -5,7 +5,8 @@
         --backend torch --precision bf16 --steps 20 --set depth=6
 
 Prints one JSON line per run: device, model, batch, precision, backend, ms/step, samples/s and
-peak GPU memory. Results worth keeping go to BENCHMARKS.md with the command and the date.
+peak GPU memory. Results worth keeping go to BENCHMARKS.md with the command and the date. An
+unknown model or key, or sizes the model refuses, end with one 'error: ...' line and exit code 2.
 """
 from __future__ import annotations
 
@@ -22,7 +23,40 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from map_core import ssm  # noqa: E402
-from map_core.registry import MODELS  # noqa: E402
+from map_core.errors import ConfigError  # noqa: E402
+from map_core.registry import MODELS, check_kwargs  # noqa: E402
+from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
+
+
+def input_spec(text: str) -> str:
+    """argparse type of ``--input``: ``image:SIZE`` or ``points:N``."""
+    kind, _, size = text.partition(":")
+    if kind not in ("image", "points") or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected image:SIZE or points:N, got {text!r}")
+    return text
+
+
+def key_value(text: str) -> tuple:
+    """argparse type of ``--set``: ``key=value`` with a YAML value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def build_model(name: str, backend: str, kwargs: dict) -> torch.nn.Module:
+    """The registered model ``name``; an unknown name or key, or sizes it refuses, is a ConfigError."""
+    try:
+        builder = MODELS.get(name)
+        check_kwargs(builder, kwargs, f"--set of model '{name}'")
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from None
+    try:
+        return builder(backend=backend, **kwargs)
+    except KeyError as err:  # sized factories check their keys themselves
+        raise ConfigError(err.args[0]) from None
+    except ValueError as err:
+        raise ConfigError(f"model '{name}' with {kwargs}: {err}") from None
 
 
 def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
@@ -38,7 +72,7 @@ def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
 
 def bench(model_name: str, batch: int, input_spec: str, backend: str, precision: str,
           steps: int, warmup: int, device: torch.device, model_kwargs: Optional[dict] = None) -> dict:
-    model = MODELS.get(model_name)(backend=backend, **(model_kwargs or {})).to(device)
+    model = build_model(model_name, backend, model_kwargs or {}).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = make_input(input_spec, batch, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
@@ -76,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--input", default="image:224", help="image:SIZE or points:N")
+    p.add_argument("--input", default="image:224", type=input_spec, help="image:SIZE or points:N")
     p.add_argument("--backend", nargs="+", default=["auto"], help="one or more scan backends to compare")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=10)
@@ -84,19 +118,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--scan-checkpoint", type=int, default=None, metavar="STEPS",
                    help="span of the torch scan's backward recomputation (0: keep every state); "
                         "default: map_core.ssm.CHECKPOINT_CHUNK")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    model_kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    model_kwargs = dict(args.set)
     if args.scan_checkpoint is not None:
         ssm.CHECKPOINT_CHUNK = args.scan_checkpoint or None
     import image, pointcloud  # noqa: F401  (registration)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision if device.type == "cuda" else "fp32"
-    for backend in args.backend:
-        print(json.dumps(bench(args.model, args.batch, args.input, backend, precision,
-                               args.steps, args.warmup, device, model_kwargs)), flush=True)
+    try:
+        for backend in args.backend:
+            print(json.dumps(bench(args.model, args.batch, args.input, backend, precision,
+                                   args.steps, args.warmup, device, model_kwargs)), flush=True)
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
     return 0
 
 

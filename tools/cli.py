@@ -1,25 +1,56 @@
-"""What the command-line tools share: the console and progress bars.
+"""What the command-line tools share: one-line errors, the console, progress bars.
 
-Progress: tqdm bars on a terminal (log lines go through ``tqdm.write``, so they never collide with
-a bar); otherwise one log line per loop every ``MAP_PROGRESS_SECONDS`` seconds (default 30) with
-the count, rate and ETA.
+User errors (``map_core.errors.UserError``: config, data, checkpoint, shape) end a tool with one
+``error: ...`` line on stderr and exit code 2; ``--debug`` (or ``MAP_DEBUG=1``) prints the traceback
+first. Anything else is a bug and keeps Python's traceback. Progress: tqdm bars on a terminal
+(log lines go through ``tqdm.write``, so they never collide with a bar); otherwise one log line
+per loop every ``MAP_PROGRESS_SECONDS`` seconds (default 30) with the count, rate and ETA.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import time
+import traceback
 from typing import Any, Dict, Mapping, Optional
 
 from tqdm import tqdm
 
 from map_core.engine.progress import ProgressFactory
+from map_core.errors import UserError
 
+USER_ERRORS = (UserError, FileNotFoundError)
+EXIT_USER_ERROR = 2
+DEBUG_ENV = "MAP_DEBUG"
 PROGRESS_SECONDS_ENV = "MAP_PROGRESS_SECONDS"
 STEP_LOGGER = "map_core.engine.progress"  # the engine's per-step lines: log.txt only, the bar shows them
 
 log = logging.getLogger("tools.progress")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of user errors too (or set {DEBUG_ENV}=1)")
+
+
+def error_message(err: BaseException) -> str:
+    """The message for the user. An error re-raised from a DataLoader worker carries the worker's
+    traceback in its text; only the original message is kept."""
+    text = str(err)
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text[text.rindex(marker) + len(marker):]
+    return text.strip()
+
+
+def report_error(err: BaseException, debug: bool = False) -> int:
+    """Print ``error: <message>`` (after the traceback when debugging) and return the exit code 2."""
+    if debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(type(err), err, err.__traceback__)
+    print(f"error: {error_message(err)}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 class BarSafeHandler(logging.StreamHandler):

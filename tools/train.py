@@ -7,7 +7,8 @@
 
 The experiment folder is <exp-root>/<config stem>/<exp name>/ (exp-root: --exp-root, else
 $MAP_EXP_ROOT, else ./experiments). A folder holding checkpoints is never overwritten: continue
-it with --resume, or pass --overwrite to replace it.
+it with --resume, or pass --overwrite to replace it. User errors end with one 'error: ...' line
+and exit code 2 (--debug shows the traceback).
 """
 from __future__ import annotations
 
@@ -24,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from map_core.config import load_config, validate  # noqa: E402
 from map_core.engine.distributed import cleanup  # noqa: E402
 from map_core.engine.trainer import RunOptions, run  # noqa: E402
-from map_core.errors import UserError  # noqa: E402
-from tools.cli import progress_factory, setup_console  # noqa: E402
+from tools.cli import USER_ERRORS, add_debug_flag, progress_factory, report_error, setup_console  # noqa: E402
 
 PLUGINS = ("image", "pointcloud")
 
@@ -56,6 +56,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="shortcut for --set train.seed=N")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. optimizer.lr=1e-3 model.depth=12")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -78,9 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           ckpt=args.ckpt, mode=mode, progress=progress_factory(bars) if main_rank else None,
                           overwrite=args.overwrite, allow_partial_load=args.allow_partial_load)
         metrics = run(cfg, opts)
-    except (UserError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
     finally:
         cleanup()
     if main_rank:

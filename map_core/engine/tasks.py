@@ -37,10 +37,17 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _build(registry: Any, section: Mapping[str, Any], where: str, **extra: Any) -> Any:
+    """Build ``section`` (``NAME`` + keyword arguments). Builders signal invalid arguments (a head
+    count that does not divide the width, an image size that is not a multiple of the patch) with
+    ValueError; that becomes a ConfigError naming the section."""
     try:
         return registry.build(section, where=where, **extra)
     except KeyError as err:
         raise ConfigError(str(err.args[0]) if err.args else str(err)) from None
+    except UserError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{where} ({section.get('NAME')}): {err}") from err
 
 
 def build_task(cfg: Mapping[str, Any]) -> "Task":

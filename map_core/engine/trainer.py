@@ -114,9 +114,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _per_rank_batch(self) -> int:
         train = self.cfg["train"]
+        if train["accum_steps"] < 1:
+            raise ConfigError(f"train.accum_steps must be at least 1, got {train['accum_steps']}")
         share = self.dist.world_size * train["accum_steps"]
-        if train["total_batch_size"] % share:
-            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} is not divisible by "
+        if train["total_batch_size"] < share or train["total_batch_size"] % share:
+            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} must be a positive multiple of "
                               f"world size {self.dist.world_size} x accum_steps {train['accum_steps']}")
         return train["total_batch_size"] // share
 
@@ -129,6 +131,8 @@ class Trainer:
         else:
             sampler = ShardSampler(len(dataset), self.dist.rank, self.dist.world_size)
             batch = train["val_batch_size"] or self._per_rank_batch()
+            if batch < 1:
+                raise ConfigError(f"train.val_batch_size must be at least 1, got {batch}")
         return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train["num_workers"],
                           pin_memory=self.dist.device.type == "cuda", drop_last=training,
                           worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
