@@ -1,14 +1,16 @@
-"""Experiment folders: never overwritten silently; a resumed run must match its checkpoint.
+"""Experiment folders: never overwritten silently, found again from a checkpoint, resumed fold by fold.
 
 A folder holding checkpoints belongs to a run: starting again without ``--resume`` is refused
-unless the caller asks to overwrite (then the earlier run's files are removed first).
+unless the caller asks to overwrite (then the earlier run's files are removed first). The
+``config.yaml`` saved in a folder is the config of its checkpoints, so ``--test``, ``--vote`` and
+the visualiser can use it instead of asking for every ``--set`` again.
 """
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 from map_core.config import config_diff
 from map_core.errors import ConfigError, UserError
@@ -47,6 +49,25 @@ def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> 
                 path.unlink(missing_ok=True)
         for fold in Path(exp_dir).glob("fold_*"):
             shutil.rmtree(fold)
+
+
+def is_experiment_dir(folder: Path) -> bool:
+    """True for a folder with a saved config and at least one checkpoint."""
+    return (Path(folder) / SAVED_CONFIG).is_file() and bool(checkpoints_in(folder))
+
+
+def saved_config(ckpt: str | Path, default_name: str) -> Tuple[Path, Path, Path]:
+    """(config.yaml, experiment folder, checkpoint file) for ``ckpt``: a checkpoint file (its folder
+    is the experiment) or an experiment folder (its ``default_name`` is the checkpoint)."""
+    ckpt = Path(ckpt)
+    folder, path = (ckpt, ckpt / default_name) if ckpt.is_dir() else (ckpt.parent, ckpt)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' not found")
+    config = folder / SAVED_CONFIG
+    if not config.is_file():
+        raise ConfigError(f"no {SAVED_CONFIG} beside '{path}' (it is saved in every experiment folder); "
+                          f"pass --config CONFIG.yaml")
+    return config, folder, path
 
 
 def config_hint(saved: Optional[Mapping[str, Any]], cfg: Mapping[str, Any], section: str, fix: str) -> str:

@@ -379,8 +379,8 @@ class Trainer:
         else:
             weights = ckpt_io.extract_state_dict(state)
         saved = state.get("config") if isinstance(state, Mapping) else None
-        hint = config_hint(saved, self.cfg, "model", "Evaluate with the checkpoint's model settings "
-                           "(the --set values of its training run).")
+        hint = config_hint(saved, self.cfg, "model", "Without --config, --test / --vote --ckpt use the "
+                           "config.yaml saved beside the checkpoint.")
         load_exact(self.model, weights, f"'{path}'", hint)
         log.info("evaluating weights from %s", path)
 
