@@ -52,8 +52,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--finetune", default=None, help="pretrained checkpoint to start from")
     p.add_argument("--allow-partial-load", action="store_true",
                    help="accept a --finetune checkpoint that fills under half of the encoder")
-    p.add_argument("--resume", nargs="?", const="", default=None, help="checkpoint (default: last.pth)")
-    p.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", nargs="?", const="", default=None, help="checkpoint (default: last.pth)")
+    start.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run")
     p.add_argument("--ckpt", default=None,
                    help="checkpoint or experiment folder for --test / --vote (default: best.pth)")
     p.add_argument("--test", action="store_true", help="evaluate only")

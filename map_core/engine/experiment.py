@@ -52,8 +52,9 @@ def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> 
 
 
 def is_experiment_dir(folder: Path) -> bool:
-    """True for a folder with a saved config and at least one checkpoint."""
-    return (Path(folder) / SAVED_CONFIG).is_file() and bool(checkpoints_in(folder))
+    """True for a folder with a saved config and a run's log or checkpoints."""
+    folder = Path(folder)
+    return (folder / SAVED_CONFIG).is_file() and ((folder / "log.txt").is_file() or bool(checkpoints_in(folder)))
 
 
 def saved_config(ckpt: str | Path, default_name: str) -> Tuple[Path, Path, Path]:
