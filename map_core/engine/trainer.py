@@ -157,6 +157,7 @@ class Trainer:
         if resume:
             self._load_state(resume)
         self.records.rewind(self.global_step)
+        self._session_start = (self.global_step, time.time())  # for the ETA
         self.ddp_model: nn.Module = self.model
         if self.dist.world_size > 1:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
@@ -330,7 +331,6 @@ class Trainer:
         train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
-        self._session_start = (self.global_step, time.time())
         while self.epoch < epochs:
             train_loss = self.train_epoch(bar)
             self.epoch += 1
