@@ -93,7 +93,6 @@ class MAPClassifier(nn.Module):
         num_cls_tokens: int = 12,
         cls_reduce: int = 1,
         drop_path_rate: float = 0.1,
-        backend: str = "auto",
     ):
         super().__init__()
         if num_cls_tokens < 1:
@@ -108,7 +107,7 @@ class MAPClassifier(nn.Module):
         self.encoder = HybridEncoder(
             embed_dim, layout, bidirectional="sequence", norm=norm, drop_path=drop_path_rate,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-            block_drop_path=drop_path_rate if only_t else 0.0, backend=backend,
+            block_drop_path=drop_path_rate if only_t else 0.0,
         )
         reduced = embed_dim // cls_reduce
         self.num_features = num_cls_tokens * reduced
@@ -220,7 +219,6 @@ def map_classifier(
     cls_reduce: Optional[int] = None,
     layout: Optional[str] = None,
     drop_path_rate: float = 0.1,
-    backend: str = "auto",
 ) -> MAPClassifier:
     """A classifier of a named ``size`` (tiny ... huge, the pretraining sizes) or explicit sizes.
 
@@ -239,7 +237,7 @@ def map_classifier(
         embed_dim=base["embed_dim"], layout=layout or variant_layout(variant, base["depth"]),
         num_heads=heads, mlp_ratio=4.0 if transformer else 2.0, norm="layer" if transformer else "rms",
         num_cls_tokens=base["num_cls_tokens"], cls_reduce=base["cls_reduce"],
-        drop_path_rate=drop_path_rate, backend=backend,
+        drop_path_rate=drop_path_rate,
     )
 
 

@@ -114,7 +114,6 @@ def map_pretrain(
     mask_ratio: float = 0.5,
     mask_ratio_std: float = 0.25,
     mask_ratio_bounds: Sequence[float] = (0.3, 0.7),
-    backend: str = "auto",
 ) -> MAPImagePretrainer:
     """A MAP 2D pretraining model of any size.
 
@@ -126,7 +125,7 @@ def map_pretrain(
     tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
     encoder = HybridEncoder(
         embed_dim, layout or official_layout(depth), bidirectional="sequence", drop_path=drop_path_rate,
-        num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, backend=backend,
+        num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
     )
     decoder = ARDecoder(decoder_dim, decoder_depth, decoder_heads, row_len=tokenizer.grid_size[1],
                         mlp_ratio=decoder_mlp_ratio, qkv_bias=True, block="cross_norm", causal=True)

@@ -85,6 +85,18 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     max_steps_per_epoch: Optional[int] = None
+    compile: bool = False
+
+
+@dataclass
+class BackendsConfig:
+    """``runtime.backends:``; per op ``auto`` or a registered name (``map_core.backends``): ``auto``
+    takes the project's Triton kernels on CUDA and the PyTorch references elsewhere."""
+
+    scan: str = "auto"
+    conv: str = "auto"
+    fps: str = "auto"
+    knn: str = "auto"
 
 
 @dataclass
@@ -93,6 +105,7 @@ class RuntimeConfig:
 
     find_unused_parameters: bool = False
     device: str = "auto"
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
 
 
 @dataclass

@@ -63,7 +63,6 @@ class HybridEncoder(nn.Module):
         mlp_ratio: float = 2.0,
         qkv_bias: bool = True,
         block_drop_path: float = 0.0,
-        backend: str = "auto",
     ):
         super().__init__()
         self.layout = parse_layout(layout)
@@ -74,8 +73,7 @@ class HybridEncoder(nn.Module):
         self.layers = nn.ModuleList(
             MambaLayer(
                 dim,
-                BiMamba(dim, d_state=d_state, expand=expand, bidirectional=bidirectional,
-                        backend=backend),
+                BiMamba(dim, d_state=d_state, expand=expand, bidirectional=bidirectional),
                 norm=norm, eps=norm_eps, drop_path=rate, residual_in_fp32=residual_in_fp32,
             )
             for rate in rates

@@ -55,18 +55,20 @@ def truncated_normal_ratio(
     return float(x)
 
 
-def mask_to_indices(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def mask_to_indices(mask: torch.Tensor, n_mask: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Split a mask into (keep (B, L_keep), masked (B, L_mask)) index tensors, each in token order.
 
-    Every row must mask the same number of tokens.
+    Every row must mask the same number of tokens. ``n_mask``: that number when the caller knows
+    it (a mask from :func:`random_mask`); without it the mask is checked, which reads it on the host.
     """
-    counts = mask.sum(dim=1)
-    if mask.dim() != 2 or (counts != counts[0]).any():
-        raise ValueError(
-            f"mask must be (B, L) with the same number of masked tokens per row; got shape "
-            f"{tuple(mask.shape)} and per-row counts {counts.tolist()}"
-        )
-    n_mask = int(counts[0])
+    if n_mask is None:
+        counts = mask.sum(dim=1)
+        if mask.dim() != 2 or (counts != counts[0]).any():
+            raise ValueError(
+                f"mask must be (B, L) with the same number of masked tokens per row; got shape "
+                f"{tuple(mask.shape)} and per-row counts {counts.tolist()}"
+            )
+        n_mask = int(counts[0])
     # a stable sort puts visible tokens (False) first, each group in token order
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
     return order[:, : mask.shape[1] - n_mask], order[:, mask.shape[1] - n_mask:]

@@ -9,6 +9,13 @@
 - ``"channel"`` (Mamba3D ``bimamba_type: v4``): the second scan runs on ``xz`` reversed along the
   channel axis (so its "x" is the reversed z half and its gate the reversed x half); its output is
   reversed along channels and added, with no halving.
+
+Neither direction copies activations: the sequence direction asks the conv and the scan to run
+from the last step to the first (``reverse=True``); the channel direction is computed as the
+plain scan of (x = z, gate = x) with every per-channel parameter of the second direction flipped
+(conv taps and bias, ``x_proj`` columns, ``dt_proj`` rows and bias, ``A``, ``D``), which is the
+same function (only the small parameter tensors are reversed). Activations stay time-major
+((B, L, C) memory, seen as (B, C, L)) from ``in_proj`` to ``out_proj``.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .ssm import causal_conv1d, selective_scan
 
@@ -38,7 +46,6 @@ class BiMamba(nn.Module):
         divide_out: Optional[bool] = None,
         bias: bool = False,
         conv_bias: bool = True,
-        backend: str = "auto",
     ):
         super().__init__()
         if bidirectional not in (None, "sequence", "channel"):
@@ -50,7 +57,6 @@ class BiMamba(nn.Module):
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.bidirectional = bidirectional
         self.divide_out = (bidirectional == "sequence") if divide_out is None else divide_out
-        self.backend = backend
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
@@ -79,33 +85,44 @@ class BiMamba(nn.Module):
         dt_proj.bias._no_reinit = True
         A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
         D = nn.Parameter(torch.ones(d_inner))
-        A_log._no_weight_decay = D._no_weight_decay = True
         return conv, x_proj, dt_proj, A_log, D
 
-    def _scan(self, xz, conv, x_proj, dt_proj, A_log, D):
-        """One direction. xz: (B, 2*d_inner, L) -> y: (B, d_inner, L), gated by z."""
-        x, z = xz.chunk(2, dim=1)
-        x = causal_conv1d(x, conv.weight, conv.bias, self.backend)
-        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
+    def _direction_params(self, second: bool, flip: bool = False) -> tuple:
+        """(conv weight, conv bias, x_proj weight, dt_proj weight, dt_proj bias, A_log, D) of one
+        direction; ``flip`` reverses them along the inner channels (the channel direction)."""
+        if second:
+            mods = (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        else:
+            mods = (self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        conv, x_proj, dt_proj, A_log, D = mods
+        if not flip:
+            return conv.weight, conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D
+        conv_b = conv.bias.flip(0) if conv.bias is not None else None
+        return (conv.weight.flip(0), conv_b, x_proj.weight.flip(1), dt_proj.weight.flip(0),
+                dt_proj.bias.flip(0), A_log.flip(0), D.flip(0))
+
+    def _scan(self, x: torch.Tensor, z: torch.Tensor, params: tuple, reverse: bool = False) -> torch.Tensor:
+        """One direction. x, z: (B, d_inner, L) -> y: (B, d_inner, L), gated by z."""
+        conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D = params
+        x = causal_conv1d(x, conv_w, conv_b, reverse=reverse)
+        x_dbl = F.linear(x.transpose(1, 2), x_proj_w)  # (B, L, dt_rank + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # bias is added inside the scan
+        dt = (dt @ dt_w.t()).transpose(1, 2)  # bias is added inside the scan
         return selective_scan(
             x, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
-            D.float(), z, dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
+            D.float(), z, dt_b.float(), delta_softplus=True, reverse=reverse,
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, L, d_model) -> (B, L, d_model)."""
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
-        y = self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        if self.bidirectional is not None:
-            axis = -1 if self.bidirectional == "sequence" else 1
-            y_b = self._scan(
-                xz.flip(axis), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
-            )
-            y = y + y_b.flip(axis)
-            if self.divide_out:
-                y = y / 2
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each, time-major
+        y = self._scan(x, z, self._direction_params(second=False))
+        if self.bidirectional == "sequence":
+            y = y + self._scan(x, z, self._direction_params(second=True), reverse=True)
+        elif self.bidirectional == "channel":
+            y = y + self._scan(z, x, self._direction_params(second=True, flip=True))
+        if self.divide_out:
+            y = y / 2
         return self.out_proj(y.transpose(1, 2))
 
     def extra_repr(self) -> str:

@@ -1,37 +1,30 @@
-"""The Mamba-1 selective scan, with a pure-PyTorch reference and optional fast paths.
+"""The Mamba-1 selective scan and the depthwise causal conv, with pure-PyTorch references.
 
 The argument conventions are those of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``:
 
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t        (per channel d, state n)
     y_t = <C_t, h_t> + D * u_t,      out = y * silu(z)  (when z is given)
 
-with ``delta = softplus(delta + delta_bias)`` when asked. Backends:
+with ``delta = softplus(delta + delta_bias)`` when asked. ``reverse=True`` runs the recurrence from
+the last step to the first (the same as flipping every (B, ., L) input and the output).
 
-- ``"torch"``: the reference below, differentiable by autograd, any device, fp32 state
-  (trained in checkpointed spans of ``CHECKPOINT_CHUNK`` steps when that is set).
-- ``"mamba_ssm"``: the CUDA kernel of the ``mamba_ssm`` package (CUDA tensors only).
-- ``"auto"``: ``mamba_ssm`` when installed and the inputs are on CUDA, else ``"torch"``.
+Implementations are chosen per op through :mod:`map_core.backends` (``runtime.backends.scan`` and
+``.conv`` in configs, or ``backend=`` in a direct call):
 
-Asking for a backend that is not installed is an error, never a silent fallback.
+- ``"torch"``: the references below, differentiable by autograd, any device, fp32 state. The
+  oracle for every other backend.
+- ``"triton"``: the project's fused kernels (:mod:`map_core.kernels`), the ``auto`` choice on CUDA.
+- ``"mamba_ssm"`` / ``"causal_conv1d"``: the CUDA packages of those names, only when named.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "mamba_ssm")
-# When set, the "torch" backend trains in spans of this many steps and recomputes each span's
-# states in the backward pass: identical results and a fraction of the memory; slower on a GPU,
-# faster on a CPU (BENCHMARKS.md). None keeps every step's state (plain autograd).
-CHECKPOINT_CHUNK: Optional[int] = None
+from map_core import backends
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -114,36 +107,30 @@ def selective_scan_ref(
     return (out, h) if return_last_state else out
 
 
-@functools.lru_cache(maxsize=None)
-def is_available(backend: str) -> bool:
-    """Whether the package behind ``backend`` can be imported (no import is done)."""
-    if backend == "torch":
-        return True
-    if backend == "mamba_ssm":
-        return importlib.util.find_spec("mamba_ssm") is not None
-    return False
+def _flip_time(*tensors: Optional[torch.Tensor]):
+    """Reverse every (B, ., L) tensor along L; (D, N) / (D,) tensors and None pass through."""
+    return tuple(t.flip(-1) if t is not None and t.dim() == 3 else t for t in tensors)
 
 
-@functools.lru_cache(maxsize=None)
-def _log_choice(backend: str) -> None:
-    log.info("selective scan backend: %s", backend)
+def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                return_last_state=False, reverse=False):
+    if not reverse:
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    u, delta, B, C, z = _flip_time(u, delta, B, C, z)
+    res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return (res[0].flip(-1), res[1]) if return_last_state else res.flip(-1)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn ``backend`` (possibly ``"auto"``) into a concrete, usable backend name."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend '{backend}'; expected one of {BACKENDS}")
-    if backend == "auto":
-        backend = "mamba_ssm" if device.type == "cuda" and is_available("mamba_ssm") else "torch"
-    elif not is_available(backend):
-        raise RuntimeError(
-            f"selective-scan backend '{backend}' was requested but the package is not installed "
-            f"(pip install mamba-ssm), or use backend 'torch' / 'auto'"
-        )
-    elif backend == "mamba_ssm" and device.type != "cuda":
-        raise RuntimeError("selective-scan backend 'mamba_ssm' needs CUDA tensors")
-    _log_choice(backend)
-    return backend
+def _scan_mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                    return_last_state=False, reverse=False):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    if reverse:
+        u, delta, B, C, z = _flip_time(u, delta, B, C, z)
+    res = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if not reverse:
+        return res
+    return (res[0].flip(-1), res[1]) if return_last_state else res.flip(-1)
 
 
 def selective_scan(
@@ -157,38 +144,55 @@ def selective_scan(
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    backend: str = "auto",
+    reverse: bool = False,
+    backend: Optional[str] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-    """Selective scan with ``mamba_ssm``'s conventions (see module docstring), on ``backend``."""
-    backend = resolve_backend(backend, u.device)
-    if backend == "mamba_ssm":
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    """Selective scan (see module docstring) on ``backend``, default the configured one.
 
-        return selective_scan_fn(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
-        )
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                              checkpoint_chunk=CHECKPOINT_CHUNK)
+    u, delta, z: (B, D, L) with any strides; A: (D, N); B, C: (B, N, L) or (D, N); D,
+    delta_bias: (D,). Returns out (B, D, L) in u's dtype [and the last state (B, D, N), fp32].
+    """
+    fn = backends.get("scan", u.device, backend)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
 
 
-def causal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str = "auto"
-) -> torch.Tensor:
-    """Depthwise causal conv + SiLU. x: (B, D, L); weight: (D, 1, K) or (D, K); bias: (D,).
+def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      reverse: bool = False) -> torch.Tensor:
+    """Reference depthwise causal conv + SiLU. x: (B, D, L); weight: (D, 1, K) or (D, K); bias: (D,).
 
-    Uses ``causal_conv1d`` when installed and x is on CUDA (``backend="auto"``), otherwise
-    ``F.conv1d`` with left padding K-1 (the official layer pads both sides and trims the end,
-    which is the same).
+    ``F.conv1d`` with left padding K-1 (the official layer pads both sides and trims the end, which
+    is the same); ``reverse``: the anti-causal conv, i.e. the causal conv of the flipped sequence.
     """
     w = weight.reshape(weight.shape[0], -1)
-    use_fast = (
-        backend == "auto" and x.device.type == "cuda"
-        and importlib.util.find_spec("causal_conv1d") is not None
-    )
-    if use_fast:
-        from causal_conv1d import causal_conv1d_fn
-
-        return causal_conv1d_fn(x, w, bias, activation="silu")
     k = w.shape[1]
+    if reverse:
+        return causal_conv1d_ref(x.flip(-1), w, bias).flip(-1)
     y = F.conv1d(F.pad(x, (k - 1, 0)), w.unsqueeze(1), bias, groups=w.shape[0])
     return F.silu(y)
+
+
+def _conv_causal_conv1d(x, weight, bias, reverse=False):
+    from causal_conv1d import causal_conv1d_fn
+
+    w = weight.reshape(weight.shape[0], -1)
+    if reverse:
+        return causal_conv1d_fn(x.flip(-1), w, bias, activation="silu").flip(-1)
+    return causal_conv1d_fn(x, w, bias, activation="silu")
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], reverse: bool = False,
+                  backend: Optional[str] = None) -> torch.Tensor:
+    """Depthwise causal conv + SiLU (see :func:`causal_conv1d_ref`) on ``backend``, default the
+    configured one. x: (B, D, L) with any strides -> (B, D, L)."""
+    return backends.get("conv", x.device, backend)(x, weight, bias, reverse)
+
+
+# registration order is auto's preference: the Triton kernels on CUDA, else the references
+backends.register("scan", "triton", "map_core.kernels.selective_scan:selective_scan_triton", package="triton",
+                  auto=True, interpretable=True)
+backends.register("scan", "torch", _scan_torch, devices=None)
+backends.register("scan", "mamba_ssm", _scan_mamba_ssm, package="mamba_ssm")
+backends.register("conv", "triton", "map_core.kernels.causal_conv1d:causal_conv1d_triton", package="triton",
+                  auto=True, interpretable=True)
+backends.register("conv", "torch", causal_conv1d_ref, devices=None)
+backends.register("conv", "causal_conv1d", _conv_causal_conv1d, package="causal_conv1d")

@@ -31,14 +31,14 @@ class LocalNorm(nn.Module):
     one scalar for the batch (official K_Norm).
     """
 
-    def __init__(self, dim: int, k: int, backend: str = "auto"):
+    def __init__(self, dim: int, k: int):
         super().__init__()
-        self.k, self.backend = k, backend
+        self.k = k
         self.affine_alpha_feat = nn.Parameter(torch.ones(1, 1, 1, 2 * dim))
         self.affine_beta_feat = nn.Parameter(torch.zeros(1, 1, 1, 2 * dim))
 
     def forward(self, center: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        idx = knn(center, center, self.k, backend=self.backend)  # (B, G, k)
+        idx = knn(center, center, self.k)  # (B, G, k)
         diff = gather(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
         diff = diff / (diff.std() + 1e-5)
         feat = torch.cat([diff, x.unsqueeze(2).expand_as(diff)], dim=-1)
@@ -53,9 +53,9 @@ class LocalNormPool(nn.Module):
     ``sum(f e^f) / sum(e^f)`` per channel, evaluated as ``sum(softmax(f) * f)``.
     """
 
-    def __init__(self, dim: int, k: int, backend: str = "auto"):
+    def __init__(self, dim: int, k: int):
         super().__init__()
-        self.lga = LocalNorm(dim, k, backend)
+        self.lga = LocalNorm(dim, k)
         self.pre_norm_ft = nn.LayerNorm(2 * dim)
         self.mlp = nn.ModuleDict({"share_mlp": nn.Conv1d(2 * dim, dim, 1)})
         self.act = nn.SiLU()
@@ -81,13 +81,13 @@ class Mamba3DBlock(nn.Module):
     """
 
     def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, mixer: str = "mamba",
-                 num_heads: int = 6, backend: str = "auto"):
+                 num_heads: int = 6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.lfa = LocalNormPool(dim, center_local_k, backend)
+        self.lfa = LocalNormPool(dim, center_local_k)
         self.norm2 = nn.LayerNorm(dim)
         if mixer == "mamba":
-            self.mixer = BiMamba(dim, bidirectional="channel", backend=backend)
+            self.mixer = BiMamba(dim, bidirectional="channel")
         elif mixer == "attention":
             self.mixer = TransformerBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=0.0)
         else:
@@ -102,9 +102,8 @@ class Mamba3DBlock(nn.Module):
 class Trans3DBlock(Mamba3DBlock):
     """The Trans3D block: a Mamba3D block whose mixer is a Transformer block (qkv_bias False, mlp 4)."""
 
-    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, num_heads: int = 6,
-                 backend: str = "auto"):
-        super().__init__(dim, center_local_k, drop_path, "attention", num_heads, backend)
+    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, num_heads: int = 6):
+        super().__init__(dim, center_local_k, drop_path, "attention", num_heads)
 
 
 class PointMAPBlocks(nn.Module):
@@ -116,13 +115,13 @@ class PointMAPBlocks(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, center_local_k: int = 4, drop_path: float = 0.0,
-                 num_heads: int = 6, backend: str = "auto"):
+                 num_heads: int = 6):
         super().__init__()
         dpr = torch.linspace(0, drop_path, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            Mamba3DBlock(dim, center_local_k, dpr[i], "mamba", num_heads, backend) for i in range(depth))
+            Mamba3DBlock(dim, center_local_k, dpr[i], "mamba", num_heads) for i in range(depth))
         self.blocks_vit = nn.ModuleList(
-            Trans3DBlock(dim, center_local_k, dpr[j], num_heads, backend) for j in range(depth // 3))
+            Trans3DBlock(dim, center_local_k, dpr[j], num_heads) for j in range(depth // 3))
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         for n, block in enumerate(self.blocks):
@@ -140,9 +139,9 @@ class PointMAPEncoder(nn.Module):
     """
 
     def __init__(self, dim: int = 384, depth: int = 12, center_local_k: int = 4, drop_path: float = 0.0,
-                 num_heads: int = 6, backend: str = "auto"):
+                 num_heads: int = 6):
         super().__init__()
-        self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads, backend)
+        self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

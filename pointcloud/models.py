@@ -111,15 +111,15 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
                       num_group: int = 64, encoder_dims: int = 384, center_local_k: int = 4,
                       mask_ratio: float = 0.6, drop_path: float = 0.1, decoder_depth: int = 4,
                       decoder_num_heads: int = 6, decoder_drop_path: float = 0.1, loss: str = "cdl2",
-                      causal: bool = True, pointnet_width: int = 128, backend: str = "auto") -> PointMAP:
+                      causal: bool = True, pointnet_width: int = 128) -> PointMAP:
     """PointMAP pretraining model (official ``Point_MAE`` of the PointMAP files, rand mask).
 
     Has no ``cls_token`` / ``cls_pos``: the official pretraining encoder creates them but never
     uses them (2 * trans_dim parameters fewer than the official count). ``pointnet_width`` is the
     group encoder's first width (official 128).
     """
-    tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, backend, pointnet_width)
-    encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads, backend)
+    tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, pointnet_width)
+    encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads)
     tokenizer.apply(_point_init)
     encoder.apply(_point_init)
     decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, row_length(num_group), qkv_bias=False,
@@ -143,15 +143,14 @@ class PointMAPClassifier(nn.Module):
 
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
                  num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
-                 drop_path: float = 0.1, official_mean_bug: bool = False, backend: str = "auto",
+                 drop_path: float = 0.1, official_mean_bug: bool = False,
                  pointnet_width: int = 128):
         super().__init__()
         self.official_mean_bug = official_mean_bug
-        self.tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, backend,
-                                             pointnet_width)
+        self.tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, pointnet_width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, trans_dim))
-        self.encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads, backend)
+        self.encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads)
         self.cls_head_finetune = nn.Sequential(
             nn.Linear(2 * trans_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
@@ -194,7 +193,7 @@ class PointMAPClassifier(nn.Module):
 def pointmap_classifier(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
                         num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
                         drop_path: float = 0.1, official_mean_bug: bool = False,
-                        pointnet_width: int = 128, backend: str = "auto") -> PointMAPClassifier:
+                        pointnet_width: int = 128) -> PointMAPClassifier:
     """The PointMAP hybrid classifier (official ``Mamba3D`` of the PointMAP files)."""
     return PointMAPClassifier(trans_dim, depth, num_heads, group_size, num_group, encoder_dims, center_local_k,
-                              cls_dim, drop_path, official_mean_bug, backend, pointnet_width)
+                              cls_dim, drop_path, official_mean_bug, pointnet_width)

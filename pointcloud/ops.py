@@ -1,55 +1,20 @@
 """Farthest point sampling, k nearest neighbours and batched gather.
 
-Each op has a pure-PyTorch reference (CPU and GPU, batched) and an optional CUDA fast path:
-``pointnet2_ops`` for FPS and ``knn_cuda`` for kNN. ``backend="auto"`` takes the fast path only when
-the library is installed and the tensors are on CUDA; naming a backend that cannot run is an error.
+Each op has a pure-PyTorch reference (CPU and GPU, batched) registered as the ``torch`` backend of
+:mod:`map_core.backends`, the project's Triton kernels (``triton``, the ``auto`` choice on CUDA,
+:mod:`pointcloud.kernels`), and the optional CUDA packages ``pointnet2_ops`` (FPS) and
+``knn_cuda`` (kNN), used only when named (``runtime.backends.fps`` / ``.knn``).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import logging
-from typing import Set, Tuple
+from typing import Optional
 
 import torch
 
-logger = logging.getLogger(__name__)
-
-# op -> (name of the fast backend, the module it lives in)
-_FAST = {"fps": ("pointnet2_ops", "pointnet2_ops.pointnet2_utils"), "knn": ("knn_cuda", "knn_cuda")}
-_logged: Set[Tuple[str, str]] = set()
+from map_core import backends
 
 # kNN reference: at most this many (query, reference) pairs per chunk (about 0.8 GB of float32 work).
 _KNN_PAIRS_PER_CHUNK = 1 << 26
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a missing parent package
-        return False
-
-
-def _choose_backend(op: str, backend: str, device: torch.device) -> str:
-    """Resolve ``backend`` for ``op`` on ``device``; log each choice once."""
-    fast, module = _FAST[op]
-    if backend == "auto":
-        chosen = fast if device.type == "cuda" and _installed(module) else "torch"
-    elif backend == "torch":
-        chosen = "torch"
-    elif backend == fast:
-        if not _installed(module):
-            raise ImportError(f"{op} backend '{fast}' was asked for but module '{module}' is not installed; "
-                              f"install it or use backend='torch' or 'auto'")
-        if device.type != "cuda":
-            raise ValueError(f"{op} backend '{fast}' needs CUDA tensors, got tensors on {device}")
-        chosen = fast
-    else:
-        raise ValueError(f"unknown {op} backend '{backend}' (valid: auto, torch, {fast})")
-    if (op, chosen) not in _logged:
-        _logged.add((op, chosen))
-        logger.info("%s backend: %s", op, chosen)
-    return chosen
 
 
 def fps_torch(xyz: torch.Tensor, n: int) -> torch.Tensor:
@@ -71,16 +36,22 @@ def fps_torch(xyz: torch.Tensor, n: int) -> torch.Tensor:
     return idx
 
 
-def fps(xyz: torch.Tensor, n: int, backend: str = "auto") -> torch.Tensor:
-    """Farthest point sampling. xyz: (B, N, 3) -> indices (B, n) int64 (first index 0)."""
+def _fps_pointnet2(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    from pointnet2_ops import pointnet2_utils
+
+    return pointnet2_utils.furthest_point_sample(xyz.float().contiguous(), n).long()
+
+
+def fps(xyz: torch.Tensor, n: int, backend: Optional[str] = None) -> torch.Tensor:
+    """Farthest point sampling. xyz: (B, N, 3) -> indices (B, n) int64 (first index 0).
+
+    ``backend``: a registered name or ``auto``; default the configured one (``runtime.backends.fps``).
+    """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"fps expects xyz of shape (B, N, 3), got {tuple(xyz.shape)}")
     if not 0 < n <= xyz.shape[1]:
         raise ValueError(f"fps: cannot sample {n} points from clouds of {xyz.shape[1]} points")
-    if _choose_backend("fps", backend, xyz.device) == "torch":
-        return fps_torch(xyz, n)
-    pointnet2_utils = importlib.import_module("pointnet2_ops.pointnet2_utils")
-    return pointnet2_utils.furthest_point_sample(xyz.float().contiguous(), n).long()
+    return backends.get("fps", xyz.device, backend)(xyz, n)
 
 
 def knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
@@ -101,18 +72,22 @@ def knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def knn(query: torch.Tensor, ref: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
-    """k nearest neighbours. query: (B, M, 3), ref: (B, N, 3) -> indices into ref (B, M, k) int64."""
+def _knn_cuda(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    import knn_cuda
+
+    _, idx = knn_cuda.KNN(k=k, transpose_mode=True)(ref.float().contiguous(), query.float().contiguous())
+    return idx.long()
+
+
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int, backend: Optional[str] = None) -> torch.Tensor:
+    """k nearest neighbours. query: (B, M, 3), ref: (B, N, 3) -> indices into ref (B, M, k) int64,
+    nearest first, ties to the lower index. ``backend``: as for :func:`fps`."""
     if query.dim() != 3 or ref.dim() != 3 or query.shape[0] != ref.shape[0] or query.shape[-1] != ref.shape[-1]:
         raise ValueError(f"knn expects query (B, M, 3) and ref (B, N, 3), got {tuple(query.shape)} "
                          f"and {tuple(ref.shape)}")
     if not 0 < k <= ref.shape[1]:
         raise ValueError(f"knn: k={k} must be in [1, {ref.shape[1]}] (points in ref)")
-    if _choose_backend("knn", backend, query.device) == "torch":
-        return knn_torch(query, ref, k)
-    knn_cuda = importlib.import_module("knn_cuda")
-    _, idx = knn_cuda.KNN(k=k, transpose_mode=True)(ref.float().contiguous(), query.float().contiguous())
-    return idx.long()
+    return backends.get("knn", query.device, backend)(query, ref, k)
 
 
 def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -121,3 +96,11 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"gather: batch sizes differ, x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
     batch = torch.arange(x.shape[0], device=x.device).view(-1, *([1] * (idx.dim() - 1)))
     return x[batch, idx]
+
+
+backends.register("fps", "triton", "pointcloud.kernels:fps_triton", package="triton", auto=True, interpretable=True)
+backends.register("fps", "torch", fps_torch, devices=None)
+backends.register("fps", "pointnet2_ops", _fps_pointnet2, package="pointnet2_ops.pointnet2_utils")
+backends.register("knn", "triton", "pointcloud.kernels:knn_triton", package="triton", auto=True, interpretable=True)
+backends.register("knn", "torch", knn_torch, devices=None)
+backends.register("knn", "knn_cuda", _knn_cuda, package="knn_cuda")

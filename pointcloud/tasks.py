@@ -36,7 +36,7 @@ def augmentation(name: str, key: str) -> Optional[Callable[[torch.Tensor], torch
     return AUGMENTATIONS[name]
 
 
-def fps_points(points: torch.Tensor, npoints: int, backend: str = "auto") -> torch.Tensor:
+def fps_points(points: torch.Tensor, npoints: int) -> torch.Tensor:
     """The ``npoints`` FPS points of each cloud (official ``misc.fps``). (B, N, C) -> (B, npoints, C).
 
     With ``npoints == N`` the cloud is returned unchanged: FPS would only reorder it, keeping point
@@ -44,7 +44,7 @@ def fps_points(points: torch.Tensor, npoints: int, backend: str = "auto") -> tor
     """
     if npoints == points.shape[1]:
         return points
-    return gather(points, fps(points[..., :3].contiguous(), npoints, backend=backend))
+    return gather(points, fps(points[..., :3].contiguous(), npoints))
 
 
 class ChecksPointCount:
@@ -82,14 +82,14 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
 
     def __init__(self, cfg: Mapping[str, Any], npoints: int = 1024, fps_pool: Optional[int] = None,
                  augment: str = "none", vote_augment: Optional[str] = None, votes: int = 10,
-                 num_classes: Optional[int] = None, label_smoothing: float = 0.0, backend: str = "auto"):
+                 num_classes: Optional[int] = None, label_smoothing: float = 0.0):
         super().__init__(cfg, num_classes=num_classes, label_smoothing=label_smoothing)
-        self.npoints, self.pool, self.votes, self.backend = npoints, fps_pool, votes, backend
+        self.npoints, self.pool, self.votes = npoints, fps_pool, votes
         self.augment = augmentation(augment, "task.augment")
         self.vote_augment = augmentation(vote_augment or augment, "task.vote_augment")
 
     def _pool(self, points: torch.Tensor) -> torch.Tensor:
-        return fps_pool(points, self.npoints, self.pool, backend=self.backend)
+        return fps_pool(points, self.npoints, self.pool)
 
     def preprocess(self, batch: Any, training: bool) -> Any:
         points = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -98,7 +98,7 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
             if self.augment is not None:
                 points = self.augment(points)
         else:
-            points = fps_points(points, self.npoints, self.backend)
+            points = fps_points(points, self.npoints)
         return _replace_points(batch, points)
 
     @torch.no_grad()
@@ -130,16 +130,15 @@ class PointPretrainTask(ChecksPointCount, PretrainTask):
     ModelNet input; ShapeNet clouds come sampled by the reader); augment: applied in training.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], npoints: Optional[int] = None, augment: str = "none",
-                 backend: str = "auto"):
+    def __init__(self, cfg: Mapping[str, Any], npoints: Optional[int] = None, augment: str = "none"):
         super().__init__(cfg)
-        self.npoints, self.backend = npoints, backend
+        self.npoints = npoints
         self.augment = augmentation(augment, "task.augment")
 
     def preprocess(self, batch: Any, training: bool) -> Any:
         points = batch[0] if isinstance(batch, (tuple, list)) else batch
         if self.npoints is not None and points.shape[1] != self.npoints:
-            points = fps_points(points, self.npoints, self.backend)
+            points = fps_points(points, self.npoints)
         if training and self.augment is not None:
             points = self.augment(points)
         return _replace_points(batch, points)
@@ -152,10 +151,9 @@ class PointSVMTask(ChecksPointCount, LinearSVMTask):
     ``model.forward_features`` (B, F) feeds sklearn ``LinearSVC(C)``.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], npoints: int = 1024, C: float = 1.0, max_iter: int = 10000,
-                 backend: str = "auto"):
+    def __init__(self, cfg: Mapping[str, Any], npoints: int = 1024, C: float = 1.0, max_iter: int = 10000):
         super().__init__(cfg, C=C, max_iter=max_iter)
-        self.npoints, self.backend = npoints, backend
+        self.npoints = npoints
 
     def preprocess(self, batch: Any, training: bool) -> Any:
-        return _replace_points(batch, fps_points(batch[0], self.npoints, self.backend))
+        return _replace_points(batch, fps_points(batch[0], self.npoints))

@@ -14,16 +14,15 @@ from map_core.pretrain import Tokens
 from pointcloud.ops import fps, gather, knn
 
 
-def group_points(xyz: torch.Tensor, num_group: int, group_size: int,
-                 backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+def group_points(xyz: torch.Tensor, num_group: int, group_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """FPS centres and their kNN neighbourhoods relative to the centre.
 
     xyz: (B, N, 3) -> (neighbourhood (B, G, K, 3), centre (B, G, 3)). FPS starts at point 0; the
     neighbours are sorted nearest first, the centre itself included (at offset 0).
     """
     xyz = xyz[..., :3].contiguous()
-    center = gather(xyz, fps(xyz, num_group, backend=backend))  # (B, G, 3)
-    idx = knn(center, xyz, group_size, backend=backend)  # (B, G, K)
+    center = gather(xyz, fps(xyz, num_group))  # (B, G, 3)
+    idx = knn(center, xyz, group_size)  # (B, G, K)
     return gather(xyz, idx) - center.unsqueeze(2), center
 
 
@@ -70,16 +69,16 @@ class PointGroupTokenizer(nn.Module):
     """
 
     def __init__(self, num_group: int, group_size: int, encoder_dims: int, trans_dim: int,
-                 backend: str = "auto", pointnet_width: int = 128):
+                 pointnet_width: int = 128):
         super().__init__()
         if encoder_dims != trans_dim:
             raise ValueError(f"encoder_dims ({encoder_dims}) must equal trans_dim ({trans_dim}); "
                              "the official models add no projection between them")
-        self.num_group, self.group_size, self.backend = num_group, group_size, backend
+        self.num_group, self.group_size = num_group, group_size
         self.encoder = MiniPointNet(encoder_dims, pointnet_width)
         self.pos_embed = position_mlp(trans_dim, nn.SiLU)
 
     def forward(self, pts: torch.Tensor) -> Tokens:
-        neighborhood, center = group_points(pts, self.num_group, self.group_size, self.backend)
+        neighborhood, center = group_points(pts, self.num_group, self.group_size)
         return Tokens(x=self.encoder(neighborhood), pos=self.pos_embed(center), coords=center,
                       target=neighborhood)

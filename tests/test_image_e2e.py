@@ -8,7 +8,7 @@ from PIL import Image
 from tools.train import main
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, drop_path_rate=0.0, backend="torch")
+MODEL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, drop_path_rate=0.0)
 
 
 def _image_folder(root: Path, per_class: int = 4) -> None:

@@ -25,7 +25,7 @@ def _reference(drop_path_rate: float = 0.0) -> VisionMamba:
 
 
 def _ours(**kw):
-    args = dict(TINY, decoder_dim=64, decoder_depth=2, decoder_heads=4, drop_path_rate=0.0, backend="torch")
+    args = dict(TINY, decoder_dim=64, decoder_depth=2, decoder_heads=4, drop_path_rate=0.0)
     args.update(kw)
     return map_pretrain(**args)
 
@@ -161,7 +161,7 @@ def test_cls_register_positions():
 def test_classifier_shapes_and_variants():
     torch.manual_seed(0)
     model = map_classifier(num_classes=5, num_cls_tokens=4, cls_reduce=2, drop_path_rate=0.0,
-                           backend="torch", **TINY)
+                           **TINY)
     imgs = torch.randn(2, 3, 32, 32)
     assert model.forward_features(imgs).shape == (2, 4 * 32)
     assert model(imgs).shape == (2, 5)
@@ -174,7 +174,7 @@ def test_classifier_shapes_and_variants():
     assert groups("tokenizer.pos_embed") == 0 and groups("encoder.blocks.0.attn.qkv.weight") == 4
     assert groups("head.weight") == len(model.encoder.layout) + 1
     assert variant_layout("mamba", 24).count("M") == 34 and variant_layout("transformer", 24) == "T" * 18
-    vit = map_classifier(variant="transformer", num_classes=3, backend="torch", **TINY)
+    vit = map_classifier(variant="transformer", num_classes=3, **TINY)
     assert "M" not in vit.encoder.layout and vit(imgs).shape == (2, 3)
 
 
@@ -182,7 +182,7 @@ def test_classifier_loads_pretraining_checkpoint_with_resize():
     torch.manual_seed(0)
     pre = _ours(decoder_dim=32)
     cls = map_classifier(img_size=48, patch_size=8, embed_dim=64, depth=6, num_heads=4, num_classes=3,
-                         num_cls_tokens=4, cls_reduce=2, backend="torch")
+                         num_cls_tokens=4, cls_reduce=2)
     result = cls.load_pretrained({"model": pre.state_dict()})
     assert set(result.missing_keys) == {"cls_token", "pos_embed_cls", "neck.weight", "norm_neck.weight",
                                         "head.weight", "head.bias"}
@@ -192,7 +192,7 @@ def test_classifier_loads_pretraining_checkpoint_with_resize():
     # official names load the same way
     official = to_official(pre.state_dict())
     assert not cls.load_pretrained(official).unexpected_keys
-    wrong = map_classifier(img_size=32, patch_size=8, embed_dim=32, depth=6, num_heads=4, backend="torch")
+    wrong = map_classifier(img_size=32, patch_size=8, embed_dim=32, depth=6, num_heads=4)
     with pytest.raises(CheckpointShapeError, match="encoder.layers.0"):
         wrong.load_pretrained(pre.state_dict())
 
@@ -200,7 +200,7 @@ def test_classifier_loads_pretraining_checkpoint_with_resize():
 def test_tiny_map_overfits_one_batch():
     torch.manual_seed(0)
     model = map_pretrain(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, decoder_dim=32,
-                         decoder_depth=1, decoder_heads=4, drop_path_rate=0.0, backend="torch")
+                         decoder_depth=1, decoder_heads=4, drop_path_rate=0.0)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 16), torch.linspace(0, 1, 16), indexing="ij")
     imgs = torch.stack([torch.stack([torch.sin(6 * xx + i), torch.cos(5 * yy - i), xx * yy * i])
                         for i in range(4)])

@@ -21,9 +21,9 @@ from pointcloud.tasks import PointClassifyTask
 from tools.train import main
 
 TINY = ["model.trans_dim=48", "model.encoder_dims=48", "model.depth=3", "model.num_group=16",
-        "model.group_size=8", "model.backend=torch", "train.num_workers=0", "train.total_batch_size=4",
+        "model.group_size=8", "train.num_workers=0", "train.total_batch_size=4",
         "scheduler.epochs=1", "scheduler.warmup_epochs=0", "runtime.device=cpu"]
-FINETUNE = TINY + ["task.npoints=256", "task.fps_pool=280", "task.backend=torch"]
+FINETUNE = TINY + ["task.npoints=256", "task.fps_pool=280"]
 
 
 def _cloud(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -109,7 +109,7 @@ def test_pretrain_then_linear_svm(data: Path, pretrained: Path, tmp_path: Path, 
     """svm_modelnet.yaml loads the pretraining checkpoint whole and reports the SVM accuracy."""
     exp = tmp_path / "exp"
     modelnet = [f"dataset.{s}.{k}" for s in ("train", "test") for k in (f"data_path={data}/ModelNet", "npoints=300")]
-    sets = TINY + modelnet + ["model.decoder_depth=1", "task.npoints=256", "task.backend=torch"]
+    sets = TINY + modelnet + ["model.decoder_depth=1", "task.npoints=256"]
     assert _run("svm_modelnet.yaml", exp, "--finetune", str(pretrained), sets=sets) == 0
     result = _last_json(capsys)
     assert result["metric"] == "accuracy" and 0 <= result["best_metric"] <= 100
@@ -123,7 +123,7 @@ def test_pretrain_then_linear_svm(data: Path, pretrained: Path, tmp_path: Path, 
 def test_pointmap_forward_features_is_mean_and_max_of_all_tokens():
     torch.manual_seed(0)
     model = pointmap_pretrain(trans_dim=48, encoder_dims=48, depth=2, num_group=16, group_size=8,
-                              decoder_depth=1, backend="torch").eval()
+                              decoder_depth=1).eval()
     pts = torch.randn(3, 128, 3)
     with torch.no_grad():
         feats = model.forward_features(pts)
@@ -150,9 +150,8 @@ def test_fewshot_way_and_shot_set_once(data: Path, tmp_path: Path, capsys):
 def test_vote_uses_one_fps_pool_and_averages_views():
     """vote() = mean of the logits of `votes` random subsets of one FPS pool (checked with a spy model)."""
     torch.manual_seed(0)
-    task = PointClassifyTask({}, npoints=32, fps_pool=48, augment="rotate", votes=3, num_classes=5, backend="torch")
-    model = pointmap_classifier(trans_dim=48, encoder_dims=48, depth=3, num_group=8, group_size=4, cls_dim=5,
-                                backend="torch").eval()
+    task = PointClassifyTask({}, npoints=32, fps_pool=48, augment="rotate", votes=3, num_classes=5)
+    model = pointmap_classifier(trans_dim=48, encoder_dims=48, depth=3, num_group=8, group_size=4, cls_dim=5).eval()
     seen = []
     model.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     pts, labels = torch.randn(2, 100, 3), torch.tensor([1, 3])

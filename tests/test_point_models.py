@@ -40,7 +40,7 @@ def _n_params(model: nn.Module) -> int:
 # ---------------------------------------------------------------- tokeniser and LNP
 def test_tokenizer_shapes_and_centred_groups():
     pts = _cloud(2, 200, 0)
-    tok = PointGroupTokenizer(num_group=16, group_size=8, encoder_dims=32, trans_dim=32, backend="torch")(pts)
+    tok = PointGroupTokenizer(num_group=16, group_size=8, encoder_dims=32, trans_dim=32)(pts)
     assert tok.x.shape == (2, 16, 32) and tok.pos.shape == (2, 16, 32)
     assert tok.coords.shape == (2, 16, 3) and tok.target.shape == (2, 16, 8, 3)
     # the centre is its own nearest neighbour: offset 0 first, and every centre is an input point
@@ -56,12 +56,12 @@ def test_tokenizer_shapes_and_centred_groups():
 
 def test_group_points_rejects_too_many_groups():
     with pytest.raises(ValueError, match="cannot sample"):
-        group_points(_cloud(1, 10, 0), 16, 4, backend="torch")
+        group_points(_cloud(1, 10, 0), 16, 4)
 
 
 def test_lnp_hand_checked_case():
     """Two tokens, k=2, C=1, identity MLP: every step can be written out by hand."""
-    lnp = LocalNormPool(dim=1, k=2, backend="torch")
+    lnp = LocalNormPool(dim=1, k=2)
     with torch.no_grad():
         lnp.mlp["share_mlp"].weight.copy_(torch.tensor([[[1.0], [0.0]]]))  # keep channel 0 only
         lnp.mlp["share_mlp"].bias.zero_()
@@ -85,7 +85,7 @@ def test_lnp_hand_checked_case():
 
 
 def test_lnp_pool_is_stable():
-    lnp = LocalNormPool(dim=4, k=3, backend="torch")
+    lnp = LocalNormPool(dim=4, k=3)
     with torch.no_grad():
         lnp.lga.affine_alpha_feat.fill_(1e4)  # e^x overflows in the naive formula
     out = lnp(torch.randn(1, 6, 3), torch.randn(1, 6, 4))
@@ -99,8 +99,7 @@ def test_classifier_matches_official(bug):
     official = ref.Mamba3D(trans_dim=48, depth=3, drop_path_rate=0.1, cls_dim=5, num_heads=6, group_size=8,
                            num_group=16, encoder_dims=48, center_local_k=4, official_mean_bug=bug).eval()
     _perturb(official, 1)
-    ours = pointmap_classifier(**TINY, num_group=16, cls_dim=5, drop_path=0.1, official_mean_bug=bug,
-                               backend="torch").eval()
+    ours = pointmap_classifier(**TINY, num_group=16, cls_dim=5, drop_path=0.1, official_mean_bug=bug).eval()
     ours.load_state_dict(from_official({"base_model": official.state_dict()}), strict=True)
     pts = _cloud(3, 128, 2)
     with torch.no_grad():
@@ -111,7 +110,7 @@ def test_classifier_matches_official(bug):
 
 def test_mean_bug_flag_changes_only_multi_cloud_batches():
     torch.manual_seed(0)
-    model = pointmap_classifier(**TINY, num_group=16, cls_dim=5, backend="torch").eval()
+    model = pointmap_classifier(**TINY, num_group=16, cls_dim=5).eval()
     pts = _cloud(2, 128, 3)
     with torch.no_grad():
         fixed = model.forward_features(pts)
@@ -127,8 +126,7 @@ def test_pretrain_matches_official():
                              num_group=16, encoder_dims=48, center_local_k=4, decoder_depth=2,
                              decoder_num_heads=6).eval()
     _perturb(official, 1)
-    ours = pointmap_pretrain(**TINY, num_group=16, mask_ratio=0.6, decoder_depth=2, decoder_num_heads=6,
-                             backend="torch").eval()
+    ours = pointmap_pretrain(**TINY, num_group=16, mask_ratio=0.6, decoder_depth=2, decoder_num_heads=6).eval()
     converted = from_official(official.state_dict())
     result = ours.load_state_dict(converted, strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []
@@ -158,7 +156,7 @@ def test_load_pretrained_official_and_own_prefixes():
     torch.manual_seed(0)
     official = ref.Point_MAE(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48,
                              center_local_k=4, decoder_depth=1)
-    clf = pointmap_classifier(**TINY, num_group=16, cls_dim=5, backend="torch")
+    clf = pointmap_classifier(**TINY, num_group=16, cls_dim=5)
     wrapped = {"module." + k: v for k, v in official.state_dict().items()}
     result = clf.load_pretrained(wrapped)  # the engine reports the missing / unexpected keys
     assert {k.split(".")[0] for k in result.missing_keys} == {"cls_head_finetune"}
@@ -167,12 +165,12 @@ def test_load_pretrained_official_and_own_prefixes():
     torch.testing.assert_close(clf.encoder.blocks.blocks[2].lfa.lga.affine_alpha_feat,
                                official.MAE_encoder.blocks.blocks[2].lfa.lga.affine_alpha_feat)
     # our own pretraining checkpoint
-    ours = pointmap_pretrain(**TINY, num_group=16, decoder_depth=1, backend="torch")
+    ours = pointmap_pretrain(**TINY, num_group=16, decoder_depth=1)
     result = clf.load_pretrained({"base_model." + k: v for k, v in ours.state_dict().items()})
     assert {k.split(".")[0] for k in result.missing_keys} == {"cls_token", "cls_pos", "cls_head_finetune"}
     torch.testing.assert_close(clf.tokenizer.encoder.first_conv[0].weight, ours.tokenizer.encoder.first_conv[0].weight)
     # a classifier with another class count cannot take this head
-    other = pointmap_classifier(**TINY, num_group=16, cls_dim=7, backend="torch")
+    other = pointmap_classifier(**TINY, num_group=16, cls_dim=7)
     with pytest.raises(ValueError, match="cls_head_finetune.8.weight"):
         other.load_pretrained(clf.state_dict())
 
@@ -193,7 +191,7 @@ def test_param_counts_at_official_sizes():
 
 
 def test_encoder_is_called_like_map_core():
-    enc = PointMAPEncoder(dim=48, depth=3, center_local_k=4, backend="torch")
+    enc = PointMAPEncoder(dim=48, depth=3, center_local_k=4)
     x, pos, c = torch.randn(2, 10, 48), torch.randn(2, 10, 48), torch.randn(2, 10, 3)
     assert enc(x, pos, c).shape == (2, 10, 48)
     assert len(enc.blocks.blocks) == 3 and len(enc.blocks.blocks_vit) == 1
@@ -206,8 +204,7 @@ def test_tiny_pointmap_overfits_one_batch():
     About 100 steps of 0.05 s on a CPU."""
     torch.manual_seed(0)
     model = pointmap_pretrain(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48,
-                              mask_ratio=0.5, drop_path=0.0, decoder_depth=1, decoder_drop_path=0.0,
-                              backend="torch")
+                              mask_ratio=0.5, drop_path=0.0, decoder_depth=1, decoder_drop_path=0.0)
     pts = _cloud(4, 128, 6)
     mask = torch.arange(16).expand(4, 16) % 2 == 1
     with torch.no_grad():

@@ -17,13 +17,26 @@ TINY_IMAGE = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4,
                   decoder_depth=1, decoder_heads=4)
 
 
-def test_benchmark_prints_one_json_line_per_backend(capsys):
+def test_benchmark_prints_one_json_line_per_model(capsys):
     args = ["--model", "map_pretrain", "--batch", "2", "--input", "image:16", "--steps", "1", "--warmup", "0",
-            "--set"] + [f"{k}={v}" for k, v in TINY_IMAGE.items()]
+            "--scan", "torch", "--set"] + [f"{k}={v}" for k, v in TINY_IMAGE.items()]
     assert benchmark.main(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 1 and rows[0]["device"] == "cpu" and rows[0]["samples_per_s"] > 0
-    assert rows[0]["model_kwargs"]["embed_dim"] == 32
+    device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    assert len(rows) == 1 and rows[0]["device"] == device and rows[0]["samples_per_s"] > 0
+    assert rows[0]["model_kwargs"]["embed_dim"] == 32 and rows[0]["backends"]["scan"] == "torch"
+    # FLOPs of one step, counted: forward and backward of every matmul, at least the patch embedding's
+    embed = 2 * 2 * 16 * (4 * 4 * 3) * 32  # batch 2, 16 patches, 48 -> 32
+    assert rows[0]["model_flop_per_step"] >= 2 * embed
+
+
+def test_mae_baseline_masks_three_quarters_and_trains():
+    torch.manual_seed(0)
+    mae = benchmark.MAEViTBase(img_size=32, patch=8, dim=32, depth=1, heads=2, dec_dim=16, dec_depth=1, dec_heads=2)
+    loss, pred, masked = mae(torch.randn(3, 3, 32, 32))
+    assert pred.shape == (3, 16, 8 * 8 * 3) and masked.sum(1).tolist() == [12.0, 12.0, 12.0]
+    loss.backward()
+    assert torch.isfinite(loss) and mae.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
 def test_benchmark_classifier_logits_path(capsys):
@@ -38,7 +51,7 @@ def test_image_panels_keep_visible_patches():
     torch.manual_seed(0)
     import image  # noqa: F401
 
-    model = MODELS.get("map_pretrain")(**TINY_IMAGE, backend="torch")
+    model = MODELS.get("map_pretrain")(**TINY_IMAGE)
     imgs = torch.randn(2, 3, 16, 16)
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, ::2] = True

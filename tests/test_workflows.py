@@ -47,12 +47,12 @@ scheduler: {epochs: 2, warmup_epochs: 1}
 train: {total_batch_size: 16, num_workers: 0, log_every: 1}
 """
 POINTS = ["model.trans_dim=48", "model.encoder_dims=48", "model.depth=3", "model.num_group=16",
-          "model.group_size=8", "model.backend=torch", "train.num_workers=0", "train.total_batch_size=4",
+          "model.group_size=8", "train.num_workers=0", "train.total_batch_size=4",
           "scheduler.epochs=1", "scheduler.warmup_epochs=0", "runtime.device=cpu"]
 IMAGE_MODEL = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, decoder_dim=32,
-                   decoder_depth=1, decoder_heads=4, backend="torch")
+                   decoder_depth=1, decoder_heads=4)
 IMAGE_CLASSIFIER = dict(NAME="map_classifier", img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4,
-                        num_cls_tokens=2, num_classes=2, backend="torch")
+                        num_cls_tokens=2, num_classes=2)
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def write_scan(root: Path, clouds: int = 6, points: int = 300, labels=None) -> P
 
 
 def scan_sets(root: Path) -> List[str]:
-    return POINTS + ["task.npoints=256", "task.fps_pool=280", "task.backend=torch",
+    return POINTS + ["task.npoints=256", "task.fps_pool=280",
                      f"dataset.train.root={root}/ScanObjectNN", f"dataset.val.root={root}/ScanObjectNN"]
 
 
@@ -176,7 +176,7 @@ def test_finetune_with_nothing_matching_is_refused(toy_config: Path, tmp_path: P
     image_ckpt = tmp_path / "image.pth"
     atomic_save({"model": MODELS.get("map_pretrain")(**IMAGE_MODEL).state_dict()}, image_ckpt)
     points = MODELS.get("pointmap_classifier")(trans_dim=32, depth=3, num_heads=4, num_group=8, group_size=4,
-                                               encoder_dims=32, pointnet_width=16, backend="torch")
+                                               encoder_dims=32, pointnet_width=16)
     with pytest.raises(PartialLoadError, match=r"encoder: 0 of \d+.*tokenizer\..*cls_head_finetune\."):
         load_finetune_weights(points, image_ckpt)
 
@@ -347,7 +347,7 @@ def test_visualize_default_split_on_pretrain_config(tmp_path: Path) -> None:
 
     sets = [s for s in POINTS if s.startswith("model.")] + write_shapenet(tmp_path / "data") + ["model.decoder_depth=1"]
     model = MODELS.get("pointmap_pretrain")(trans_dim=48, encoder_dims=48, depth=3, num_group=16, group_size=8,
-                                            decoder_depth=1, backend="torch")
+                                            decoder_depth=1)
     atomic_save({"model": model.state_dict()}, tmp_path / "last.pth")
     out = tmp_path / "recon.png"
     assert visualize.main(["--config", "configs/pointcloud/pretrain_shapenet.yaml", "--ckpt", str(tmp_path / "last.pth"),
@@ -392,10 +392,10 @@ def test_vote_reports_progress_and_log_lines_do_not_collide_with_bars(monkeypatc
         def close(self) -> None:
             pass
 
-    task = PointClassifyTask({}, npoints=32, fps_pool=48, votes=2, num_classes=5, backend="torch")
+    task = PointClassifyTask({}, npoints=32, fps_pool=48, votes=2, num_classes=5)
     task.progress = Recorder
     model = MODELS.get("pointmap_classifier")(trans_dim=32, encoder_dims=32, depth=3, num_heads=4, num_group=8,
-                                              group_size=4, cls_dim=5, pointnet_width=16, backend="torch").eval()
+                                              group_size=4, cls_dim=5, pointnet_width=16).eval()
     task.vote(model, [(torch.randn(2, 64, 3), torch.tensor([1, 3]))] * 3)
     assert seen == [["vote", 3, 3]]
     # on a terminal, log lines go through tqdm.write: the bar is cleared, the line stands alone

@@ -1,31 +1,109 @@
-"""Measure training-step throughput of a registered model (forward + backward + optimizer step).
+"""Training-step and kernel benchmarks: time, throughput, memory and model-FLOP utilisation.
 
-    python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224
-    python tools/benchmark.py --model pointmap_pretrain --batch 128 --input points:1024 \
-        --backend torch --precision bf16 --steps 20 --set depth=6
+    # one model: forward + backward + AdamW step
+    python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224 [--compile]
+    python tools/benchmark.py --model pointmap_pretrain --batch 128 --input points:1024 --scan torch
+    # the whole comparison of BENCHMARKS.md: MAP sizes, PointMAP, a timm MAE ViT-B step, scaling
+    python tools/benchmark.py --suite [--compile-modes none default]
+    # the kernels against their references and their floors (bytes / bandwidth, exp / SFU rate)
+    python tools/benchmark.py --kernels [--sweep]
 
-Prints one JSON line per run: device, model, batch, precision, backend, ms/step, samples/s and
-peak GPU memory. Results worth keeping go to BENCHMARKS.md with the command and the date. An
-unknown model or key, or sizes the model refuses, end with one 'error: ...' line and exit code 2.
+Prints one JSON line per measurement. ``model_flop_per_step`` counts the matmul/conv/attention FLOPs of
+one step (forward + backward) with ``torch.utils.flop_counter.FlopCounterMode``; ``mfu`` divides
+the achieved rate by the device's dense bf16 peak (H100 / H200 SXM: 989 TFLOP/s, datasheet).
+The step times are CUDA-event medians after warm-up. Results worth keeping go to BENCHMARKS.md.
+An unknown model, key or backend, or sizes the model refuses, end with one 'error: ...' line and
+exit code 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.nn as nn
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from map_core import ssm  # noqa: E402
+from map_core import backends  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from map_core.registry import MODELS, check_kwargs  # noqa: E402
+from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+class MAEViTBase(nn.Module):
+    """The baseline a user would pick instead: MAE with a ViT-B/16 encoder built from timm blocks,
+    75% random masking, an 8-block 512-wide decoder and the norm-pix loss on masked patches."""
+
+    def __init__(self, img_size: int = 224, patch: int = 16, dim: int = 768, depth: int = 12, heads: int = 12,
+                 dec_dim: int = 512, dec_depth: int = 8, dec_heads: int = 16, mask_ratio: float = 0.75):
+        super().__init__()
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import Block
+
+        self.patch, self.mask_ratio = patch, mask_ratio
+        self.patch_embed = PatchEmbed(img_size, patch, 3, dim)
+        n = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.decoder_embed = nn.Linear(dim, dec_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.randn(1, n + 1, dec_dim) * 0.02)
+        self.decoder_blocks = nn.ModuleList(Block(dec_dim, dec_heads, 4.0, qkv_bias=True) for _ in range(dec_depth))
+        self.decoder_norm = nn.LayerNorm(dec_dim)
+        self.decoder_pred = nn.Linear(dec_dim, patch * patch * 3)
+
+    def forward(self, imgs: torch.Tensor):
+        b = imgs.shape[0]
+        p = self.patch
+        target = imgs.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 4, 5, 1).reshape(b, -1, p * p * 3)
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
+        n = x.shape[1]
+        keep_n = int(n * (1 - self.mask_ratio))
+        order = torch.rand(b, n, device=x.device).argsort(1)
+        restore = order.argsort(1)
+        x = torch.gather(x, 1, order[:, :keep_n, None].expand(-1, -1, x.shape[-1]))
+        x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1), x], 1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.decoder_embed(self.norm(x))
+        seq = torch.cat([x[:, 1:], self.mask_token.expand(b, n - keep_n, -1)], 1)
+        seq = torch.gather(seq, 1, restore[..., None].expand(-1, -1, seq.shape[-1]))
+        x = torch.cat([x[:, :1], seq], 1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        masked = (restore >= keep_n).float()
+        loss = (((pred.float() - target) ** 2).mean(-1) * masked).sum() / masked.sum()
+        return loss, pred, masked
+
+
+def build_model(name: str, kwargs: Optional[dict] = None) -> nn.Module:
+    """The registered model ``name`` (or the MAE baseline); an unknown name or key, or sizes the
+    model refuses, is a ConfigError."""
+    kwargs = kwargs or {}
+    if name == "mae_vit_base":
+        return MAEViTBase(**kwargs)
+    try:
+        builder = MODELS.get(name)
+        check_kwargs(builder, kwargs, f"--set of model '{name}'")
+        return builder(**kwargs)
+    except KeyError as err:  # the registry's message: unknown name or key (sized factories check theirs)
+        raise ConfigError(err.args[0]) from None
+    except ValueError as err:
+        raise ConfigError(f"model '{name}' with {kwargs}: {err}") from None
 
 
 def input_spec(text: str) -> str:
@@ -44,23 +122,8 @@ def key_value(text: str) -> tuple:
     return key, yaml.safe_load(value)
 
 
-def build_model(name: str, backend: str, kwargs: dict) -> torch.nn.Module:
-    """The registered model ``name``; an unknown name or key, or sizes it refuses, is a ConfigError."""
-    try:
-        builder = MODELS.get(name)
-        check_kwargs(builder, kwargs, f"--set of model '{name}'")
-    except KeyError as err:
-        raise ConfigError(err.args[0]) from None
-    try:
-        return builder(backend=backend, **kwargs)
-    except KeyError as err:  # sized factories check their keys themselves
-        raise ConfigError(err.args[0]) from None
-    except ValueError as err:
-        raise ConfigError(f"model '{name}' with {kwargs}: {err}") from None
-
-
 def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
-    """``image:SIZE`` -> (B, 3, SIZE, SIZE); ``points:N`` -> (B, N, 3) on the unit sphere's inside."""
+    """``image:SIZE`` -> (B, 3, SIZE, SIZE); ``points:N`` -> (B, N, 3) inside the unit sphere."""
     kind, _, size = spec.partition(":")
     if kind == "image":
         return torch.randn(batch, 3, int(size), int(size), device=device)
@@ -70,71 +133,356 @@ def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
     raise ValueError(f"--input must be image:SIZE or points:N, got {spec!r}")
 
 
-def bench(model_name: str, batch: int, input_spec: str, backend: str, precision: str,
-          steps: int, warmup: int, device: torch.device, model_kwargs: Optional[dict] = None) -> dict:
-    model = build_model(model_name, backend, model_kwargs or {}).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def peak_tflops(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def cuda_times_ms(fn: Callable[[], None], steps: int, device: torch.device) -> List[float]:
+    """Per-call times in ms: CUDA events on a GPU, the host clock on a CPU."""
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def step_flops(step: Callable[[], None]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def profile_step(step: Callable[[], None], device: torch.device, top: int = 15) -> dict:
+    """One step under torch.profiler: kernel launches, host syncs and the costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    syncs = 0
+    if device.type == "cuda":
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+            torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"] if device.type == "cuda" else []
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in events)
+    return {"host_syncs": syncs, "kernel_launches": sum(e.count for e in events),
+            "kernel_ms": round(total / 1000, 2),
+            "top_kernels": [(e.key[:80], e.count, round(e.device_time_total / 1000, 3)) for e in events[:top]]}
+
+
+def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: int, warmup: int,
+          device: torch.device, model_kwargs: Optional[dict] = None, compile_mode: Optional[str] = None,
+          profile: bool = False) -> dict:
+    """Median training-step time (forward, backward, fused AdamW step) and what follows from it."""
+    torch.manual_seed(0)
+    model = build_model(model_name, model_kwargs).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = make_input(input_spec, batch, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
 
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(x)
+    def forward_backward(net: nn.Module) -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(x)
             # pretraining models return (loss, ...); classifiers return logits
             loss = out[0] if isinstance(out, tuple) else out.float().logsumexp(-1).mean()
         loss.backward()
+
+    def step() -> None:
+        forward_backward(run)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    flops = step_flops(lambda: forward_backward(model))
+    opt.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    return {
+    warm_s = time.perf_counter() - t0
+    ms = statistics.median(cuda_times_ms(step, steps, device))
+    peak = peak_tflops(device)
+    achieved = flops / ms / 1e9
+    extra = {"profile": profile_step(step, device)} if profile else {}
+    return {**extra,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec, "precision": precision,
-        "backend": backend, "scan_checkpoint": ssm.CHECKPOINT_CHUNK, "ms_per_step": round(1000 * seconds, 2),
-        "samples_per_s": round(batch / seconds, 1),
+        "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec,
+        "precision": precision, "compile": compile_mode or "none",
+        "backends": {op: backends.resolve(op, device).name for op in ("scan", "conv", "fps", "knn")
+                     if backends._REGISTRY[op]},
+        "ms_per_step": round(ms, 2), "samples_per_s": round(1000 * batch / ms, 1),
+        "model_flop_per_step": int(flops), "achieved_tflops": round(achieved, 1),
+        "mfu": round(achieved / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     }
 
 
+# ----------------------------------------------------------------------------- suite
+SUITE = [  # (model, batch, input, kwargs): the rows of BENCHMARKS.md's comparison and scaling tables
+    ("mae_vit_base", 64, "image:224", {}),
+    ("map_tiny_patch16_224", 64, "image:224", {}),
+    ("map_small_patch16_224", 64, "image:224", {}),
+    ("map_base_patch16_224", 64, "image:224", {}),
+    ("map_base_patch16_224", 128, "image:224", {}),
+    ("pointmap_pretrain", 128, "points:1024", {}),
+    ("pointmap_pretrain", 32, "points:4096", {"num_group": 256}),
+    ("pointmap_classifier", 32, "points:8192", {"num_group": 512}),
+    ("map_base_patch16_224", 32, "image:384", {"img_size": 384}),
+    ("map_base_patch16_224", 16, "image:512", {"img_size": 512}),
+]
+
+
+# ----------------------------------------------------------------------------- kernels
+def _median_ms(fn: Callable[[], None], device: torch.device, reps: int = 50) -> float:
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=reps * 4, return_mode="median"))
+    return statistics.median(cuda_times_ms(fn, max(3, reps // 10), device))
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large device-to-device copy (read + write)."""
+    src = torch.empty(1 << 29, dtype=torch.uint8, device=device)  # 512 MiB
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() / (ms / 1000)
+
+
+def exp_rate(device: torch.device) -> Optional[float]:
+    """exp2 evaluations per second of the special-function units (a register-bound Triton loop)."""
+    if device.type != "cuda":
+        return None
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def chain(out_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
+        x = tl.arange(0, BLOCK).to(tl.float32) * 1e-7 + tl.program_id(0) * 1e-9
+        y = x
+        for _ in range(ITERS):
+            x = tl.exp2(x) * -0.5
+            y += x
+        tl.store(out_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), y)
+
+    programs, block, iters = 132 * 64, 1024, 256
+    out = torch.empty(programs * block, device=device)
+    ms = _median_ms(lambda: chain[(programs,)](out, ITERS=iters, BLOCK=block, num_warps=8), device)
+    return programs * block * iters / (ms / 1000)
+
+
+def _scan_case(b: int, d: int, n: int, length: int, device: torch.device, dtype=torch.bfloat16):
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def bld(scale=1.0):  # time-major, as the mixers pass them
+        return (torch.randn(b, length, d, generator=g) * scale).to(device, dtype).transpose(1, 2)
+
+    x = dict(u=bld(), delta=bld(0.5), A=-(torch.rand(d, n, generator=g) * 3 + 0.1).to(device),
+             B=torch.randn(b, length, n, generator=g).to(device, dtype).transpose(1, 2),
+             C=torch.randn(b, length, n, generator=g).to(device, dtype).transpose(1, 2),
+             D=torch.randn(d, generator=g).to(device), z=bld(),
+             delta_bias=(torch.randn(d, generator=g) * 0.1).to(device))
+    return x
+
+
+def _scan_fwd_bwd(x: dict, backend: str, grad_out: torch.Tensor):
+    leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+    out = selective_scan(*leaves.values(), delta_softplus=True, backend=backend)
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
+    return out, dict(zip(leaves, grads))
+
+
+def scan_floor(b: int, d: int, n: int, length: int, itemsize: int = 2) -> Dict[str, float]:
+    """Fewest bytes (fwd: read u, delta, z, B, C, write y; bwd: read those and dy, write du,
+    ddelta, dz, dB, dC) and exponentials (exp(delta A) once forward, once in the recomputation)."""
+    bdl, bnl = b * d * length * itemsize, b * n * length * itemsize
+    return {"bytes": (3 * bdl + 2 * bnl + bdl) + (4 * bdl + 2 * bnl + 3 * bdl + 2 * bnl),
+            "exps": 2.0 * b * d * n * length}
+
+
+def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
+    from map_core.kernels import selective_scan as ks
+    from pointcloud import ops
+
+    rows: List[dict] = []
+    bw, exps = copy_bandwidth(device), exp_rate(device)
+    rows.append({"kind": "ceilings", "copy_GBps": round(bw / 1e9, 1),
+                 "exp2_per_s_T": round(exps / 1e12, 3) if exps else None})
+    cases = [("map_base", 64, 1536, 16, 196), ("map_base", 64, 1536, 16, 98), ("map_base", 128, 1536, 16, 196),
+             ("pointmap", 128, 768, 16, 129), ("pointmap", 128, 768, 16, 26)]
+    for name, b, d, n, length in cases:
+        x = _scan_case(b, d, n, length, device)
+        dy = torch.randn(b, d, length, device=device, dtype=torch.bfloat16)
+        out, grads = _scan_fwd_bwd(x, "triton", dy)
+        row = {"kind": "scan", "shape": name, "batch": b, "d_inner": d, "state": n, "length": length}
+        out_r, grads_r = _scan_fwd_bwd(x, "torch", dy)  # the reference, for the errors
+        row["rel_err"] = {k: float((v.double() - grads_r[k].double()).norm() / grads_r[k].double().norm())
+                          for k, v in grads.items()}
+        row["rel_err"]["out"] = float((out.double() - out_r.double()).norm() / out_r.double().norm())
+        del out_r, grads_r
+        if b == 64 and length == 196:
+            row["reference_fwd_bwd_ms"] = round(_median_ms(lambda: _scan_fwd_bwd(x, "torch", dy), device, 5), 2)
+        with torch.no_grad():
+            row["fwd_ms"] = round(_median_ms(lambda: ks.selective_scan_triton(*x.values(), delta_softplus=True), device), 4)
+        row["fwd_bwd_ms"] = round(_median_ms(lambda: _scan_fwd_bwd(x, "triton", dy), device), 4)
+        floor = scan_floor(b, d, n, length)
+        row["floor_bytes_ms"] = round(floor["bytes"] / bw * 1000, 4)
+        if exps:
+            row["floor_exp_ms"] = round(floor["exps"] / exps * 1000, 4)
+        row["vs_floor"] = round(row["fwd_bwd_ms"] / max(row["floor_bytes_ms"], row.get("floor_exp_ms", 0)), 2)
+        if "reference_fwd_bwd_ms" in row:
+            row["speedup_vs_reference"] = round(row["reference_fwd_bwd_ms"] / row["fwd_bwd_ms"], 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if sweep and name == "map_base" and b == 64 and length == 196:
+            rows.extend(scan_sweep(x, dy, device))
+    for b, d, length in ((64, 1536, 196), (128, 768, 129)):
+        xc = torch.randn(b, length, d, device=device, dtype=torch.bfloat16).transpose(1, 2)
+        w, bias = torch.randn(d, 1, 4, device=device), torch.randn(d, device=device)
+        dyc = torch.randn(b, length, d, device=device, dtype=torch.bfloat16).transpose(1, 2)
+        row = {"kind": "conv", "batch": b, "d_inner": d, "length": length}
+        for backend in ("triton", "torch"):
+            def fb():
+                leaves = [xc.detach().requires_grad_(), w.detach().requires_grad_(), bias.detach().requires_grad_()]
+                y = causal_conv1d(*leaves, backend=backend)
+                torch.autograd.grad(y, leaves, dyc)
+            row[f"{backend}_fwd_bwd_ms"] = round(_median_ms(fb, device), 4)
+        row["floor_bytes_ms"] = round(5 * xc.numel() * 2 / bw * 1000, 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for b, npts, groups, k in ((128, 1024, 64, 32), (32, 8192, 512, 32), (128, 2048, 128, 32)):
+        pts = make_input(f"points:{npts}", b, device)
+        row = {"kind": "grouping", "batch": b, "points": npts, "groups": groups, "k": k}
+        for backend in ("triton", "torch"):
+            idx = ops.fps(pts, groups, backend=backend)
+            centres = ops.gather(pts, idx)
+            row[f"fps_{backend}_ms"] = round(_median_ms(lambda: ops.fps(pts, groups, backend=backend), device, 10), 3)
+            row[f"knn_{backend}_ms"] = round(_median_ms(lambda: ops.knn(centres, pts, k, backend=backend), device, 10), 3)
+        row["fps_equal"] = bool(torch.equal(ops.fps(pts, groups, backend="triton"), ops.fps(pts, groups, backend="torch")))
+        centres = ops.gather(pts, ops.fps(pts, groups, backend="torch"))
+        row["knn_equal"] = bool(torch.equal(ops.knn(centres, pts, k, backend="triton"),
+                                            ops.knn(centres, pts, k, backend="torch")))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def scan_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
+    """Block sizes, warps and chunk length of the scan kernels at one shape (all else fixed)."""
+    from map_core.kernels import selective_scan as ks
+
+    saved = {k: getattr(ks, k) for k in ("FWD_BLOCK_D", "FWD_WARPS", "FWD_CHUNKED", "BWD_BLOCK_D", "BWD_WARPS", "CHUNK")}
+    rows = []
+    fwd = [dict(FWD_CHUNKED=False, FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((16, 2), (32, 4), (64, 4), (64, 8), (128, 4))]
+    fwd += [dict(FWD_CHUNKED=True, FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((8, 4), (16, 4), (16, 8), (32, 8))]
+    bwd = [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
+           ((8, 4, 16), (16, 8, 16), (16, 4, 16), (32, 8, 16), (8, 4, 32), (16, 8, 32), (32, 8, 8), (16, 4, 8))]
+    try:
+        for cfg in fwd:
+            for k, v in {**saved, **cfg}.items():
+                setattr(ks, k, v)
+            with torch.no_grad():
+                ms = _median_ms(lambda: ks.selective_scan_triton(*x.values(), delta_softplus=True), device)
+            rows.append({"kind": "scan_sweep_fwd", **cfg, "fwd_ms": round(ms, 4)})
+            print(json.dumps(rows[-1]), flush=True)
+        for cfg in bwd:
+            for k, v in {**saved, **cfg}.items():
+                setattr(ks, k, v)
+            ms = _median_ms(lambda: _scan_fwd_bwd(x, "triton", dy), device)
+            rows.append({"kind": "scan_sweep_bwd", **cfg, "fwd_bwd_ms": round(ms, 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for k, v in saved.items():
+            setattr(ks, k, v)
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="a registered model, or mae_vit_base")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--input", default="image:224", type=input_spec, help="image:SIZE or points:N")
-    p.add_argument("--backend", nargs="+", default=["auto"], help="one or more scan backends to compare")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--scan-checkpoint", type=int, default=None, metavar="STEPS",
-                   help="span of the torch scan's backward recomputation (0: keep every state); "
-                        "default: map_core.ssm.CHECKPOINT_CHUNK")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the model (default mode, or e.g. reduce-overhead)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
+    for op in ("scan", "conv", "fps", "knn"):
+        p.add_argument(f"--{op}", default="auto", help=f"{op} backend (auto, torch, triton, ...)")
+    p.add_argument("--profile", action="store_true", help="also profile one step (kernels, host syncs)")
+    p.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
+                   help="also time these models at the same batch and input (e.g. mae_vit_base)")
+    p.add_argument("--suite", action="store_true", help="every row of BENCHMARKS.md's model tables")
+    p.add_argument("--compile-modes", nargs="+", default=["none"], help="with --suite: none, default, ...")
+    p.add_argument("--kernels", action="store_true", help="the kernels against references and floors")
+    p.add_argument("--sweep", action="store_true", help="with --kernels: block sizes of the scan")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    model_kwargs = dict(args.set)
-    if args.scan_checkpoint is not None:
-        ssm.CHECKPOINT_CHUNK = args.scan_checkpoint or None
     import image, pointcloud  # noqa: F401  (registration)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = args.precision if device.type == "cuda" else "fp32"
     try:
-        for backend in args.backend:
-            print(json.dumps(bench(args.model, args.batch, args.input, backend, precision,
-                                   args.steps, args.warmup, device, model_kwargs)), flush=True)
+        backends.configure({op: getattr(args, op) for op in ("scan", "conv", "fps", "knn")}, where="--")
+    except (ValueError, ImportError) as err:  # an unknown or uninstalled backend
+        return report_error(ConfigError(str(err)), args.debug)
+    try:
+        return run_benchmarks(p, args)
     except USER_ERRORS as err:
         return report_error(err, args.debug)
+
+
+def run_benchmarks(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The kernel report, the suite, or --model (and --compare), one JSON line per run."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision if device.type == "cuda" else "fp32"
+    if args.kernels:
+        kernel_report(device, args.sweep)
+        return 0
+    if args.suite:
+        runs = [(m, b, i, kw, None if mode == "none" else mode) for mode in args.compile_modes for m, b, i, kw in SUITE]
+    elif args.model:
+        kwargs = dict(args.set)
+        runs = [(m, args.batch, args.input, kwargs if m == args.model else {}, args.compile)
+                for m in [args.model] + args.compare]
+    else:
+        p.error("give --model, --suite or --kernels")
+    for model, batch, spec, kwargs, mode in runs:
+        try:
+            row = bench(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode, args.profile)
+        except torch.cuda.OutOfMemoryError as err:
+            row = {"model": model, "batch": batch, "input": spec, "compile": mode or "none",
+                   "error": f"out of memory: {str(err).splitlines()[0]}"}
+        print(json.dumps(row), flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return 0
 
 

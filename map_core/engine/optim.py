@@ -47,10 +47,12 @@ def build_optimizer(model: nn.Module, opt_cfg: Mapping[str, Any], total_batch_si
         groups = param_groups_weight_decay(model, weight_decay=opt_cfg["weight_decay"], no_weight_decay_list=skip)
     name = opt_cfg["NAME"].lower()
     log.info("optimizer %s, lr %.3g (total batch %d), %d param groups", name, lr, total_batch_size, len(groups))
+    # fused: one kernel per step, and it can skip a non-finite update on the device (found_inf)
+    fused = all(p.is_cuda for p in model.parameters())
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"])
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"], fused=fused)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=opt_cfg["momentum"], nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=opt_cfg["momentum"], nesterov=True, fused=fused)
     raise ConfigError(f"optimizer.NAME: unknown optimizer '{opt_cfg['NAME']}' (choose adamw or sgd)")
 
 

@@ -94,8 +94,9 @@ class Task:
         """Runs on the device after transfer; identity by default."""
         return batch
 
-    def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Return (scalar loss, extra floats to log)."""
+    def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """Return (scalar loss, extra values to log: floats or 0-dim device tensors, never read on
+        the host here, so a step does not wait for the device)."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
@@ -186,7 +187,7 @@ class ClassifyTask(Task):
             return loss, {}
         logits = self.logits(model, inputs)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        acc = (logits.argmax(-1) == labels).float().mean().item() * 100
+        acc = (logits.argmax(-1) == labels).float().mean() * 100  # a device tensor: no host sync per step
         return loss, {"acc": acc}
 
     @torch.no_grad()

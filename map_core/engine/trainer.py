@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from map_core import backends
 from map_core.config import Config, dump_config
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
@@ -98,6 +99,10 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg["runtime"]["device"])
         train = cfg["train"]
         seed_everything(train["seed"] + self.dist.rank, train["deterministic"])
+        try:
+            backends.configure(dict(cfg["runtime"]["backends"]))
+        except (ValueError, ImportError) as err:
+            raise ConfigError(str(err)) from None
         self.task: Task = build_task(cfg)
         self.amp_dtype, use_scaler = amp_settings(train["precision"], self.dist.device)
         self.task.bind(self.dist.device, self.amp_dtype)
@@ -163,6 +168,10 @@ class Trainer:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=self.cfg["runtime"]["find_unused_parameters"])
+        # the training forward; evaluation and checkpoints use the plain modules
+        self.step_model: nn.Module = torch.compile(self.ddp_model) if train["compile"] else self.ddp_model
+        self.nonfinite = torch.zeros((), device=self.dist.device)  # non-finite updates since the last check
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.dist.device)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, metrics: Mapping[str, float], rng_states: list) -> Dict[str, Any]:
@@ -221,36 +230,58 @@ class Trainer:
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
 
     # ------------------------------------------------------------------ loop
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
-        if all_reduce_sum(bad).item() > 0:
+    def _check_finite(self) -> None:
+        """Raise when an update since the last check met a non-finite loss or gradient (the
+        update itself was skipped on the device). One host read, at log steps and epoch ends."""
+        if self.nonfinite.item() > 0:
             last = str(self.last_saved) if self.last_saved else "none saved yet"
             raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at global step {self.global_step + 1} "
-                f"(epoch {self.epoch + 1}); last good checkpoint: {last}")
+                f"non-finite loss or gradient at global step {int(self.first_nonfinite.item())} "
+                f"(epoch {self.epoch + 1}); that update was skipped and training stopped; last good "
+                f"checkpoint: {last}")
 
-    def _update(self, batches: list) -> Dict[str, float]:
-        """One optimizer update over ``accum_steps`` micro-batches; returns logged values."""
-        train, accum = self.cfg["train"], len(batches)
-        totals: Dict[str, float] = {"loss": 0.0, "lr": self.optimizer.param_groups[0]["lr"]}
+    def _optimizer_step(self, bad: torch.Tensor) -> None:
+        """Step unless ``bad`` > 0, without reading ``bad`` on the host where the optimizer can
+        skip on the device (fused AdamW / SGD take ``found_inf``, as under GradScaler)."""
+        if self.scaler.is_enabled():  # the scaler skips steps whose gradients are not finite
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif getattr(self.optimizer, "_step_supports_amp_scaling", False) and self.optimizer.defaults.get("fused"):
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, (bad > 0).float()
+            self.optimizer.step()
+            del self.optimizer.grad_scale, self.optimizer.found_inf
+        elif bad.item() == 0:
+            self.optimizer.step()
+
+    def _update(self, batches: list) -> Dict[str, Any]:
+        """One optimizer update over ``accum_steps`` micro-batches; returns the logged values as
+        device tensors (read on the host only at log steps)."""
+        train, accum, dev = self.cfg["train"], len(batches), self.dist.device
+        totals: Dict[str, Any] = {"loss": torch.zeros((), device=dev), "lr": self.optimizer.param_groups[0]["lr"]}
+        bad = torch.zeros((), device=dev)
         for i, batch in enumerate(batches):
-            batch = self.task.preprocess(to_device(batch, self.dist.device), training=True)
+            batch = self.task.preprocess(to_device(batch, dev), training=True)
             sync = i == accum - 1 or not isinstance(self.ddp_model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.ddp_model.no_sync():
                 with self.task.autocast():
-                    loss, info = self.task.train_step(self.ddp_model, batch)
-                self._check_finite(loss)
+                    loss, info = self.task.train_step(self.step_model, batch)
                 self.scaler.scale(loss / accum).backward()
-            totals["loss"] += loss.item() / accum
+            loss = loss.detach().float()
+            bad += (~torch.isfinite(loss)).float()
+            totals["loss"] += loss / accum
             for key, value in info.items():
                 totals[key] = totals.get(key, 0.0) + value / accum
         if train["clip_grad"] is not None:
             self.scaler.unscale_(self.optimizer)
-            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), train["clip_grad"]).item()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), train["clip_grad"])
+            bad += (~torch.isfinite(totals["grad_norm"])).float()
+        all_reduce_sum(bad)  # every rank skips the same updates
+        self._optimizer_step(bad)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        self.nonfinite += bad
+        self.first_nonfinite = torch.where((self.first_nonfinite < 0) & (bad > 0), self.global_step,
+                                           self.first_nonfinite)
         self.scheduler.step_update(self.global_step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
@@ -263,9 +294,11 @@ class Trainer:
         per_step = (time.time() - started) / max(done - first_step, 1)
         return format_eta(per_step * (total - done))
 
-    def _log_step(self, window: Dict[str, float], count: int, samples: int, seconds: float) -> Dict[str, str]:
+    def _log_step(self, window: Dict[str, Any], count: int, samples: int, seconds: float) -> Dict[str, str]:
         """Write the mean of ``window`` over ``count`` updates; returns what the progress bar shows."""
-        values = torch.tensor(list(window.values()), dtype=torch.float64, device=self.dist.device) / count
+        self._check_finite()
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.dist.device)
+                              for v in window.values()]) / count
         values = all_reduce_sum(values) / self.dist.world_size
         record = dict(zip(window, values.tolist()))
         record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
@@ -280,7 +313,8 @@ class Trainer:
         self.ddp_model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
         accum, log_every = self.cfg["train"]["accum_steps"], self.cfg["train"]["log_every"]
-        data, window, count, samples, start, epoch_loss = iter(self.train_loader), {}, 0, 0, time.time(), 0.0
+        data, window, count, samples, start = iter(self.train_loader), {}, 0, 0, time.time()
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for update in range(self.updates_per_epoch):
             batches = [next(data) for _ in range(accum)]
             values = self._update(batches)
@@ -293,7 +327,8 @@ class Trainer:
                 window, count, samples, start = {}, 0, 0, time.time()
             if bar is not None:
                 bar.update(1, postfix)
-        return epoch_loss / self.updates_per_epoch
+        self._check_finite()
+        return epoch_loss.item() / self.updates_per_epoch
 
     @staticmethod
     def metric_name(cfg: Config) -> str:

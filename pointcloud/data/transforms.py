@@ -57,7 +57,7 @@ def rotate_about_up(points: torch.Tensor, generator: Optional[torch.Generator] =
     return out
 
 
-def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None, backend: str = "auto") -> torch.Tensor:
+def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None) -> torch.Tensor:
     """The farthest ``pool`` points of each cloud (``pool`` from FPS_POOL by default, capped at N).
 
     points: (B, N, C) -> (B, min(pool, N), C), in FPS order. When the pool covers the whole cloud
@@ -74,7 +74,7 @@ def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None, bac
                          f"{points.shape[1]} points)")
     if pool == points.shape[1]:
         return points
-    return gather(points, fps(points[..., :3].contiguous(), pool, backend=backend))
+    return gather(points, fps(points[..., :3].contiguous(), pool))
 
 
 def random_subset(points: torch.Tensor, npoints: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -88,9 +88,9 @@ def random_subset(points: torch.Tensor, npoints: int, generator: Optional[torch.
 
 
 def fps_random_subset(points: torch.Tensor, npoints: int, pool: Optional[int] = None,
-                      generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Mamba3D's training input: FPS to ``pool`` points, then a random subset of ``npoints`` of them.
 
     points: (B, N, C) -> (B, npoints, C).
     """
-    return random_subset(fps_pool(points, npoints, pool, backend), npoints, generator)
+    return random_subset(fps_pool(points, npoints, pool), npoints, generator)
