@@ -19,7 +19,7 @@ from map_core.engine.progress import tracked
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, to_device
 from map_core.errors import ConfigError
 from map_core.registry import TASKS
-from pointcloud.data.transforms import fps_pool, random_subset, rotate_about_up, scale_and_translate
+from pointcloud.data.transforms import FPS_POOL, fps_pool, random_subset, rotate_about_up, scale_and_translate
 from pointcloud.ops import fps, gather
 
 AUGMENTATIONS: Dict[str, Optional[Callable[[torch.Tensor], torch.Tensor]]] = {
@@ -84,6 +84,9 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
                  augment: str = "none", vote_augment: Optional[str] = None, votes: int = 10,
                  num_classes: Optional[int] = None, label_smoothing: float = 0.0):
         super().__init__(cfg, num_classes=num_classes, label_smoothing=label_smoothing)
+        if fps_pool is None and npoints not in FPS_POOL:
+            raise ConfigError(f"task.npoints={npoints} has no default FPS pool (defaults for {sorted(FPS_POOL)}); "
+                              f"set task.fps_pool")
         self.npoints, self.pool, self.votes = npoints, fps_pool, votes
         self.augment = augmentation(augment, "task.augment")
         self.vote_augment = augmentation(vote_augment or augment, "task.vote_augment")

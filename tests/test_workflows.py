@@ -283,6 +283,8 @@ def test_user_errors_are_one_line(toy_config: Path, tmp_path: Path, capsys, monk
         (["--config", "configs/pointcloud/pretrain_shapenet.yaml", "--set", *POINTS, *write_shapenet(data),
           "model.num_group=20", "model.decoder_depth=1"], "num_group to be a perfect square"),
         (["--config", str(toy_config), "--set", "train.total_batch_size=0"], "train.total_batch_size=0"),
+        (["--config", "configs/pointcloud/finetune_scan_hardest.yaml", "--set", *POINTS, "task.npoints=300"],
+         "set task.fps_pool"),
     ]
     for argv, text in cases:
         assert train_main([*argv, "--exp-root", str(root)]) == 2, argv
