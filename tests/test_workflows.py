@@ -151,6 +151,15 @@ def test_rerun_into_existing_experiment_is_refused(toy_config: Path, tmp_path: P
     assert run_train(toy_config, root, "--overwrite") == 0  # explicit: the earlier run is replaced
     assert [r["step"] for r in rows(exp) if r["type"] == "train"] == list(range(1, 9))
     assert len(list((exp / "tb").iterdir())) == 1
+    # a linear SVM saves no checkpoint: its result row is what a second run would bury
+    svm = tmp_path / "svm.yaml"
+    svm.write_text(TOY.replace("toy_classify, num_classes: 4", "linear_svm").replace("val:", "test:"))
+    assert run_train(svm, root) == 0
+    result = (root / "svm" / "default" / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert run_train(svm, root, "--set", "task.C=0.5") == 2
+    assert "svm/default" in one_error_line(capsys)
+    assert (root / "svm" / "default" / "metrics.jsonl").read_bytes() == result
 
 
 # ------------------------------------------------------------------ 2. --finetune with nothing matching

@@ -1,12 +1,14 @@
 """Experiment folders: never overwritten silently, found again from a checkpoint, resumed fold by fold.
 
-A folder holding checkpoints belongs to a run: starting again without ``--resume`` is refused
-unless the caller asks to overwrite (then the earlier run's files are removed first). The
+A folder holding checkpoints (or, for tasks that save none such as the linear SVM, result rows in
+``metrics.jsonl``) belongs to a run: starting again without ``--resume`` is refused unless the
+caller asks to overwrite (then the earlier run's files are removed first). The
 ``config.yaml`` saved in a folder is the config of its checkpoints, so ``--test``, ``--vote`` and
 the visualiser can use it instead of asking for every ``--set`` again.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 SAVED_CONFIG = "config.yaml"
 CHECKPOINT_PATTERNS = ("*.pth", "fold_*/*.pth")
 RUN_FILES = ("metrics.jsonl", "log.txt", SAVED_CONFIG, "fewshot_summary.json", "tb")
+RESULT_TYPES = ("test", "val", "vote")  # metrics.jsonl rows of a finished evaluation
 
 
 class ExperimentExistsError(UserError):
@@ -31,14 +34,29 @@ def checkpoints_in(exp_dir: Path) -> List[Path]:
     return sorted(p for pattern in CHECKPOINT_PATTERNS for p in Path(exp_dir).glob(pattern))
 
 
+def _holds_results(metrics: Path) -> bool:
+    """True when ``metrics.jsonl`` has a test / val / vote row (torn lines are ignored)."""
+    if not metrics.is_file():
+        return False
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("type") in RESULT_TYPES:
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
+
+
 def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> None:
-    """Before a run that does not resume: refuse a folder with checkpoints, or with ``overwrite``
-    delete the earlier run's checkpoints, fold folders and records (when ``remove``: one rank does)."""
-    found = checkpoints_in(exp_dir)
+    """Before a run that does not resume: refuse a folder with checkpoints or results, or with
+    ``overwrite`` delete the earlier run's checkpoints, fold folders and records (when ``remove``:
+    one rank does)."""
+    metrics = Path(exp_dir) / "metrics.jsonl"
+    found = checkpoints_in(exp_dir) + ([metrics] if _holds_results(metrics) else [])
     if found and not overwrite:
         names = ", ".join(str(p.relative_to(exp_dir)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
         raise ExperimentExistsError(
-            f"experiment folder '{exp_dir}' already holds checkpoints ({names}); continue that run with "
+            f"experiment folder '{exp_dir}' already holds an earlier run ({names}); continue that run with "
             f"--resume, or start another with --exp-name NAME (or replace it with --overwrite)")
     if found and remove:
         log.warning("--overwrite: removing the earlier run in %s", exp_dir)
