@@ -57,7 +57,8 @@ def key_prefixes(keys: Iterable[str]) -> str:
     return ", ".join(f"{p} ({n})" if n > 1 else p for p, n in counts.most_common()) or "none"
 
 
-def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor], model_keys: Iterable[str]) -> Dict[str, torch.Tensor]:
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor],
+                           model_keys: Iterable[str]) -> Dict[str, torch.Tensor]:
     """Remove a wrapper prefix (``WRAPPER_PREFIXES``) that every key carries, repeatedly, as long as
     the stripped keys match at least as many of ``model_keys`` as before.
 

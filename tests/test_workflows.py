@@ -361,8 +361,8 @@ def test_visualize_default_split_on_pretrain_config(tmp_path: Path) -> None:
                                             decoder_depth=1)
     atomic_save({"model": model.state_dict()}, tmp_path / "last.pth")
     out = tmp_path / "recon.png"
-    assert visualize.main(["--config", "configs/pointcloud/pretrain_shapenet.yaml", "--ckpt", str(tmp_path / "last.pth"),
-                           "--out", str(out), "--num", "1", "--set", *sets]) == 0
+    assert visualize.main(["--config", "configs/pointcloud/pretrain_shapenet.yaml", "--ckpt",
+                           str(tmp_path / "last.pth"), "--out", str(out), "--num", "1", "--set", *sets]) == 0
     assert out.stat().st_size > 1000
 
 
