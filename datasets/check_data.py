@@ -2,8 +2,13 @@
 
     python datasets/check_data.py [--root data] [--only shapenet|modelnet|fewshot|scanobjectnn|imagenet]
 
-Exit code 0 when every checked dataset is complete, 1 otherwise. Layouts: datasets/README.md.
-Standalone on purpose (numpy and h5py only): it runs before anything else is set up.
+Each dataset is opened with the reader training uses, with the settings of the repository's
+configs (``SETTINGS``), and every point cloud is read and checked as training checks it (readable
+file, shape, enough points for the task, finite values, labels in range), so this passes exactly
+the point-cloud data training accepts. ImageNet: the folder layout (training skips single
+unreadable images with a warning, so they are not opened here). Layouts: datasets/README.md.
+Exit code 0 when every checked dataset is complete, 1 when a problem was found, 2 for an error
+that stopped the check itself (``--debug`` shows its traceback).
 """
 from __future__ import annotations
 
@@ -12,20 +17,31 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from image.data import scan_image_folder  # noqa: E402
+from map_core.errors import DataError, UserError  # noqa: E402
+from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet  # noqa: E402
+from pointcloud.data.scanobjectnn import VARIANTS  # noqa: E402
+from tools.cli import add_debug_flag, report_error  # noqa: E402
 
 Problems = List[str]
 
+# reader and task settings of the configs in configs/pointcloud/
+SETTINGS = {
+    "shapenet_npoints": 1024,        # pretrain_shapenet.yaml: dataset.train.npoints
+    "modelnet_npoints": 8192,        # finetune_modelnet*.yaml, svm_modelnet.yaml: dataset npoints
+    "modelnet_task_npoints": 1024,   # finetune_modelnet.yaml: task.npoints (8k config: 8192)
+    "fewshot_task_npoints": 1024,    # fewshot.yaml: task.npoints
+    "scanobjectnn_task_npoints": 2048,  # finetune_scan_*.yaml: task.npoints
+    "scanobjectnn_classes": 15,
+}
+TASK_REASON = "that the finetuning configs' task.npoints asks for"
 
-def _missing(paths: List[Path], what: str) -> Problems:
-    """One line per missing path."""
-    return [f"missing {what}: {p}" for p in paths if not p.exists()]
 
-
-def _is_pickle(path: Path) -> bool:
-    """True when the file starts like a binary pickle (protocol >= 2)."""
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0]
 
 
 def _summary(bad: List[str], what: str, total: int) -> Problems:
@@ -33,65 +49,63 @@ def _summary(bad: List[str], what: str, total: int) -> Problems:
     return [f"{len(bad)} of {total} {what} (first: {bad[0]})"] if bad else []
 
 
+def _open(problems: Problems, build: Callable[[], object]) -> Optional[object]:
+    """The reader ``build()`` returns, or None after recording its DataError (it checks at open)."""
+    try:
+        return build()
+    except DataError as err:
+        problems.append(_first_line(err))
+        return None
+
+
+def _read_all(dataset, what: str) -> Problems:
+    """Read every cloud with the reader's own ``load`` (what training reads) and summarise the rejects."""
+    bad = []
+    for index in range(len(dataset)):
+        try:
+            dataset.load(index)
+        except DataError as err:
+            bad.append(_first_line(err))
+    return _summary(bad, what, len(dataset))
+
+
+def _require_points(dataset, needed: int) -> Problems:
+    try:
+        dataset.require_points(needed, TASK_REASON)
+    except DataError as err:
+        return [_first_line(err)]
+    return []
+
+
 def check_shapenet(root: Path) -> Problems:
     base = root / "ShapeNet55-34"
-    lists = [base / "ShapeNet-55" / "train.txt", base / "ShapeNet-55" / "test.txt"]
-    problems = _missing(lists + [base / "shapenet_pc"], "ShapeNet-55 path")
-    if problems:
-        return problems
-    for path in lists:
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        print(f"  {path}: {len(names)} clouds")
-        malformed = [n for n in names if "-" not in n or not n.endswith(".npy")]
-        problems += _summary(malformed, f"lines of {path} not like '<taxonomy>-<model>.npy'", len(names))
-        absent, bad_shape = [], []
-        for name in names:
-            file = base / "shapenet_pc" / name
-            if not file.exists():
-                absent.append(str(file))
-                continue
-            try:
-                shape = np.load(file, mmap_mode="r").shape
-            except (ValueError, OSError) as err:
-                bad_shape.append(f"{file} ({err})")
-                continue
-            if len(shape) != 2 or shape[1] != 3 or shape[0] < 1024:
-                bad_shape.append(f"{file} has shape {shape}, expected (8192, 3)")
-        problems += _summary(absent, f"files listed in {path.name} are missing", len(names))
-        problems += _summary(bad_shape, f"files listed in {path.name} are unreadable or misshaped", len(names))
+    problems: Problems = []
+    for split in ("train", "test"):
+        ds = _open(problems, lambda: ShapeNet(base / "ShapeNet-55", base / "shapenet_pc", subset=split,
+                                              npoints=SETTINGS["shapenet_npoints"]))
+        if ds is not None:
+            print(f"  {split}.txt: {len(ds)} clouds")
+            problems += _read_all(ds, f"clouds listed in {split}.txt are rejected")
     return problems
 
 
 def check_modelnet(root: Path) -> Problems:
     base = root / "ModelNet" / "modelnet40_normal_resampled"
-    lists = [base / f"modelnet40_{name}.txt" for name in ("shape_names", "train", "test")]
-    problems = _missing(lists, "ModelNet40 file")
-    if problems:
-        return problems
-    classes = [line.strip() for line in lists[0].read_text().splitlines() if line.strip()]
-    if len(classes) != 40:
-        problems.append(f"{lists[0]}: {len(classes)} class names, expected 40")
-    for path in lists[1:]:
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        print(f"  {path}: {len(ids)} shapes")
-        unknown = [i for i in ids if i.rsplit("_", 1)[0] not in classes]
-        problems += _summary(unknown, f"ids in {path.name} with a class not in the class list", len(ids))
-        files = [base / i.rsplit("_", 1)[0] / f"{i}.txt" for i in ids]
-        problems += _summary([str(f) for f in files if not f.exists()], f"files of {path.name} are missing", len(ids))
-        first = next((f for f in files if f.exists()), None)
-        if first is not None:
-            try:
-                table = np.loadtxt(first, delimiter=",", ndmin=2, max_rows=10)
-                if table.shape[1] != 6 or not np.isfinite(table).all():
-                    problems.append(f"{first}: expected finite rows 'x,y,z,nx,ny,nz', got {table.shape[1]} columns")
-            except ValueError as err:
-                problems.append(f"{first}: not comma-separated numbers ({err})")
+    names = base / "modelnet40_shape_names.txt"
+    problems: Problems = []
+    if names.exists():
+        classes = [line for line in names.read_text().splitlines() if line.strip()]
+        if len(classes) != 40:
+            problems.append(f"{names}: {len(classes)} class names, expected 40")
     for split in ("train", "test"):
-        dat = base / f"modelnet40_{split}_8192pts_fps.dat"
-        if not dat.exists():
-            print(f"  note: {dat.name} absent (optional; the txt files are read instead, more slowly)")
-        elif not _is_pickle(dat):
-            problems.append(f"{dat}: not a pickle file (empty or wrong header)")
+        ds = _open(problems, lambda: ModelNet(base, npoints=SETTINGS["modelnet_npoints"], subset=split))
+        if ds is None:
+            continue
+        print(f"  {split}: {len(ds)} shapes" + (f" from {ds.dat.name}" if ds.dat else " (txt files)"))
+        if ds.dat is None:
+            print(f"  note: {split} .dat absent (optional; the txt files are read instead, more slowly)")
+            problems += _read_all(ds, f"shape files of modelnet40_{split}.txt are rejected")
+        problems += _require_points(ds, SETTINGS["modelnet_task_npoints"])
     return problems
 
 
@@ -99,65 +113,50 @@ def check_fewshot(root: Path) -> Problems:
     base = root / "ModelNetFewshot"
     if not base.exists():
         return [f"missing few-shot folder: {base}"]
-    problems = []
+    problems: Problems = []
     for way in (5, 10):
         for shot in (10, 20):
-            folder = next((base / name for name in (f"{way}way_{shot}shot", f"{way}way{shot}shot")
-                           if (base / name).exists()), None)
-            if folder is None:
+            if not any((base / name).exists() for name in (f"{way}way_{shot}shot", f"{way}way{shot}shot")):
                 problems.append(f"missing folder {base / f'{way}way_{shot}shot'}")
                 continue
-            files = [folder / f"{fold}.pkl" for fold in range(10)]
-            problems += _summary([str(f) for f in files if not f.exists()], f"folds of {folder} are missing", 10)
-            problems += [f"{f}: not a pickle file (empty or wrong header)" for f in files
-                         if f.exists() and not _is_pickle(f)]
+            bad: Problems = []  # the first problem of each fold file
+            for fold in range(10):
+                for subset in ("train", "test"):
+                    found: Problems = []
+                    ds = _open(found, lambda: ModelNetFewShot(base, way, shot, fold, subset))
+                    found += _require_points(ds, SETTINGS["fewshot_task_npoints"]) if ds is not None else []
+                    if found:
+                        bad.append(found[0])
+                        break
+            problems += _summary(bad, f"fold files of {way}way_{shot}shot are rejected", 10)
     return problems
 
 
 def check_scanobjectnn(root: Path) -> Problems:
-    import h5py
-
-    base = root / "ScanObjectNN"
-    files = [base / "main_split" / f"{split}_objectdataset{suffix}.h5"
-             for suffix in ("_augmentedrot_scale75", "") for split in ("training", "test")]
-    files += [base / "main_split_nobg" / f"{split}_objectdataset.h5" for split in ("training", "test")]
-    problems = _missing(files, "ScanObjectNN file")
-    for path in (f for f in files if f.exists()):
-        try:
-            with h5py.File(path, "r") as h5:
-                if "data" not in h5 or "label" not in h5:
-                    problems.append(f"{path}: needs h5 datasets 'data' and 'label', found {sorted(h5.keys())}")
-                    continue
-                data, label = np.asarray(h5["data"]), np.asarray(h5["label"]).reshape(-1)
-        except OSError as err:
-            problems.append(f"{path}: not a readable h5 file ({err})")
-            continue
-        print(f"  {path}: data {data.shape}, {len(label)} labels")
-        if data.ndim != 3 or data.shape[2] != 3:
-            problems.append(f"{path}: 'data' has shape {data.shape}, expected (N, 2048, 3)")
-        elif len(label) != len(data):
-            problems.append(f"{path}: {len(data)} clouds but {len(label)} labels")
-        elif not np.isfinite(data).all():
-            first = int(np.argmax(~np.isfinite(data).all(axis=(1, 2))))
-            problems.append(f"{path}: non-finite coordinates, first in cloud {first}")
-        elif len(label) and (label.min() < 0 or label.max() > 14):
-            problems.append(f"{path}: labels span {label.min()}..{label.max()}, expected 0..14")
+    problems: Problems = []
+    for variant in VARIANTS:
+        for subset in ("train", "test"):
+            ds = _open(problems, lambda: ScanObjectNN(root / "ScanObjectNN", variant, subset,
+                                                      num_classes=SETTINGS["scanobjectnn_classes"]))
+            if ds is not None:
+                print(f"  {variant} {subset}: {len(ds)} clouds of {ds.points.shape[1]} points")
+                problems += _require_points(ds, SETTINGS["scanobjectnn_task_npoints"])
     return problems
 
 
 def check_imagenet(root: Path) -> Problems:
     base = root / "imagenet"
-    problems = _missing([base / "train", base / "val"], "ImageNet folder")
+    problems: Problems = []
     for split in ("train", "val"):
         folder = base / split
         if not folder.exists():
+            problems.append(f"missing ImageNet folder: {folder}")
             continue
         classes = sorted(d for d in folder.iterdir() if d.is_dir())
         print(f"  {folder}: {len(classes)} class folders")
         if len(classes) != 1000:
             problems.append(f"{folder}: {len(classes)} class folders, expected 1000 (n01440764 ...)")
-        empty = [str(d) for d in classes if not any(d.iterdir())]
-        problems += _summary(empty, f"class folders of {folder} are empty", len(classes))
+        _open(problems, lambda: scan_image_folder(str(base), split))
     return problems
 
 
@@ -167,23 +166,31 @@ CHECKS: Dict[str, Callable[[Path], Problems]] = {
 }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="data", type=Path, help="folder holding the datasets (default: data)")
-    parser.add_argument("--only", choices=sorted(CHECKS), help="check one dataset only")
-    args = parser.parse_args(argv)
+def run_checks(root: Path, names: List[str]) -> int:
     failed = []
-    for name in [args.only] if args.only else list(CHECKS):
-        print(f"[{name}]")
-        problems = CHECKS[name](args.root)
+    for name in names:
+        print(f"[{name}]", flush=True)
+        problems = CHECKS[name](root)
         for problem in problems:
             print(f"  PROBLEM: {problem}")
-        print(f"  {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        print(f"  {'OK' if not problems else f'{len(problems)} problem(s)'}", flush=True)
         if problems:
             failed.append(name)
     if failed:
         print(f"incomplete: {', '.join(failed)} (layouts and downloads: datasets/README.md)")
     return 1 if failed else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="data", type=Path, help="folder holding the datasets (default: data)")
+    parser.add_argument("--only", choices=sorted(CHECKS), help="check one dataset only")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_checks(args.root, [args.only] if args.only else list(CHECKS))
+    except (UserError, FileNotFoundError) as err:
+        return report_error(err, args.debug)
 
 
 if __name__ == "__main__":

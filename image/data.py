@@ -26,6 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from map_core.errors import DataError
 from map_core.registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ EXPECTED_LAYOUT = (
 _UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-class ImageFolderLayoutError(ValueError):
+class ImageFolderLayoutError(DataError):
     """The dataset folder does not have the expected split/class/image layout."""
 
 
@@ -232,4 +233,5 @@ class ImageNet(Dataset):
             image = self._load(i)
             if image is not None:
                 return self.transform(image), self.samples[i][1]
-        raise RuntimeError(f"no readable image among the {n} files of '{os.path.join(self.root, self.split)}'")
+        raise DataError(f"no readable image among the {n} files of '{os.path.join(self.root, self.split)}' "
+                        f"(first: {self.samples[0][0]})")

@@ -492,6 +492,24 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> List[str]:
+    """``'key.path: old -> new'`` for every leaf that differs between two nested mappings.
+
+    A key present on one side only shows ``<unset>`` on the other.
+    """
+    missing = object()
+    show = lambda value: "<unset>" if value is missing else repr(_plain(value))  # noqa: E731
+    lines = []
+    for key in list(old) + [k for k in new if k not in old]:
+        path = _join(prefix, key)
+        a, b = old.get(key, missing), new.get(key, missing)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            lines += config_diff(a, b, path)
+        elif a is missing or b is missing or _plain(a) != _plain(b):
+            lines.append(f"{path}: {show(a)} -> {show(b)}")
+    return lines
+
+
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     """Write the resolved config as YAML (plain types, keys in insertion order)."""
     Path(path).write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")

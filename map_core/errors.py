@@ -8,3 +8,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config file or ``--set`` override is invalid; the message names key, file and a fix."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset on disk is missing or malformed; the message names the file (and the sample index)."""

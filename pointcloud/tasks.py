@@ -13,12 +13,13 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from map_core.engine.progress import tracked
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, to_device
 from map_core.errors import ConfigError
 from map_core.registry import TASKS
-from pointcloud.data.transforms import fps_pool, random_subset, rotate_about_up, scale_and_translate
+from pointcloud.data.transforms import FPS_POOL, fps_pool, random_subset, rotate_about_up, scale_and_translate
 from pointcloud.ops import fps, gather
 
 AUGMENTATIONS: Dict[str, Optional[Callable[[torch.Tensor], torch.Tensor]]] = {
@@ -46,6 +47,22 @@ def fps_points(points: torch.Tensor, npoints: int) -> torch.Tensor:
     return gather(points, fps(points[..., :3].contiguous(), npoints))
 
 
+class ChecksPointCount:
+    """Task mixin: each dataset is checked when built for the ``npoints`` the task samples.
+
+    Readers with a ``require_points(needed, reason)`` method raise DataError naming the file and the
+    first cloud that is too small (instead of an FPS error in the first batch).
+    """
+
+    npoints: Optional[int] = None
+
+    def build_dataset(self, split: str) -> Dataset:
+        dataset = super().build_dataset(split)
+        if self.npoints is not None and hasattr(dataset, "require_points"):
+            dataset.require_points(self.npoints, "that task.npoints asks for")
+        return dataset
+
+
 def _replace_points(batch: Any, points: torch.Tensor) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)([points, *batch[1:]])
@@ -53,7 +70,7 @@ def _replace_points(batch: Any, points: torch.Tensor) -> Any:
 
 
 @TASKS.register("point_classify")
-class PointClassifyTask(ClassifyTask):
+class PointClassifyTask(ChecksPointCount, ClassifyTask):
     """Point-cloud classification (Mamba3D ``runner_finetune``). Metrics: top1 (overall accuracy),
     class_mean_acc, top5 (>= 5 classes), loss.
 
@@ -67,6 +84,9 @@ class PointClassifyTask(ClassifyTask):
                  augment: str = "none", vote_augment: Optional[str] = None, votes: int = 10,
                  num_classes: Optional[int] = None, label_smoothing: float = 0.0):
         super().__init__(cfg, num_classes=num_classes, label_smoothing=label_smoothing)
+        if fps_pool is None and npoints not in FPS_POOL:
+            raise ConfigError(f"task.npoints={npoints} has no default FPS pool (defaults for {sorted(FPS_POOL)}); "
+                              f"set task.fps_pool")
         self.npoints, self.pool, self.votes = npoints, fps_pool, votes
         self.augment = augmentation(augment, "task.augment")
         self.vote_augment = augmentation(vote_augment or augment, "task.vote_augment")
@@ -89,7 +109,7 @@ class PointClassifyTask(ClassifyTask):
         """Accuracy with ``votes`` augmented random subsets of one FPS pool per cloud, logits averaged."""
         model.eval()
         stats: Optional[torch.Tensor] = None
-        for batch in loader:
+        for batch in tracked(loader, self.progress, "vote"):
             batch = to_device(batch, self.device)
             pool, labels = self._pool(batch[0]), batch[1]
             logits = 0
@@ -106,7 +126,7 @@ class PointClassifyTask(ClassifyTask):
 
 
 @TASKS.register("point_pretrain")
-class PointPretrainTask(PretrainTask):
+class PointPretrainTask(ChecksPointCount, PretrainTask):
     """Point-cloud pretraining (Mamba3D ``runner_pretrain``): the loss of ``model(points)``.
 
     npoints: when set, clouds are reduced to ``npoints`` by FPS first (the official path for
@@ -128,7 +148,7 @@ class PointPretrainTask(PretrainTask):
 
 
 @TASKS.register("point_svm")
-class PointSVMTask(LinearSVMTask):
+class PointSVMTask(ChecksPointCount, LinearSVMTask):
     """Linear SVM on frozen point features (Point-MAE ``runner_pretrain`` ``validate``): every cloud
     is reduced to ``npoints`` by FPS (official: 1024 of the 8192 ModelNet points), then
     ``model.forward_features`` (B, F) feeds sklearn ``LinearSVC(C)``.

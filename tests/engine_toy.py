@@ -1,4 +1,4 @@
-"""A toy task for engine tests: tiny MLP, synthetic blobs, optional NaN injection.
+"""A toy task for engine tests: tiny MLP, synthetic blobs, optional NaN or crash injection.
 
 Also a driver: ``python tests/engine_toy.py <tools/train.py args>`` registers the toy parts and
 runs ``tools/train.py``'s ``main`` (used for subprocess and torchrun tests).
@@ -36,22 +36,27 @@ class ToyMLP(nn.Module):
 
 
 class ToyBlobs(Dataset):
-    """``size`` points around ``num_classes`` fixed centres; per-item noise from the torch RNG."""
+    """``size`` points around ``num_classes`` fixed centres; per-item noise from the torch RNG.
+
+    ``crash_in_fold``: reading an item of that few-shot fold raises, as a run killed there would stop.
+    """
 
     def __init__(self, size: int = 64, in_dim: int = 8, num_classes: int = 4, seed: int = 0,
-                 noise: float = 0.1, fold: int = 0, root: Optional[str] = None):
+                 noise: float = 0.1, fold: int = 0, root: Optional[str] = None, crash_in_fold: Optional[int] = None):
         if root is not None and not Path(root).exists():
             raise UserError(f"dataset root '{root}' does not exist: set dataset.<split>.root")
         g = torch.Generator().manual_seed(seed + 1000 * fold)
         centres = torch.randn(num_classes, in_dim, generator=g) * 2
         self.labels = torch.arange(size) % num_classes
         self.points = centres[self.labels] + torch.randn(size, in_dim, generator=g)
-        self.noise = noise
+        self.noise, self.crash = noise, crash_in_fold == fold
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.crash:
+            raise UserError("injected crash")
         return self.points[i] + self.noise * torch.randn(self.points.shape[1]), self.labels[i]
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from image.data import ImageFolderLayoutError, ImageNet, build_image_transform
+from map_core.errors import DataError
 from map_core.registry import DATASETS
 
 CLASSES = ["n01", "n02", "n03"]
@@ -144,5 +145,5 @@ def test_all_unreadable_raises(tmp_path):
     os.makedirs(tmp_path / "val" / "n01")
     (tmp_path / "val" / "n01" / "x.JPEG").write_bytes(b"garbage")
     ds = ImageNet(root=str(tmp_path), split="val")
-    with pytest.raises(RuntimeError, match="no readable image"):
+    with pytest.raises(DataError, match=r"no readable image .*x\.JPEG"):
         ds[0]

@@ -1,5 +1,6 @@
 """Point-cloud readers on tiny files in the real formats, bad inputs, restricted unpickling, transforms,
 and the data-preparation scripts."""
+import importlib.util
 import math
 import os
 import pickle
@@ -297,19 +298,31 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO)
 
 
-def test_check_data_good_and_broken(data_root: Path):
-    good = run_script("datasets/check_data.py", "--root", str(data_root), "--only", "scanobjectnn")
-    assert good.returncode == 0, good.stdout
-    for name in ("shapenet", "modelnet", "fewshot"):
-        assert run_script("datasets/check_data.py", "--root", str(data_root), "--only", name).returncode == 0
+def load_check_data():
+    """datasets/check_data.py as a module (``datasets/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("check_data", REPO / "datasets" / "check_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_data_good_and_broken(data_root: Path, capsys, monkeypatch):
+    check_data = load_check_data()  # the fixture's clouds are small: ask for what they hold
+    monkeypatch.setitem(check_data.SETTINGS, "modelnet_npoints", 40)
+    monkeypatch.setitem(check_data.SETTINGS, "modelnet_task_npoints", 32)
+    monkeypatch.setitem(check_data.SETTINGS, "fewshot_task_npoints", 50)
+    for name in ("shapenet", "modelnet", "fewshot", "scanobjectnn"):
+        assert check_data.main(["--root", str(data_root), "--only", name]) == 0, capsys.readouterr().out
     os.remove(data_root / "ShapeNet55-34" / "shapenet_pc" / "02691156-b2.npy")
     write_h5(data_root / "ScanObjectNN" / SCAN_FILES[3], np.zeros((2, 8, 3)), np.zeros(2), ("points", "label"))
     os.remove(data_root / "ModelNetFewshot" / "10way_20shot" / "4.pkl")
-    broken = run_script("datasets/check_data.py", "--root", str(data_root))
-    assert broken.returncode == 1
-    assert "1 of 3 files listed in train.txt are missing (first: " in broken.stdout
-    assert "02691156-b2.npy" in broken.stdout and "found ['label', 'points']" in broken.stdout
-    assert "10way_20shot/4.pkl" in broken.stdout and "1 class folders, expected 1000" in broken.stdout
+    capsys.readouterr()
+    assert check_data.main(["--root", str(data_root)]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 3 clouds listed in train.txt are rejected (first: ShapeNet point file not found: " in out
+    assert "02691156-b2.npy" in out and "found keys ['label', 'points']" in out
+    assert "1 of 10 fold files of 10way_20shot are rejected" in out and "10way_20shot/4.pkl" in out
+    assert "1 class folders, expected 1000" in out and "no image files in the 1 class folders" in out
 
 
 def test_make_fewshot_splits_round_trip(data_root: Path, tmp_path: Path):

@@ -13,6 +13,8 @@ Prints one JSON line per measurement. ``model_flop_per_step`` counts the matmul/
 one step (forward + backward) with ``torch.utils.flop_counter.FlopCounterMode``; ``mfu`` divides
 the achieved rate by the device's dense bf16 peak (H100 / H200 SXM: 989 TFLOP/s, datasheet).
 The step times are CUDA-event medians after warm-up. Results worth keeping go to BENCHMARKS.md.
+An unknown model, key or backend, or sizes the model refuses, end with one 'error: ...' line and
+exit code 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from map_core import backends  # noqa: E402
 from map_core.compile import compile_blocks  # noqa: E402
+from map_core.errors import ConfigError  # noqa: E402
 from map_core.graphs import GraphedStep  # noqa: E402
-from map_core.registry import MODELS  # noqa: E402
+from map_core.registry import MODELS, check_kwargs  # noqa: E402
 from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
+from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -90,9 +94,35 @@ class MAEViTBase(nn.Module):
 
 
 def build_model(name: str, kwargs: Optional[dict] = None) -> nn.Module:
+    """The registered model ``name`` (or the MAE baseline); an unknown name or key, or sizes the
+    model refuses, is a ConfigError."""
+    kwargs = kwargs or {}
     if name == "mae_vit_base":
-        return MAEViTBase(**(kwargs or {}))
-    return MODELS.get(name)(**(kwargs or {}))
+        return MAEViTBase(**kwargs)
+    try:
+        builder = MODELS.get(name)
+        check_kwargs(builder, kwargs, f"--set of model '{name}'")
+        return builder(**kwargs)
+    except KeyError as err:  # the registry's message: unknown name or key (sized factories check theirs)
+        raise ConfigError(err.args[0]) from None
+    except ValueError as err:
+        raise ConfigError(f"model '{name}' with {kwargs}: {err}") from None
+
+
+def input_spec(text: str) -> str:
+    """argparse type of ``--input``: ``image:SIZE`` or ``points:N``."""
+    kind, _, size = text.partition(":")
+    if kind not in ("image", "points") or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected image:SIZE or points:N, got {text!r}")
+    return text
+
+
+def key_value(text: str) -> tuple:
+    """argparse type of ``--set``: ``key=value`` with a YAML value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
@@ -488,13 +518,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a registered model, or mae_vit_base")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--input", default="image:224", help="image:SIZE or points:N")
+    p.add_argument("--input", default="image:224", type=input_spec, help="image:SIZE or points:N")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile every repeated block (default mode, or e.g. max-autotune-no-cudagraphs)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
     for op in ("scan", "conv", "fps", "knn"):
         p.add_argument(f"--{op}", default="auto", help=f"{op} backend (auto, torch, triton, ...)")
@@ -505,10 +535,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--suite", action="store_true", help="every row of BENCHMARKS.md's model tables")
     p.add_argument("--kernels", action="store_true", help="the kernels against references and floors")
     p.add_argument("--sweep", action="store_true", help="with --kernels: block sizes of the scan")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     import image, pointcloud  # noqa: F401  (registration)
 
-    backends.configure({op: getattr(args, op) for op in ("scan", "conv", "fps", "knn")}, where="--")
+    try:
+        backends.configure({op: getattr(args, op) for op in ("scan", "conv", "fps", "knn")}, where="--")
+    except (ValueError, ImportError) as err:  # an unknown or uninstalled backend
+        return report_error(ConfigError(str(err)), args.debug)
+    try:
+        return run_benchmarks(p, args)
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
+
+
+def run_benchmarks(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The kernel report, the suite, or --model (and --compare), one JSON line per run."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision if device.type == "cuda" else "fp32"
     if args.kernels:
@@ -518,7 +560,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs = [(m, b, i, kw, "default" if mode == "compile" else None, mode == "graphs")
                 for m, b, i, kw, modes in SUITE for mode in modes]
     elif args.model:
-        kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        kwargs = dict(args.set)
         runs = [(m, args.batch, args.input, kwargs if m == args.model else {}, args.compile, args.cuda_graphs)
                 for m in [args.model] + args.compare]
     else:

@@ -56,7 +56,8 @@ def load_demo_builder():
 
 def train_run(config: Path, exp_root: Path, exp_name: str, extra: List[str]) -> Dict:
     """One ``tools/train.py`` run in this process; returns its metrics (raises on failure)."""
-    argv = ["--config", str(config), "--exp-root", str(exp_root), "--exp-name", exp_name] + extra
+    # each demo recomputes its runs: replace those of an earlier demo in the same --exp-root
+    argv = ["--config", str(config), "--exp-root", str(exp_root), "--exp-name", exp_name, "--overwrite"] + extra
     print(f"\n$ python tools/train.py {' '.join(argv)}", flush=True)
     code = train.main(argv)
     if code != 0:

@@ -1,11 +1,14 @@
 """Pictures of MAP reconstructions: masked input / reconstruction / ground truth.
 
-    python tools/visualize.py --config configs/demo/image_pretrain.yaml \
-        --ckpt experiments/demo/image_pretrain/demo/last.pth --out recon.png [--num 6] [--split val]
+    python tools/visualize.py --ckpt experiments/demo/image_pretrain/demo --out recon.png [--num 6]
+    python tools/visualize.py --config configs/demo/image_pretrain.yaml --ckpt official.pth --out recon.png
 
 Works for image MAP models (rows of images) and PointMAP models (rows of 3D scatter plots); the
-config's model and dataset sections say which. With open3d installed, point reconstructions are
-also written as .ply files next to the PNG.
+config's model and dataset sections say which. ``--ckpt`` is a checkpoint or an experiment folder
+(its last.pth); without ``--config`` the config.yaml saved beside it is used. ``--split`` defaults
+to the first of val, test, train that the config has. With open3d installed, point
+reconstructions are also written as .ply files next to the PNG. User errors end with one
+'error: ...' line and exit code 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -19,8 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from map_core.engine.checkpoint import extract_state_dict, load_checkpoint  # noqa: E402
+from map_core.engine.experiment import config_hint, saved_config  # noqa: E402
+from map_core.errors import ConfigError  # noqa: E402
 from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
-from map_core.errors import UserError  # noqa: E402
+from map_core.pretrain import MAPPretrainer  # noqa: E402
+from map_core.weights import CheckpointShapeError, check_shapes  # noqa: E402
+from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
 
 
 @torch.no_grad()
@@ -130,33 +138,63 @@ def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0) -> Path:
     return out
 
 
+def load_weights(model: torch.nn.Module, path: Path, cfg) -> None:
+    """All of ``model``'s weights from ``path`` (ours, or official names the model converts)."""
+    state = load_checkpoint(path)
+    hint = config_hint(state.get("config") if isinstance(state, dict) else None, cfg, "model",
+                       "Without --config, the config.yaml saved beside the checkpoint is used.")
+    sd = extract_state_dict(state)
+    check_shapes(model, sd, f"'{path}'", hint)
+    load = getattr(model, "load_pretrained", model.load_state_dict)  # load_pretrained converts official names
+    try:
+        result = load(sd, strict=False)
+    except RuntimeError as err:  # a size mismatch after the conversion
+        raise CheckpointShapeError(f"'{path}' does not fit the config's model{hint}\n{err}") from None
+    if result.missing_keys:
+        raise CheckpointShapeError(f"'{path}' lacks {len(result.missing_keys)} tensors of the config's model "
+                                   f"(first: {result.missing_keys[0]}){hint}")
+
+
+def pick_split(cfg, split: Optional[str]) -> str:
+    """``split`` if the config has it, else the first of val, test, train it has."""
+    present = list(cfg["dataset"])
+    if split is None:
+        split = next((s for s in ("val", "test", "train") if s in present), None)
+    if split not in present:
+        raise ConfigError(f"--split {split}: the config has no dataset.{split} (it has: {', '.join(present) or 'none'})")
+    return split
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--ckpt", required=True, help="pretraining checkpoint (ours or official)")
+    p.add_argument("--config", default=None, help="default: the config.yaml saved beside --ckpt")
+    p.add_argument("--ckpt", required=True, help="pretraining checkpoint (ours or official) or experiment folder")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--num", type=int, default=4)
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default=None, help="dataset split (default: val, else test, else train)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     from map_core.config import load_config, validate
-    from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
     from map_core.engine.tasks import build_task
     import image, pointcloud  # noqa: F401  (registration)
 
     try:
-        cfg = validate(load_config(args.config, args.set))
+        if args.config is None:
+            config, _, ckpt = saved_config(args.ckpt, "last.pth")
+        else:
+            config, ckpt = Path(args.config), Path(args.ckpt)
+            ckpt = ckpt / "last.pth" if ckpt.is_dir() else ckpt
+        cfg = validate(load_config(config, args.set))
         task = build_task(cfg)
         model = task.build_model()
-        sd = extract_state_dict(load_checkpoint(args.ckpt))
-        if hasattr(model, "load_pretrained"):
-            model.load_pretrained(sd)
-        else:
-            model.load_state_dict(sd)
-        print(visualize(model, task.build_dataset(args.split), Path(args.out), args.num))
-    except (UserError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if not isinstance(model, MAPPretrainer):
+            raise ConfigError(f"{config}: model.NAME '{cfg['model']['NAME']}' builds a {type(model).__name__}; "
+                              f"visualize needs a MAP pretraining model (e.g. map_pretrain, pointmap_pretrain)")
+        load_weights(model, ckpt, cfg)
+        print(visualize(model, task.build_dataset(pick_split(cfg, args.split)), Path(args.out), args.num))
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
     return 0
 
 

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from map_core.weights import check_shapes, load_matching  # noqa: F401  (re-exported)
 from map_core.errors import UserError
+from map_core.registry import accepted_keys
+from map_core.weights import (CheckpointShapeError, Coverage, load_matching, require_coverage,
+                              strip_wrapper_prefixes)
 
 log = logging.getLogger(__name__)
 
@@ -139,29 +141,35 @@ def extract_state_dict(ckpt: Any) -> Dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt.items()}
 
 
-def load_finetune_weights(model: nn.Module, path: str | Path) -> None:
-    """Initialise ``model`` from a pretrained checkpoint before finetuning.
+def load_finetune_weights(model: nn.Module, path: str | Path, allow_partial: bool = False) -> Coverage:
+    """Initialise ``model`` from a pretrained checkpoint before finetuning; returns what it filled.
 
-    Uses ``model.load_pretrained(state_dict)`` when the model defines it (modality key mapping),
-    else a non-strict load. Missing / unexpected keys are logged; shape mismatches raise.
+    Wrapper prefixes every key carries (``module.``, ``base_model.``, ``backbone.``, ``encoder.``)
+    are stripped, then ``model.load_pretrained(state_dict)`` (modality key mapping) or a
+    non-strict load runs. Missing / unexpected keys are logged; shape mismatches raise; a load that
+    fills under half of the encoder's tensors raises PartialLoadError unless ``allow_partial``.
     """
-    state_dict = extract_state_dict(load_checkpoint(path))
+    model_keys = model.state_dict().keys()
+    state_dict = strip_wrapper_prefixes(extract_state_dict(load_checkpoint(path)), model_keys)
     try:
         if hasattr(model, "load_pretrained"):
-            result = model.load_pretrained(state_dict)
+            strict = {"strict": False} if "strict" in (accepted_keys(model.load_pretrained) or ()) else {}
+            result = model.load_pretrained(state_dict, **strict)
         else:
             result = load_matching(model, state_dict, f"'{path}'")
     except RuntimeError as err:
         if "size mismatch" in str(err):
-            raise UserError(f"shape mismatch loading '{path}':\n{err}") from None
+            raise CheckpointShapeError(f"shape mismatch loading '{path}':\n{err}") from None
         raise
-    missing = getattr(result, "missing_keys", None)
-    unexpected = getattr(result, "unexpected_keys", None)
-    log.info("loaded pretrained weights from %s", path)
-    if missing:
-        log.warning("missing keys (kept at init): %s", ", ".join(missing))
-    if unexpected:
-        log.warning("unexpected keys (ignored): %s", ", ".join(unexpected))
+    coverage = Coverage.of(model, result.missing_keys)
+    if not allow_partial:
+        require_coverage(coverage, f"--finetune '{path}'", state_dict, model)
+    log.info("loaded pretrained weights from %s: %s", path, coverage)
+    if result.missing_keys:
+        log.warning("missing keys (kept at init): %s", ", ".join(result.missing_keys))
+    if result.unexpected_keys:
+        log.warning("unexpected keys (ignored): %s", ", ".join(result.unexpected_keys))
+    return coverage
 
 
 def rng_state() -> Dict[str, Any]:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from map_core.errors import ConfigError, UserError
 from map_core.registry import DATASETS, MODELS, TASKS, check_kwargs
 from map_core.engine.distributed import all_gather_objects, all_reduce_sum
+from map_core.engine.progress import ProgressFactory, tracked
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,17 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _build(registry: Any, section: Mapping[str, Any], where: str, **extra: Any) -> Any:
+    """Build ``section`` (``NAME`` + keyword arguments). Builders signal invalid arguments (a head
+    count that does not divide the width, an image size that is not a multiple of the patch) with
+    ValueError; that becomes a ConfigError naming the section."""
     try:
         return registry.build(section, where=where, **extra)
     except KeyError as err:
         raise ConfigError(str(err.args[0]) if err.args else str(err)) from None
+    except UserError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{where} ({section.get('NAME')}): {err}") from err
 
 
 def build_task(cfg: Mapping[str, Any]) -> "Task":
@@ -60,6 +68,7 @@ class Task:
     metric: str = "loss"
     higher_is_better: bool = False
     trains: bool = True  # False: no training loop; the engine calls fit() then evaluate()
+    progress: Optional[ProgressFactory] = None  # set by the engine on the main rank
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = cfg
@@ -99,9 +108,9 @@ class Task:
     def vote(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         raise UserError(f"task '{type(self).__name__}' does not support --vote")
 
-    def batches(self, loader: DataLoader, training: bool = False):
-        """Iterate device-side, preprocessed batches."""
-        for batch in loader:
+    def batches(self, loader: DataLoader, training: bool = False, desc: str = "evaluate"):
+        """Iterate device-side, preprocessed batches (reported to ``progress`` under ``desc``)."""
+        for batch in tracked(loader, self.progress, desc):
             yield self.preprocess(to_device(batch, self.device), training)
 
 
@@ -244,7 +253,7 @@ class LinearSVMTask(Task):
         """Features (N, C) and labels (N,) gathered from every rank."""
         model.eval()
         feats, labels = [], []
-        for batch in self.batches(loader):
+        for batch in self.batches(loader, desc="features"):
             with self.autocast():
                 feats.append(model.forward_features(batch[0]).float().flatten(1).cpu().numpy())
             labels.append(batch[1].cpu().numpy())

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,15 +31,16 @@ from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
                                          barrier, init_distributed)
+from map_core.engine.experiment import check_same_optimizer, checkpoints_in, config_hint, prepare_fresh_start
 from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
+from map_core.engine.progress import Progress, ProgressFactory, format_eta
 from map_core.engine.tasks import Task, build_task, to_device
 from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
+from map_core.weights import load_exact
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("map_core.engine.progress")
-
-ProgressFactory = Callable[[int, str], Any]  # (total, description) -> object with update(n, dict), close()
 
 
 class NonFiniteLossError(UserError):
@@ -56,6 +57,8 @@ class RunOptions:
     ckpt: Optional[str] = None
     mode: str = "train"  # train | test | vote
     progress: Optional[ProgressFactory] = None
+    overwrite: bool = False  # replace the checkpoints of an earlier run in exp_dir
+    allow_partial_load: bool = False  # accept a --finetune checkpoint that fills under half of the encoder
 
 
 def amp_settings(precision: str, device: torch.device) -> tuple:
@@ -105,6 +108,7 @@ class Trainer:
         self.task: Task = build_task(cfg)
         self.amp_dtype, use_scaler = amp_settings(train["precision"], self.dist.device)
         self.task.bind(self.dist.device, self.amp_dtype)
+        self.task.progress = progress if self.dist.is_main else None
         self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg["dataset"])}
         self.model = self.task.build_model().to(self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -117,9 +121,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _per_rank_batch(self) -> int:
         train = self.cfg["train"]
+        if train["accum_steps"] < 1:
+            raise ConfigError(f"train.accum_steps must be at least 1, got {train['accum_steps']}")
         share = self.dist.world_size * train["accum_steps"]
-        if train["total_batch_size"] % share:
-            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} is not divisible by "
+        if train["total_batch_size"] < share or train["total_batch_size"] % share:
+            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} must be a positive multiple of "
                               f"world size {self.dist.world_size} x accum_steps {train['accum_steps']}")
         return train["total_batch_size"] // share
 
@@ -132,11 +138,13 @@ class Trainer:
         else:
             sampler = ShardSampler(len(dataset), self.dist.rank, self.dist.world_size)
             batch = train["val_batch_size"] or self._per_rank_batch()
+            if batch < 1:
+                raise ConfigError(f"train.val_batch_size must be at least 1, got {batch}")
         return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train["num_workers"],
                           pin_memory=self.dist.device.type == "cuda", drop_last=training,
                           worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
 
-    def _setup_training(self, finetune: Optional[str], resume: Optional[Path]) -> None:
+    def _setup_training(self, finetune: Optional[str], resume: Optional[Path], allow_partial: bool) -> None:
         train = self.cfg["train"]
         self.train_loader = self._loader("train", training=True)
         self.updates_per_epoch = len(self.train_loader) // train["accum_steps"]
@@ -148,13 +156,15 @@ class Trainer:
         eval_split = next((s for s in ("val", "test") if s in self.datasets), None)
         self.eval_loader = self._loader(eval_split, training=False) if eval_split else None
         if finetune and not resume:
-            ckpt_io.load_finetune_weights(self.model, finetune)
+            ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
         self.optimizer = build_optimizer(self.model, self.cfg["optimizer"], train["total_batch_size"])
         self.scheduler = build_scheduler(self.optimizer, self.cfg["scheduler"], self.updates_per_epoch)
         if train["ema"]["enable"]:
             self.ema = ModelEmaV3(self.model, decay=train["ema"]["decay"], use_warmup=train["ema"]["warmup"])
         if resume:
             self._load_state(resume)
+        self.records.rewind(self.global_step)
+        self._session_start = (self.global_step, time.time())  # for the ETA
         self.ddp_model: nn.Module = self.model
         if self.dist.world_size > 1:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
@@ -204,8 +214,15 @@ class Trainer:
 
     def _load_state(self, path: Path) -> None:
         state = ckpt_io.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        check_same_optimizer(state.get("config"), self.cfg, path)
+        hint = config_hint(state.get("config"), self.cfg, "model", "Resume with the checkpoint's model settings, "
+                           "or start a new run (--exp-name).")
+        load_exact(self.model, state["model"], f"--resume checkpoint '{path}'", hint)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # parameter groups changed (e.g. optimizer.layer_decay)
+            raise ConfigError(f"--resume: the optimizer state in '{path}' does not fit this config ({err}); "
+                              f"resume with the checkpoint's optimizer settings") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
@@ -281,7 +298,15 @@ class Trainer:
             self.ema.update(self.model, step=self.global_step)
         return totals
 
-    def _log_step(self, window: Dict[str, Any], count: int, samples: int, seconds: float, bar: Any) -> None:
+    def _eta(self) -> str:
+        """Time left for the run at the speed of this session's steps so far."""
+        total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+        done, first_step, started = self.global_step, *self._session_start
+        per_step = (time.time() - started) / max(done - first_step, 1)
+        return format_eta(per_step * (total - done))
+
+    def _log_step(self, window: Dict[str, Any], count: int, samples: int, seconds: float) -> Dict[str, str]:
+        """Write the mean of ``window`` over ``count`` updates; returns what the progress bar shows."""
         self._check_finite()
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.dist.device)
                               for v in window.values()]) / count
@@ -289,19 +314,16 @@ class Trainer:
         record = dict(zip(window, values.tolist()))
         record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
         self.records.write("train", self.global_step, record)
-        if bar is not None:
-            bar.update(count, {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
-                        "samples/s": f"{record['samples_per_s']:.0f}"})
-        progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f", self.epoch + 1,
+        progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f eta %s", self.epoch + 1,
                           self.global_step, self.updates_per_epoch * self.cfg["scheduler"]["epochs"],
-                          record["loss"], record["lr"], record["samples_per_s"])
+                          record["loss"], record["lr"], record["samples_per_s"], self._eta())
+        return {"epoch": str(self.epoch + 1), "loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
 
-    def train_epoch(self) -> float:
-        """One epoch; returns the mean training loss (this rank)."""
+    def train_epoch(self, bar: Optional[Progress] = None) -> float:
+        """One epoch (each update reported to ``bar``); returns the mean training loss (this rank)."""
         self.ddp_model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
         accum, log_every = self.cfg["train"]["accum_steps"], self.cfg["train"]["log_every"]
-        bar = self.progress(self.updates_per_epoch, f"epoch {self.epoch + 1}") if self.progress and self.dist.is_main else None
         data, window, count, samples, start = iter(self.train_loader), {}, 0, 0, time.time()
         epoch_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for update in range(self.updates_per_epoch):
@@ -310,11 +332,12 @@ class Trainer:
             epoch_loss += values["loss"]
             window = {k: window.get(k, 0.0) + v for k, v in values.items()}
             count, samples = count + 1, samples + sum(len(b[0]) for b in batches)
+            postfix = None
             if count == log_every or update == self.updates_per_epoch - 1:
-                self._log_step(window, count, samples, time.time() - start, bar)
+                postfix = self._log_step(window, count, samples, time.time() - start)
                 window, count, samples, start = {}, 0, 0, time.time()
-        if bar is not None:
-            bar.close()
+            if bar is not None:
+                bar.update(1, postfix)
         self._check_finite()
         return epoch_loss.item() / self.updates_per_epoch
 
@@ -330,22 +353,32 @@ class Trainer:
             return True
         return value > self.best if self.task.higher_is_better else value < self.best
 
-    def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None) -> Dict[str, Any]:
-        """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}."""
+    def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None,
+            allow_partial: bool = False) -> Dict[str, Any]:
+        """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}.
+
+        ``allow_partial`` accepts a ``finetune`` checkpoint that fills under half of the encoder.
+        """
         if not self.task.trains:
-            return self.fit_frozen(finetune)
+            return self.fit_frozen(finetune, allow_partial)
+        bar = None
         try:
-            return self._fit(finetune, resume)
+            self._setup_training(finetune, resume, allow_partial)
+            total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+            if self.progress and self.dist.is_main:
+                bar = self.progress(total, "train", initial=self.global_step)
+            return self._fit(bar)
         finally:
+            if bar is not None:
+                bar.close()
             self.records.close()
 
-    def _fit(self, finetune: Optional[str], resume: Optional[Path]) -> Dict[str, Any]:
-        self._setup_training(finetune, resume)
+    def _fit(self, bar: Optional[Progress]) -> Dict[str, Any]:
         train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
         while self.epoch < epochs:
-            train_loss = self.train_epoch()
+            train_loss = self.train_epoch(bar)
             self.epoch += 1
             metrics = {"train_loss": train_loss}
             is_best = False
@@ -371,15 +404,17 @@ class Trainer:
                     self.epoch, count, ", ".join(first))
         return {"skipped_images": count}
 
-    def fit_frozen(self, finetune: Optional[str]) -> Dict[str, Any]:
+    def fit_frozen(self, finetune: Optional[str], allow_partial: bool = False) -> Dict[str, Any]:
         """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
-        if finetune:
-            ckpt_io.load_finetune_weights(self.model, finetune)
-        self.task.fit(self.model, self._loader("train", training=False))
-        split = "test" if "test" in self.datasets else "val"
-        metrics = self.task.evaluate(self.model, self._loader(split, training=False))
-        self.records.write(split, 0, metrics)
-        self.records.close()
+        try:
+            if finetune:
+                ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
+            self.task.fit(self.model, self._loader("train", training=False))
+            split = "test" if "test" in self.datasets else "val"
+            metrics = self.task.evaluate(self.model, self._loader(split, training=False))
+            self.records.write(split, 0, metrics)
+        finally:
+            self.records.close()
         return {"best_metric": metrics[self.task.metric], "metric": self.task.metric, "last_metrics": metrics}
 
     def load_for_eval(self, path: Path) -> None:
@@ -389,8 +424,10 @@ class Trainer:
             weights = {k: v for k, v in state["ema"].items()}
         else:
             weights = ckpt_io.extract_state_dict(state)
-        ckpt_io.check_shapes(self.model, weights, str(path))
-        self.model.load_state_dict(weights)
+        saved = state.get("config") if isinstance(state, Mapping) else None
+        hint = config_hint(saved, self.cfg, "model", "Without --config, --test / --vote --ckpt use the "
+                           "config.yaml saved beside the checkpoint.")
+        load_exact(self.model, weights, f"'{path}'", hint)
         log.info("evaluating weights from %s", path)
 
     def test(self, vote: bool) -> Dict[str, float]:
@@ -398,7 +435,6 @@ class Trainer:
         loader = self._loader(split, training=False)
         metrics = self.task.vote(self.model, loader) if vote else self.task.evaluate(self.model, loader)
         self.records.write("vote" if vote else "test", 0, metrics)
-        self.records.close()
         return metrics
 
 
@@ -409,12 +445,12 @@ def _eval_splits(cfg: Config) -> tuple:
     raise ConfigError("--test / --vote need a dataset.test (or dataset.val) section")
 
 
-def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo) -> Dict[str, Any]:
-    resume = ckpt_io.resolve_resume(opts.resume, exp_dir)
+def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
+                resume: Optional[Path]) -> Dict[str, Any]:
     trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
     if dist_info.is_main:
         dump_config(cfg, exp_dir / "config.yaml")
-    return trainer.fit(opts.finetune, resume)
+    return trainer.fit(opts.finetune, resume, opts.allow_partial_load)
 
 
 def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]) -> None:
@@ -439,13 +475,45 @@ def fewshot_fold_config(cfg: Config, fold: int) -> Config:
     return fold_cfg
 
 
+def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optional[float]]:
+    """(checkpoint to resume the fold from, or None; its best metric if it trained all ``epochs``)."""
+    last = fold_dir / "last.pth"
+    if not last.is_file():
+        return None, None
+    state = ckpt_io.load_checkpoint(last)
+    return (None, state["best_metric"]) if state["epoch"] >= epochs else (last, None)
+
+
 def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
-    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics."""
+    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics.
+
+    With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
+    a fold with a checkpoint continues from it, and folds without one start from the beginning.
+    """
+    folds, epochs = cfg["fewshot"]["folds"], cfg["scheduler"]["epochs"]
+    if opts.resume:
+        raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
+                          f"pass --resume without a path")
+    if opts.resume is not None and not checkpoints_in(opts.exp_dir):
+        raise UserError(f"--resume: no fold of '{opts.exp_dir}' has a checkpoint yet; start without --resume")
+    bar = opts.progress(folds, "few-shot folds") if opts.progress and dist_info.is_main else None
     results = []
-    for fold in range(cfg["fewshot"]["folds"]):
-        log.info("few-shot fold %d of %d", fold + 1, cfg["fewshot"]["folds"])
-        fold_cfg = fewshot_fold_config(cfg, fold)
-        results.append(_train_once(fold_cfg, opts, opts.exp_dir / f"fold_{fold}", dist_info)["best_metric"])
+    try:
+        for fold in range(folds):
+            fold_dir = opts.exp_dir / f"fold_{fold}"
+            resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
+            if best is None:
+                log.info("few-shot fold %d of %d", fold + 1, folds)
+                best = _train_once(fewshot_fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
+            else:
+                log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
+                         Trainer.metric_name(cfg), best)
+            results.append(best)
+            if bar is not None:
+                bar.update(1, {"last": f"{best:.2f}"})
+    finally:
+        if bar is not None:
+            bar.close()
     summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
                "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
     if dist_info.is_main:
@@ -454,16 +522,25 @@ def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str,
 
 
 def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
-    """Train (or few-shot, test, vote) as the options say; returns the final metrics."""
+    """Train (or few-shot, test, vote) as the options say; returns the final metrics.
+
+    A training run without ``resume`` refuses an experiment folder that holds checkpoints, unless
+    ``overwrite`` (then the earlier run is removed first).
+    """
     dist_info = init_distributed(cfg["runtime"]["device"])
+    if opts.mode == "train" and opts.resume is None:
+        prepare_fresh_start(opts.exp_dir, opts.overwrite, remove=dist_info.is_main)
     if dist_info.is_main:
         opts.exp_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     if opts.mode in ("test", "vote"):
         path = Path(opts.ckpt or opts.finetune or opts.exp_dir / "best.pth")
-        trainer = Trainer(cfg, opts.exp_dir, dist_info, splits=_eval_splits(cfg))
-        trainer.load_for_eval(path)
-        return trainer.test(vote=opts.mode == "vote")
+        trainer = Trainer(cfg, opts.exp_dir, dist_info, opts.progress, splits=_eval_splits(cfg))
+        try:
+            trainer.load_for_eval(path)
+            return trainer.test(vote=opts.mode == "vote")
+        finally:
+            trainer.records.close()
     if "fewshot" in cfg:
         return run_fewshot(cfg, opts, dist_info)
-    return _train_once(cfg, opts, opts.exp_dir, dist_info)
+    return _train_once(cfg, opts, opts.exp_dir, dist_info, ckpt_io.resolve_resume(opts.resume, opts.exp_dir))

@@ -1,19 +1,25 @@
-"""What the point-cloud readers share: the user-facing error, normalisation, checks, sample format."""
+"""What the point-cloud readers share: the user-facing error, file reading, checks, sample format.
+
+Every reader validates what it loads with these checks and raises :class:`DataError` naming the
+file (and the sample index); ``datasets/check_data.py`` runs the readers, so it accepts exactly
+what training accepts.
+"""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from map_core.errors import UserError
+from map_core.errors import DataError
+from map_core.safe_pickle import restricted_load
 
 PathLike = Union[str, Path]
 
-
-class DataError(UserError, ValueError):
-    """A dataset on disk is missing or malformed; the message names the file and the problem."""
+# what unpickling an empty, truncated or garbled file raises (a refused global is an UnpicklingError)
+_BAD_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError)
 
 
 def require(path: PathLike, what: str, layout: str) -> Path:
@@ -23,6 +29,43 @@ def require(path: PathLike, what: str, layout: str) -> Path:
         raise DataError(f"{what} not found: {path}\nExpected layout:\n{layout}\n"
                         f"See datasets/README.md for downloads; run `python datasets/check_data.py`.")
     return path
+
+
+def read_pickle(path: Path) -> Any:
+    """A third-party data pickle, loaded with the restricted unpickler (Python 2 pickles included).
+
+    Raises DataError naming the file when it is empty, truncated, not a pickle, or asks for code.
+    """
+    try:
+        return restricted_load(path, encoding="latin1")
+    except _BAD_PICKLE as err:
+        reason = str(err).replace(f"{path}: ", "") or type(err).__name__
+        raise DataError(f"{path}: cannot be read as a data pickle (empty, truncated or not plain data: "
+                        f"{type(err).__name__}: {reason})") from None
+
+
+def check_labels(labels: Sequence[int], num_classes: int, source: str) -> np.ndarray:
+    """Labels as an int64 array, each in ``[0, num_classes)``; else a DataError naming the first bad index."""
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{source}: label {labels[i]} at index {i} is outside [0, {num_classes}) "
+                        f"({len(bad)} bad labels; set the reader's class count if the data has more classes)")
+    return labels
+
+
+def require_points(counts: Sequence[int], needed: int, where: Callable[[int], str], reason: str) -> None:
+    """Raise DataError at the first cloud whose point count in ``counts`` is below ``needed``.
+
+    ``where(i)`` names cloud i (file and index); ``reason`` says who needs the points.
+    """
+    counts = np.asarray(counts)
+    short = np.flatnonzero(counts < needed)
+    if len(short):
+        i = int(short[0])
+        raise DataError(f"{where(i)}: {int(counts[i])} points, fewer than the {needed} {reason} "
+                        f"({len(short)} of {len(counts)} clouds are too small)")
 
 
 def check_points(points: np.ndarray, source: str, min_points: int, channels: Tuple[int, ...] = (3, 6)) -> np.ndarray:

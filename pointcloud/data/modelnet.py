@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from map_core.registry import DATASETS
-from map_core.safe_pickle import restricted_load
-from pointcloud.data.common import DataError, PathLike, check_points, normalize, point_order, require, sample
+from pointcloud.data.common import (DataError, PathLike, check_labels, check_points, normalize, point_order,
+                                    read_pickle, require, require_points, sample)
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,10 @@ class ModelNet(Dataset):
     """ModelNet clouds: xyz normalised to the unit sphere, point order shuffled for ``subset="train"``.
 
     With ``process_data`` the preprocessed pickle ``modelnet{C}_{subset}_{npoints}pts_fps.dat`` (a pair
-    [list of (npoints, 6) arrays, list of (1,) labels]) is read when present; otherwise, or without
-    ``process_data``, the first ``npoints`` rows of each txt file are used. The official configs read
-    the 8192-point files and sample 1024 points on the device (``fps_random_subset``).
+    [list of (npoints, 6) arrays, list of (1,) labels]) is read and checked whole when present;
+    otherwise, or without ``process_data``, the first ``npoints`` rows of each txt file are used
+    (each file checked when read). The official configs read the 8192-point files and sample 1024
+    points on the device (``fps_random_subset``).
     """
 
     def __init__(self, data_path: PathLike = "data/ModelNet/modelnet40_normal_resampled", npoints: int = 8192,
@@ -61,8 +62,9 @@ class ModelNet(Dataset):
             logger.info("ModelNet %s: %s not used, reading txt files", subset, dat.name)
 
     def _read_dat(self, path: Path) -> Tuple[list, list]:
+        """Every cloud (>= npoints finite points, 3 or 6 channels) and label (in range) of the pickle."""
         logger.info("ModelNet %s: loading %s", self.subset, path)
-        content = restricted_load(path, encoding="latin1")
+        content = read_pickle(path)
         if not (isinstance(content, (list, tuple)) and len(content) == 2):
             raise DataError(f"{path}: expected a pickled pair [list of point arrays, list of labels], "
                             f"got {type(content).__name__}")
@@ -70,23 +72,33 @@ class ModelNet(Dataset):
         if not len(points) == len(labels) == len(self.shape_ids):
             raise DataError(f"{path}: {len(points)} clouds and {len(labels)} labels, but the split list has "
                             f"{len(self.shape_ids)} shapes")
-        return list(points), [int(np.asarray(label).reshape(-1)[0]) for label in labels]
+        points = [check_points(p, f"{path}, item {i}", self.npoints) for i, p in enumerate(points)]
+        labels = [int(np.asarray(label).reshape(-1)[0]) for label in labels]
+        return points, check_labels(labels, len(self.classes), f"{path}, labels").tolist()
+
+    def require_points(self, needed: int, reason: str) -> None:
+        """Raise DataError when the ``npoints`` this reader returns per cloud are fewer than ``needed``."""
+        require_points(np.full(len(self), self.npoints), needed,
+                       lambda i: f"ModelNet {self.subset} reader (npoints={self.npoints}), item {i}", reason)
+
+    def load(self, index: int) -> np.ndarray:
+        """Cloud ``index`` as stored, checked (at least npoints finite rows): (P, 3 or 6) float32."""
+        if self.dat is not None:
+            return self.points[index]
+        shape_id = self.shape_ids[index]
+        path = require(self.root / shape_id.rsplit("_", 1)[0] / f"{shape_id}.txt", "ModelNet shape file", LAYOUT)
+        try:
+            table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+        except ValueError as err:
+            raise DataError(f"{path}: expected comma-separated 'x,y,z,nx,ny,nz' rows ({err})") from err
+        return check_points(table, str(path), self.npoints)
 
     def __len__(self) -> int:
         return len(self.shape_ids)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """-> (points (P, 3) or (P, 6) float32, label int64); P = npoints."""
-        if self.dat is not None:
-            points = check_points(self.points[index], f"{self.dat}, item {index}", self.npoints)[: self.npoints].copy()
-        else:
-            shape_id = self.shape_ids[index]
-            path = require(self.root / shape_id.rsplit("_", 1)[0] / f"{shape_id}.txt", "ModelNet shape file", LAYOUT)
-            try:
-                table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
-            except ValueError as err:
-                raise DataError(f"{path}: expected comma-separated 'x,y,z,nx,ny,nz' rows ({err})") from err
-            points = check_points(table, str(path), self.npoints)[: self.npoints].copy()
+        points = self.load(index)[: self.npoints].copy()
         points[:, :3] = normalize(points[:, :3])
         if not self.use_normals:
             points = points[:, :3]

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from map_core.registry import DATASETS
-from pointcloud.data.common import DataError, PathLike, check_points, normalize, point_order, require, sample
+from pointcloud.data.common import (DataError, PathLike, check_points, normalize, point_order, require,
+                                    require_points, sample)
 
 LAYOUT = """data/ShapeNet55-34/
   ShapeNet-55/train.txt, test.txt      one '<taxonomy>-<model>.npy' per line
@@ -34,7 +35,8 @@ class ShapeNet(Dataset):
     """ShapeNet-55 clouds: a random subset of ``npoints`` points, normalised to the unit sphere.
 
     ``whole=True`` reads the test list followed by the ``subset`` list (Point-MAE's option).
-    Label = index of the taxonomy id among the sorted ids of train.txt and test.txt.
+    Label = index of the taxonomy id among the sorted ids of train.txt and test.txt. The list files
+    are checked when the reader is built, each cloud file when it is read (``load``).
     """
 
     def __init__(self, data_path: PathLike = "data/ShapeNet55-34/ShapeNet-55",
@@ -56,10 +58,22 @@ class ShapeNet(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def require_points(self, needed: int, reason: str) -> None:
+        """Raise DataError when the ``npoints`` this reader returns per cloud are fewer than ``needed``."""
+        require_points(np.full(len(self), self.npoints), needed,
+                       lambda i: f"ShapeNet reader (npoints={self.npoints}), item {i}", reason)
+
+    def load(self, index: int) -> np.ndarray:
+        """Cloud ``index`` as stored, checked (readable, (P, 3), P >= npoints, finite): float32."""
+        path = require(self.pc_path / self.names[index], "ShapeNet point file", LAYOUT)
+        try:
+            points = np.load(path)
+        except (OSError, ValueError, EOFError) as err:
+            raise DataError(f"{path}: not a readable .npy file (empty or truncated?): {err}") from None
+        return check_points(points, str(path), self.npoints, channels=(3,))
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """-> (points (npoints, 3) float32, label int64)."""
-        name = self.names[index]
-        path = require(self.pc_path / name, "ShapeNet point file", LAYOUT)
-        points = check_points(np.load(path), str(path), self.npoints, channels=(3,))
+        points = self.load(index)
         points = points[point_order(len(points), shuffle=True)[: self.npoints]]
         return sample(normalize(points), self.labels[index])
