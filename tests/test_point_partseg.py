@@ -1,9 +1,17 @@
 """Part segmentation on ShapeNetPart: encoder taps, the reader on tiny files in the real format,
 feature propagation, the model, the mIoU metrics and a two-epoch run through tools/train.py."""
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
 import pytest
 import torch
 
+from map_core.errors import ConfigError
+from map_core.registry import DATASETS
 from pointcloud.blocks import PointMAPEncoder
+from pointcloud.data import DataError, ShapeNetPart
 
 
 def test_encoder_return_layers_match_a_manual_walk():
@@ -33,3 +41,116 @@ def test_encoder_return_layers_rejects_bad_indices():
     for bad in ([3], [-1], []):
         with pytest.raises(ValueError, match=r"blocks 0\.\.2"):
             enc(x, x, torch.randn(1, 4, 3), return_layers=bad)
+
+
+# ---------------------------------------------------------------- the reader, on the real format
+SYNSETS = {"Airplane": "02691156", "Bag": "02773838", "Mug": "03797390"}  # a subset, in the real file's order
+PARTS = {"Airplane": [0, 1, 2, 3], "Bag": [4, 5], "Mug": [36, 37]}
+
+
+def write_shape(root: Path, category: str, model: str, xyz: np.ndarray, labels: np.ndarray) -> Path:
+    """One '<synset>/<model>.txt' as in the release: 'x y z nx ny nz part', 6 decimals, label as a float."""
+    normals = np.random.default_rng(len(xyz)).normal(size=xyz.shape)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    path = root / SYNSETS[category] / f"{model}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, np.column_stack([xyz, normals, labels]), fmt="%.6f")
+    return path
+
+
+def write_dataset(root: Path, splits: Dict[str, List[Tuple[str, str]]], points: int = 40, seed: int = 0) -> Path:
+    """ShapeNetPart layout under root; splits: split -> [(category, model id)]. Part = height band
+    of the shape (y sorted into len(parts) equal bands), so the labels are learnable."""
+    rng = np.random.default_rng(seed)
+    (root / "train_test_split").mkdir(parents=True)
+    (root / "synsetoffset2category.txt").write_text("".join(f"{c}\t{s}\n" for c, s in SYNSETS.items()))
+    for split, shapes in splits.items():
+        entries = [f"shape_data/{SYNSETS[c]}/{m}" for c, m in shapes]
+        (root / "train_test_split" / f"shuffled_{split}_file_list.json").write_text(json.dumps(entries))
+        for category, model in shapes:
+            xyz = rng.normal(size=(points, 3)) * [1.0, 2.0, 0.5] + rng.normal(size=3)
+            parts = PARTS[category]
+            band = np.digitize(xyz[:, 1], np.quantile(xyz[:, 1], np.linspace(0, 1, len(parts) + 1)[1:-1]))
+            write_shape(root, category, model, xyz, np.asarray(parts)[band])
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "shapenetpart", {
+        "train": [("Mug", "m2"), ("Airplane", "a1"), ("Bag", "b1")],
+        "val": [("Airplane", "a0")],
+        "test": [("Mug", "m9"), ("Bag", "b7")]})
+
+
+def _normalised_rows(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    table = np.loadtxt(path)
+    xyz = table[:, :3] - table[:, :3].mean(axis=0)
+    return xyz / np.sqrt((xyz ** 2).sum(axis=1)).max(), table[:, 6].astype(int)
+
+
+def test_reader_splits_categories_and_order(tiny: Path):
+    train = ShapeNetPart(root=tiny, split="train", npoints=64)
+    assert train.categories == ["Airplane", "Bag", "Mug"]
+    assert train.category_parts == [[0, 1, 2, 3], [4, 5], [36, 37]]
+    assert train.shapes == [(0, "a1"), (1, "b1"), (2, "m2")]  # by category (file order), then model id
+    assert ShapeNetPart(root=tiny, split="trainval", npoints=64).shapes == [(0, "a0"), (0, "a1"), (1, "b1"), (2, "m2")]
+    assert ShapeNetPart(root=tiny, split="test", npoints=64).shapes == [(1, "b7"), (2, "m9")]
+    assert "ShapeNetPart" in DATASETS
+
+
+def test_reader_normalises_then_samples_rows_with_replacement(tiny: Path):
+    """Each sampled point is an exact row of the normalised file, with that row's label; rows repeat."""
+    test = ShapeNetPart(root=tiny, split="test", npoints=30)
+    points, category, labels = test[1]
+    assert points.shape == (30, 3) and points.dtype == torch.float32
+    assert category.dtype == torch.long and int(category) == 2 and labels.shape == (30,)
+    xyz, truth = _normalised_rows(tiny / "03797390" / "m9.txt")
+    dist = ((points.double().numpy()[:, None] - xyz[None]) ** 2).sum(-1)  # (30, 40)
+    row = dist.argmin(1)
+    assert dist.min(1).max() < 1e-10
+    assert np.array_equal(labels.numpy(), truth[row])
+    assert len(np.unique(row)) < 30  # drawn with replacement (30 of 40 rows without a repeat: p ~ 1e-6)
+    assert ShapeNetPart(root=tiny, split="test", npoints=64)[1][0].shape == (64, 3)  # more than the 40 rows
+    assert torch.equal(test[1][0], points)  # evaluation splits draw the same rows every time
+    train = ShapeNetPart(root=tiny, split="train", npoints=64)
+    torch.manual_seed(0)
+    first = train[0][0]
+    assert not torch.equal(first, train[0][0])  # training splits draw anew
+
+
+@pytest.mark.parametrize("content, match", [
+    ("", "empty file"),
+    ("0.1 0.2 0.3 0 0 1 36.000000\n0.1 0.2 0.3 0 0 1\n", "expected rows of 7 numbers"),
+    ("0.1 0.2 0.3 0 0 1\n0.4 0.2 0.3 0 0 1\n", "expected 7 columns .* found 6"),
+    ("0.1 0.2 0.3 0 0 1 36.000000\n0.4 0.2 0.3 0 0 1 4.000000\n", r"row 2: part label 4 is not one of Mug's parts \[36, 37\]"),
+    ("0.1 0.2 0.3 0 0 1 36.500000\n", "part label 36.5 is not one of Mug"),
+    ("0.1 nan 0.3 0 0 1 36.000000\n", "non-finite"),
+])
+def test_reader_bad_files_name_the_file(tiny: Path, content: str, match: str):
+    bad = tiny / "03797390" / "m9.txt"
+    bad.write_text(content)
+    test = ShapeNetPart(root=tiny, split="test", npoints=8)
+    test[0]  # the Bag shape is fine
+    with pytest.raises(DataError, match=match) as err:
+        test[1]
+    assert str(bad) in str(err.value)
+
+
+def test_reader_bad_layout(tiny: Path):
+    (tiny / "02773838" / "b7.txt").unlink()
+    with pytest.raises(DataError, match=r"1 of 2 listed shape files are missing \(first: .*b7.txt\)"):
+        ShapeNetPart(root=tiny, split="test")
+    with pytest.raises(DataError, match="categories \\['Mug'\\] have no part labels"):
+        ShapeNetPart(root=tiny, split="train", category_parts={"Airplane": [0], "Bag": [1]})
+    with pytest.raises(ConfigError, match="part 1 belongs to both 'Airplane' and 'Bag'"):
+        ShapeNetPart(root=tiny, split="train", category_parts={"Airplane": [0, 1], "Bag": [1], "Mug": [2]})
+    lists = tiny / "train_test_split" / "shuffled_val_file_list.json"
+    lists.write_text(json.dumps(["shape_data/02691156/a0", "02691156/a1"]))
+    with pytest.raises(DataError, match="shuffled_val_file_list.json, entry 1: expected 'shape_data/<synset>/<model id>'"):
+        ShapeNetPart(root=tiny, split="val")
+    lists.write_text(json.dumps(["shape_data/04379243/t0"]))
+    with pytest.raises(DataError, match="entry 0: synset '04379243' is not in .*synsetoffset2category.txt"):
+        ShapeNetPart(root=tiny, split="val")
+    with pytest.raises(ConfigError, match="split must be one of"):
+        ShapeNetPart(root=tiny, split="validation")
