@@ -1,6 +1,6 @@
 """Check prepared dataset folders and say precisely what is missing or malformed.
 
-    python datasets/check_data.py [--root data] [--only shapenet|modelnet|fewshot|scanobjectnn|imagenet]
+    python datasets/check_data.py [--root data] [--only shapenet|modelnet|fewshot|scanobjectnn|shapenetpart|imagenet]
 
 Exit code 0 when every checked dataset is complete, 1 otherwise. Layouts: datasets/README.md.
 Standalone on purpose (numpy and h5py only): it runs before anything else is set up.
@@ -8,6 +8,7 @@ Standalone on purpose (numpy and h5py only): it runs before anything else is set
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -145,6 +146,52 @@ def check_scanobjectnn(root: Path) -> Problems:
     return problems
 
 
+def check_shapenetpart(root: Path) -> Problems:
+    base = root / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+    category_file = base / "synsetoffset2category.txt"
+    lists = [base / "train_test_split" / f"shuffled_{split}_file_list.json" for split in ("train", "val", "test")]
+    problems = _missing([category_file] + lists, "ShapeNetPart file")
+    if problems:
+        return problems
+    rows = [line.split() for line in category_file.read_text().splitlines() if line.strip()]
+    synsets = {fields[1] for fields in rows if len(fields) == 2}
+    if len(rows) != 16 or len(synsets) != 16:
+        problems.append(f"{category_file}: {len(rows)} lines / {len(synsets)} synsets, expected 16 "
+                        f"'<Category> <synset>' lines")
+    first_file = {}
+    for path in lists:
+        try:
+            entries = json.loads(path.read_text())
+        except ValueError as err:
+            problems.append(f"{path}: not valid JSON ({err})")
+            continue
+        print(f"  {path}: {len(entries)} shapes")
+        parts = [e.split("/") if isinstance(e, str) else [] for e in entries]
+        malformed = [repr(e) for e, p in zip(entries, parts) if len(p) != 3]
+        problems += _summary(malformed, f"entries of {path.name} not like 'shape_data/<synset>/<model id>'", len(entries))
+        listed = [p for p in parts if len(p) == 3]
+        problems += _summary([f"{s}/{m}" for _, s, m in listed if s not in synsets],
+                             f"entries of {path.name} with a synset not in {category_file.name}", len(entries))
+        files = [base / s / f"{m}.txt" for _, s, m in listed]
+        problems += _summary([str(f) for f in files if not f.exists()], f"files of {path.name} are missing", len(entries))
+        for (_, synset, _), file in zip(listed, files):
+            if file.exists():
+                first_file.setdefault(synset, file)
+    for file in first_file.values():  # one file per category: 7 columns, integer labels 0..49
+        try:
+            table = np.loadtxt(file, ndmin=2)
+        except ValueError as err:
+            problems.append(f"{file}: not rows of 7 numbers 'x y z nx ny nz part' ({err})")
+            continue
+        if table.size == 0 or table.shape[1] != 7:
+            problems.append(f"{file}: expected rows 'x y z nx ny nz part', got shape {table.shape}")
+        elif not np.isfinite(table).all() or (table[:, 6] != np.round(table[:, 6])).any() \
+                or table[:, 6].min() < 0 or table[:, 6].max() > 49:
+            problems.append(f"{file}: expected finite values and integer part labels 0..49, "
+                            f"labels span {table[:, 6].min():g}..{table[:, 6].max():g}")
+    return problems
+
+
 def check_imagenet(root: Path) -> Problems:
     base = root / "imagenet"
     problems = _missing([base / "train", base / "val"], "ImageNet folder")
@@ -163,7 +210,7 @@ def check_imagenet(root: Path) -> Problems:
 
 CHECKS: Dict[str, Callable[[Path], Problems]] = {
     "shapenet": check_shapenet, "modelnet": check_modelnet, "fewshot": check_fewshot,
-    "scanobjectnn": check_scanobjectnn, "imagenet": check_imagenet,
+    "scanobjectnn": check_scanobjectnn, "imagenet": check_imagenet, "shapenetpart": check_shapenetpart,
 }
 
 

@@ -1,6 +1,8 @@
 """Part segmentation on ShapeNetPart: encoder taps, the reader on tiny files in the real format,
 feature propagation, the model, the mIoU metrics and a two-epoch run through tools/train.py."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -12,6 +14,8 @@ from map_core.errors import ConfigError
 from map_core.registry import DATASETS
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.data import DataError, ShapeNetPart
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_encoder_return_layers_match_a_manual_walk():
@@ -44,7 +48,11 @@ def test_encoder_return_layers_rejects_bad_indices():
 
 
 # ---------------------------------------------------------------- the reader, on the real format
-SYNSETS = {"Airplane": "02691156", "Bag": "02773838", "Mug": "03797390"}  # a subset, in the real file's order
+SYNSETS = {  # synsetoffset2category.txt of the release, in its order
+    "Airplane": "02691156", "Bag": "02773838", "Cap": "02954340", "Car": "02958343", "Chair": "03001627",
+    "Earphone": "03261776", "Guitar": "03467517", "Knife": "03624134", "Lamp": "03636649", "Laptop": "03642806",
+    "Motorbike": "03790512", "Mug": "03797390", "Pistol": "03948459", "Rocket": "04099429",
+    "Skateboard": "04225987", "Table": "04379243"}
 PARTS = {"Airplane": [0, 1, 2, 3], "Bag": [4, 5], "Mug": [36, 37]}
 
 
@@ -77,7 +85,7 @@ def write_dataset(root: Path, splits: Dict[str, List[Tuple[str, str]]], points: 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    return write_dataset(tmp_path / "shapenetpart", {
+    return write_dataset(tmp_path / "shapenetcore_partanno_segmentation_benchmark_v0_normal", {
         "train": [("Mug", "m2"), ("Airplane", "a1"), ("Bag", "b1")],
         "val": [("Airplane", "a0")],
         "test": [("Mug", "m9"), ("Bag", "b7")]})
@@ -91,11 +99,12 @@ def _normalised_rows(path: Path) -> Tuple[np.ndarray, np.ndarray]:
 
 def test_reader_splits_categories_and_order(tiny: Path):
     train = ShapeNetPart(root=tiny, split="train", npoints=64)
-    assert train.categories == ["Airplane", "Bag", "Mug"]
-    assert train.category_parts == [[0, 1, 2, 3], [4, 5], [36, 37]]
-    assert train.shapes == [(0, "a1"), (1, "b1"), (2, "m2")]  # by category (file order), then model id
-    assert ShapeNetPart(root=tiny, split="trainval", npoints=64).shapes == [(0, "a0"), (0, "a1"), (1, "b1"), (2, "m2")]
-    assert ShapeNetPart(root=tiny, split="test", npoints=64).shapes == [(1, "b7"), (2, "m9")]
+    assert train.categories == list(SYNSETS) and len(train.category_parts) == 16
+    assert [train.category_parts[i] for i in (0, 1, 11, 15)] == [[0, 1, 2, 3], [4, 5], [36, 37], [47, 48, 49]]
+    assert sorted(p for parts in train.category_parts for p in parts) == list(range(50))
+    assert train.shapes == [(0, "a1"), (1, "b1"), (11, "m2")]  # by category (file order), then model id
+    assert ShapeNetPart(root=tiny, split="trainval", npoints=64).shapes == [(0, "a0"), (0, "a1"), (1, "b1"), (11, "m2")]
+    assert ShapeNetPart(root=tiny, split="test", npoints=64).shapes == [(1, "b7"), (11, "m9")]
     assert "ShapeNetPart" in DATASETS
 
 
@@ -104,7 +113,7 @@ def test_reader_normalises_then_samples_rows_with_replacement(tiny: Path):
     test = ShapeNetPart(root=tiny, split="test", npoints=30)
     points, category, labels = test[1]
     assert points.shape == (30, 3) and points.dtype == torch.float32
-    assert category.dtype == torch.long and int(category) == 2 and labels.shape == (30,)
+    assert category.dtype == torch.long and int(category) == 11 and labels.shape == (30,)
     xyz, truth = _normalised_rows(tiny / "03797390" / "m9.txt")
     dist = ((points.double().numpy()[:, None] - xyz[None]) ** 2).sum(-1)  # (30, 40)
     row = dist.argmin(1)
@@ -141,16 +150,31 @@ def test_reader_bad_layout(tiny: Path):
     (tiny / "02773838" / "b7.txt").unlink()
     with pytest.raises(DataError, match=r"1 of 2 listed shape files are missing \(first: .*b7.txt\)"):
         ShapeNetPart(root=tiny, split="test")
+    table = {name: [i] for i, name in enumerate(SYNSETS) if name != "Mug"}
     with pytest.raises(DataError, match="categories \\['Mug'\\] have no part labels"):
-        ShapeNetPart(root=tiny, split="train", category_parts={"Airplane": [0], "Bag": [1]})
+        ShapeNetPart(root=tiny, split="train", category_parts=table)
     with pytest.raises(ConfigError, match="part 1 belongs to both 'Airplane' and 'Bag'"):
-        ShapeNetPart(root=tiny, split="train", category_parts={"Airplane": [0, 1], "Bag": [1], "Mug": [2]})
+        ShapeNetPart(root=tiny, split="train", category_parts={**table, "Airplane": [0, 1], "Mug": [20]})
     lists = tiny / "train_test_split" / "shuffled_val_file_list.json"
     lists.write_text(json.dumps(["shape_data/02691156/a0", "02691156/a1"]))
     with pytest.raises(DataError, match="shuffled_val_file_list.json, entry 1: expected 'shape_data/<synset>/<model id>'"):
         ShapeNetPart(root=tiny, split="val")
-    lists.write_text(json.dumps(["shape_data/04379243/t0"]))
-    with pytest.raises(DataError, match="entry 0: synset '04379243' is not in .*synsetoffset2category.txt"):
+    lists.write_text(json.dumps(["shape_data/09999999/t0"]))
+    with pytest.raises(DataError, match="entry 0: synset '09999999' is not in .*synsetoffset2category.txt"):
         ShapeNetPart(root=tiny, split="val")
     with pytest.raises(ConfigError, match="split must be one of"):
         ShapeNetPart(root=tiny, split="validation")
+
+
+def test_check_data_script(tiny: Path):
+    script = [sys.executable, str(REPO / "datasets" / "check_data.py"), "--root", str(tiny.parent), "--only",
+              "shapenetpart"]
+    good = subprocess.run(script, capture_output=True, text=True)
+    assert good.returncode == 0, good.stdout
+    assert "shuffled_train_file_list.json: 3 shapes" in good.stdout
+    (tiny / "02773838" / "b7.txt").unlink()
+    write_shape(tiny, "Mug", "m2", np.zeros((3, 3)), np.array([36, 37, 50]))  # the first Mug file
+    broken = subprocess.run(script, capture_output=True, text=True)
+    assert broken.returncode == 1
+    assert "1 of 2 files of shuffled_test_file_list.json are missing (first: " in broken.stdout
+    assert "b7.txt" in broken.stdout and "labels span 36..50" in broken.stdout
