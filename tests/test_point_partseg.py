@@ -9,11 +9,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from map_core.errors import ConfigError
-from map_core.registry import DATASETS
+from map_core.registry import DATASETS, MODELS
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.data import DataError, ShapeNetPart
+from pointcloud.models import pointmap_pretrain
+from pointcloud.partseg import pointmap_partseg, three_nn_interpolate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,3 +181,81 @@ def test_check_data_script(tiny: Path):
     assert broken.returncode == 1
     assert "1 of 2 files of shuffled_test_file_list.json are missing (first: " in broken.stdout
     assert "b7.txt" in broken.stdout and "labels span 36..50" in broken.stdout
+
+
+# ---------------------------------------------------------------- feature propagation and the model
+TINY_MODEL = dict(trans_dim=24, depth=3, num_heads=4, group_size=8, num_group=9, encoder_dims=24, pointnet_width=16)
+
+
+def test_three_nn_interpolate_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    xyz, centers, feats = torch.randn(2, 30, 3, generator=g), torch.randn(2, 7, 3, generator=g), torch.randn(2, 7, 5, generator=g)
+    centers[1, 4] = xyz[1, 9]  # a point on a centre takes (almost) only that centre's feature
+    out = three_nn_interpolate(xyz, centers, feats)
+    expect = torch.zeros(2, 30, 5, dtype=torch.float64)
+    for b in range(2):
+        for n in range(30):
+            d2 = [float(((xyz[b, n] - centers[b, j]) ** 2).sum()) for j in range(7)]
+            nearest = sorted(range(7), key=lambda j: d2[j])[:3]
+            w = [1 / (d2[j] + 1e-8) for j in nearest]
+            for j, wj in zip(nearest, w):
+                expect[b, n] += wj / sum(w) * feats[b, j].double()
+    torch.testing.assert_close(out, expect.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1, 9], feats[1, 4], rtol=0, atol=1e-5)
+
+
+def test_default_sizes_follow_point_mae():
+    """Widths of Point-MAE's segmentation head with 3 x 384 tapped channels, and the parameter count."""
+    with torch.device("meta"):
+        model = MODELS.get("pointmap_partseg")()
+    assert model.fetch_layers == [3, 7, 11]
+    assert model.tokenizer.num_group == 128 and model.tokenizer.group_size == 32
+    assert [c.in_channels for c in model.propagation_0.mlp_convs] == [1155, 1536]
+    assert model.propagation_0.mlp_convs[-1].out_channels == 1024
+    assert (model.label_conv[0].in_channels, model.label_conv[0].out_channels) == (16, 64)
+    assert [model.convs1.in_channels, model.convs2.in_channels, model.convs3.in_channels] == [3392, 512, 256]
+    assert model.convs3.out_channels == 50
+    assert sum(p.numel() for p in model.parameters()) == 30_191_026
+
+
+def test_forward_backward_on_cpu():
+    torch.manual_seed(0)
+    model = pointmap_partseg(num_parts=6, num_categories=2, **TINY_MODEL)
+    pts, category = torch.randn(3, 64, 3), torch.tensor([0, 1, 1])
+    logits = model(pts, category)
+    assert logits.shape == (3, 64, 6) and torch.isfinite(logits).all()
+    F.cross_entropy(logits.reshape(-1, 6), torch.randint(0, 6, (3 * 64,))).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+    model.eval()
+    with torch.no_grad():  # the category one-hot reaches the logits of every point
+        other = model(pts, torch.tensor([1, 1, 1]))
+        same = model(pts, category)
+    assert not torch.allclose(other[0], same[0]) and torch.equal(other[1:], same[1:])
+
+
+def test_loads_pretrained_pointmap_encoder_ours_and_official():
+    torch.manual_seed(0)
+    pretrain = pointmap_pretrain(**TINY_MODEL, decoder_depth=1, backend="torch")
+    ours = pretrain.state_dict()
+    for name, weights in (("ours", ours), ("official", {"module.MAE_encoder." + _official_name(k): v
+                                                        for k, v in ours.items() if k.startswith(("tokenizer.", "encoder."))})):
+        model = pointmap_partseg(**TINY_MODEL)
+        missing, unexpected = model.load_pretrained(weights)
+        loaded = model.state_dict()
+        for key, value in ours.items():
+            if key.startswith(("tokenizer.", "encoder.")):
+                assert torch.equal(loaded[key], value), (name, key)
+        assert {k.split(".")[0] for k in missing} == {"label_conv", "propagation_0", "convs1", "bns1", "convs2",
+                                                      "bns2", "convs3"}, name
+        assert not [k for k in unexpected if k.startswith(("tokenizer.", "encoder."))], name
+
+
+def _official_name(key: str) -> str:
+    """Our tokeniser / encoder key -> the official Point_MAE name (inside MAE_encoder)."""
+    for ours, official in (("tokenizer.encoder.", "encoder."), ("tokenizer.pos_embed.", "pos_embed."),
+                           ("encoder.blocks.", "blocks."), ("encoder.norm.", "norm.")):
+        if key.startswith(ours):
+            return official + key[len(ours):]
+    raise KeyError(key)
+
