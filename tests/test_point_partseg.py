@@ -16,7 +16,9 @@ from map_core.registry import DATASETS, MODELS
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.data import DataError, ShapeNetPart
 from pointcloud.models import pointmap_pretrain
+from pointcloud.data.transforms import isotropic_scale_and_shift
 from pointcloud.partseg import pointmap_partseg, three_nn_interpolate
+from pointcloud.tasks import PointPartSegTask, category_part_mask, shape_miou
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,3 +261,59 @@ def _official_name(key: str) -> str:
             return official + key[len(ours):]
     raise KeyError(key)
 
+
+# ---------------------------------------------------------------- metrics and the task
+class _Shapes(torch.utils.data.Dataset):
+    """Three 4-point shapes; category 0 owns parts [0, 1], category 1 owns [2, 3, 4]."""
+
+    categories = ["A", "B"]
+    category_parts = [[0, 1], [2, 3, 4]]
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 4, 4]])
+    category = torch.tensor([0, 1, 1])
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(4, 3), self.category[i], self.target[i]
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, points, category):
+        return self.logits
+
+
+def test_miou_against_hand_computed_values():
+    pred = torch.tensor([[0, 1, 1, 1], [2, 3, 3, 3], [2, 2, 2, 2]])
+    logits = 5.0 * F.one_hot(pred, 5).float()
+    logits[0, :, 4] = 10.0  # a part of the other category scores best: ignored in evaluation
+    logits[2, :, 0] = 10.0
+    # shape 0 (A): part 0 1/2, part 1 2/3                        -> 7/12
+    # shape 1 (B): part 2 1/2, part 3 2/3, part 4 absent from both -> IoU 1 -> 13/18
+    # shape 2 (B): part 2 0/4, part 3 absent from both (1), part 4 0/4 -> 1/3
+    shape = [7 / 12, 13 / 18, 1 / 3]
+    task = PointPartSegTask({})
+    loader = torch.utils.data.DataLoader(_Shapes(), batch_size=3)
+    metrics = task.evaluate(_FixedLogits(logits), loader)
+    assert metrics["instance_miou"] == pytest.approx(100 * sum(shape) / 3)
+    assert metrics["class_miou"] == pytest.approx(100 * (shape[0] + (shape[1] + shape[2]) / 2) / 2)
+    assert metrics["accuracy"] == pytest.approx(100 * 6 / 12)
+    expect_loss = F.cross_entropy(logits.reshape(-1, 5), _Shapes.target.reshape(-1))
+    assert metrics["loss"] == pytest.approx(expect_loss.item(), rel=1e-6)
+    allowed = category_part_mask(_Shapes.category_parts, 5)[_Shapes.category]
+    torch.testing.assert_close(shape_miou(pred, _Shapes.target, allowed), torch.tensor(shape, dtype=torch.float64))
+
+
+def test_isotropic_scale_and_shift():
+    pts = torch.randn(4, 50, 3)
+    out = isotropic_scale_and_shift(pts, generator=torch.Generator().manual_seed(0))
+    centred_in, centred_out = pts - pts.mean(1, keepdim=True), out - out.mean(1, keepdim=True)
+    scale = (centred_out / centred_in).reshape(4, -1)
+    assert torch.allclose(scale, scale[:, :1], atol=1e-4)  # one scale per cloud, all axes
+    assert ((scale[:, 0] >= 0.8) & (scale[:, 0] <= 1.25)).all() and scale[:, 0].std() > 0
+    shift = out.mean(1) - scale[:, :1] * pts.mean(1)
+    assert (shift.abs() <= 0.1 + 1e-5).all()
