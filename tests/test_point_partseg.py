@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from map_core.engine.checkpoint import atomic_save
 from map_core.errors import ConfigError
 from map_core.registry import DATASETS, MODELS
 from pointcloud.blocks import PointMAPEncoder
@@ -19,6 +20,7 @@ from pointcloud.models import pointmap_pretrain
 from pointcloud.data.transforms import isotropic_scale_and_shift
 from pointcloud.partseg import pointmap_partseg, three_nn_interpolate
 from pointcloud.tasks import PointPartSegTask, category_part_mask, shape_miou
+from tools.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -317,3 +319,35 @@ def test_isotropic_scale_and_shift():
     assert ((scale[:, 0] >= 0.8) & (scale[:, 0] <= 1.25)).all() and scale[:, 0].std() > 0
     shift = out.mean(1) - scale[:, :1] * pts.mean(1)
     assert (shift.abs() <= 0.1 + 1e-5).all()
+
+
+# ---------------------------------------------------------------- end to end through tools/train.py
+def test_two_epochs_finetune_from_pointmap_then_test(tmp_path: Path, capsys):
+    """partseg_shapenetpart.yaml, shrunk: --finetune a PointMAP pretraining checkpoint, train two
+    epochs on tiny files in the real layout, report mIoU each epoch, then --test best.pth."""
+    root = write_dataset(tmp_path / "data", {"train": [("Airplane", "a1"), ("Bag", "b1"), ("Mug", "m1"), ("Mug", "m2")],
+                                             "val": [], "test": [("Airplane", "a9"), ("Mug", "m9")]}, points=80)
+    torch.manual_seed(0)
+    pretrained = pointmap_pretrain(**TINY_MODEL, decoder_depth=1, backend="torch")
+    atomic_save({"model": pretrained.state_dict()}, tmp_path / "pretrain.pth")
+    sets = [f"model.{k}={v}" for k, v in TINY_MODEL.items()] + [
+        f"dataset.train.root={root}", f"dataset.val.root={root}", "dataset.train.npoints=64",
+        "dataset.val.npoints=64", "train.num_workers=0", "train.total_batch_size=2", "scheduler.epochs=2",
+        "scheduler.warmup_epochs=0", "runtime.device=cpu"]
+    run = ["--config", str(REPO / "configs" / "pointcloud" / "partseg_shapenetpart.yaml"),
+           "--exp-root", str(tmp_path / "exp")]
+    assert train_main(run + ["--finetune", str(tmp_path / "pretrain.pth"), "--set", *sets]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["metric"] == "instance_miou" and 0 <= result["best_metric"] <= 100
+    folder = tmp_path / "exp" / "partseg_shapenetpart" / "default"
+    epochs = [r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0 <= r["instance_miou"] <= 100 and 0 <= r["class_miou"] <= 100 for r in epochs)
+    log_text = (folder / "log.txt").read_text()
+    assert "loaded pretrained weights" in log_text and "mIoU per category: Airplane" in log_text
+    missing = next(line for line in log_text.splitlines() if "missing keys" in line)
+    assert "convs1.weight" in missing and "tokenizer." not in missing and "encoder." not in missing
+
+    assert train_main(run + ["--test", "--set", *sets]) == 0
+    test = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(test) >= {"instance_miou", "class_miou", "accuracy", "loss"}
