@@ -351,3 +351,27 @@ def test_two_epochs_finetune_from_pointmap_then_test(tmp_path: Path, capsys):
     assert train_main(run + ["--test", "--set", *sets]) == 0
     test = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(test) >= {"instance_miou", "class_miou", "accuracy", "loss"}
+
+
+def test_visualize_predicted_next_to_true_parts(tiny: Path, tmp_path: Path):
+    sys.path.insert(0, str(REPO / "tools"))
+    import visualize  # tools/visualize.py
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = pointmap_partseg(**TINY_MODEL)
+    atomic_save({"model": model.state_dict()}, tmp_path / "partseg.pth")
+    dataset = ShapeNetPart(root=tiny, split="test", npoints=32)
+    pts, category, target = (torch.stack([dataset[i][j] for i in range(2)]) for j in range(3))
+    panels = visualize.partseg_panels(model, pts, category, target, dataset.category_parts)
+    for (cloud, pred, truth, miou), parts, labels in zip(panels, ([4, 5], [36, 37]), target):
+        assert cloud.shape == (32, 3) and 0 <= miou <= 100
+        assert set(pred.tolist()) <= {0, 1}  # numbered within the category (Bag 4, 5; Mug 36, 37)
+        assert np.array_equal(truth, labels.numpy() - parts[0])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {NAME: pointmap_partseg, " + ", ".join(f"{k}: {v}" for k, v in TINY_MODEL.items()) + "}\n"
+                   "task: {NAME: point_partseg}\n"
+                   f"dataset: {{val: {{NAME: ShapeNetPart, root: {tiny}, split: test, npoints: 32}}}}\n")
+    out = tmp_path / "parts.png"
+    assert visualize.main(["--config", str(cfg), "--ckpt", str(tmp_path / "partseg.pth"), "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 100

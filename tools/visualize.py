@@ -5,7 +5,9 @@
 
 Works for image MAP models (rows of images) and PointMAP models (rows of 3D scatter plots); the
 config's model and dataset sections say which. With open3d installed, point reconstructions are
-also written as .ply files next to the PNG.
+also written as .ply files next to the PNG. For part segmentation (a dataset with
+``category_parts``, e.g. configs/demo/pointmap_partseg.yaml with a finetuned --ckpt), each row shows
+the predicted parts next to the true ones.
 """
 from __future__ import annotations
 
@@ -112,9 +114,68 @@ def save_point_figure(panels, path: Path) -> None:
             o3d.io.write_point_cloud(str(path.with_name(f"{path.stem}_{r}_{name}.ply")), pc)
 
 
+@torch.no_grad()
+def partseg_panels(model, pts: torch.Tensor, category: torch.Tensor, target: torch.Tensor,
+                   category_parts: Sequence[Sequence[int]]) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """For each cloud: (points (N, 3), predicted parts (N,), true parts (N,), shape mIoU in %), parts
+    numbered within the shape's category (0 = its first part).
+
+    pts: (B, N, 3), category: (B,), target: (B, N) global part labels; the prediction is the best
+    part of the shape's category (as the point_partseg evaluation).
+    """
+    from pointcloud.tasks import category_part_mask, shape_miou
+
+    model.eval()
+    logits = model(pts, category).float()
+    allowed = category_part_mask(category_parts, logits.shape[-1], logits.device)[category]
+    pred = logits.masked_fill(~allowed[:, None], float("-inf")).argmax(-1)
+    miou = shape_miou(pred, target, allowed)
+    local = torch.zeros(logits.shape[-1], dtype=torch.long, device=logits.device)
+    for parts in category_parts:
+        local[list(parts)] = torch.arange(len(parts), device=logits.device)
+    return [(pts[b].cpu().numpy(), local[pred[b]].cpu().numpy(), local[target[b]].cpu().numpy(), 100 * float(miou[b]))
+            for b in range(pts.shape[0])]
+
+
+def save_partseg_figure(panels, path: Path, names: Optional[Sequence[str]] = None) -> None:
+    """Rows of [predicted parts, true parts], points coloured by part label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 3 * len(panels)))
+    for r, (cloud, pred, truth, miou) in enumerate(panels):
+        name = f"{names[r]}: " if names else ""
+        for c, (labels, title) in enumerate(((pred, f"{name}predicted (mIoU {miou:.1f}%)"), (truth, "true parts"))):
+            ax = fig.add_subplot(len(panels), 2, 2 * r + c + 1, projection="3d")
+            # y is up; one colour per part of the category, the same in both panels
+            ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=2, c=labels, cmap="tab10", vmin=0, vmax=9)
+            ax.view_init(elev=15, azim=-70)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def visualize_partseg(model, dataset, picks: List[int], out: Path) -> Path:
+    """Predicted and true parts of ``dataset[i]`` for i in ``picks``, saved to ``out``."""
+    items = [dataset[i] for i in picks]
+    device = next(model.parameters()).device
+    pts, category, target = (torch.stack([item[j] for item in items]).to(device) for j in range(3))
+    panels = partseg_panels(model, pts, category, target, dataset.category_parts)
+    names = [dataset.categories[int(c)] for c in category] if hasattr(dataset, "categories") else None
+    save_partseg_figure(panels, out, names)
+    return out
+
+
 def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0) -> Path:
-    """Reconstruct ``num`` samples spread evenly over ``dataset`` and save the figure to ``out``."""
+    """Reconstruct ``num`` samples spread evenly over ``dataset`` and save the figure to ``out``
+    (part segmentation datasets: predicted next to true parts)."""
     picks = torch.linspace(0, len(dataset) - 1, min(num, len(dataset))).round().long().tolist()
+    if hasattr(dataset, "category_parts"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return visualize_partseg(model, dataset, picks, out)
     x = torch.stack([dataset[i][0] for i in picks])
     torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -133,7 +194,7 @@ def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--ckpt", required=True, help="pretraining checkpoint (ours or official)")
+    p.add_argument("--ckpt", required=True, help="pretraining (or part segmentation) checkpoint, ours or official")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--split", default="val")
