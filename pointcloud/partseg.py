@@ -93,6 +93,9 @@ class PointMAPPartSeg(nn.Module):
         super().__init__()
         self.num_parts, self.num_categories = num_parts, num_categories
         self.fetch_layers = list(fetch_layers) if fetch_layers is not None else default_fetch_layers(depth)
+        if not self.fetch_layers or not all(0 <= n < depth for n in self.fetch_layers):
+            raise ValueError(f"pointmap_partseg: fetch_layers must name Mamba3D blocks 0..{depth - 1}, "
+                             f"got {self.fetch_layers}")
         self.tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim,
                                              pointnet_width=pointnet_width)
         self.encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads)
@@ -122,7 +125,7 @@ class PointMAPPartSeg(nn.Module):
         return self.convs3(x).transpose(1, 2)
 
     def load_pretrained(self, state_dict: Mapping[str, torch.Tensor]) -> Any:
-        """Load pretrained (ours or official PointMAP / Point-MAE) or finetuned weights non-strictly,
+        """Load PointMAP pretraining weights (ours or official) or finetuned ones non-strictly,
         as ``PointMAPClassifier.load_pretrained`` but without the unused pretraining cls token.
         Returns (missing_keys, unexpected_keys); a shape mismatch raises CheckpointShapeError."""
         return load_matching(self, from_official(strip_wrappers(state_dict)), "load_pretrained")

@@ -220,6 +220,11 @@ def test_default_sizes_follow_point_mae():
     assert [model.convs1.in_channels, model.convs2.in_channels, model.convs3.in_channels] == [3392, 512, 256]
     assert model.convs3.out_channels == 50
     assert sum(p.numel() for p in model.parameters()) == 30_191_026
+    assert pointmap_partseg(**{**TINY_MODEL, "depth": 6}).fetch_layers == [1, 3, 5]
+    with pytest.raises(ValueError, match=r"blocks 0\.\.2, got \[1, 3\]"):
+        pointmap_partseg(**TINY_MODEL, fetch_layers=[1, 3])
+    with pytest.raises(ValueError, match="set fetch_layers"):
+        pointmap_partseg(**{**TINY_MODEL, "depth": 2})
 
 
 def test_forward_backward_on_cpu():
