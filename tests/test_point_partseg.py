@@ -16,8 +16,8 @@ from map_core.errors import ConfigError
 from map_core.registry import DATASETS, MODELS
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.data import DataError, ShapeNetPart
-from pointcloud.models import pointmap_pretrain
 from pointcloud.data.transforms import isotropic_scale_and_shift
+from pointcloud.models import pointmap_pretrain
 from pointcloud.partseg import pointmap_partseg, three_nn_interpolate
 from pointcloud.tasks import PointPartSegTask, category_part_mask, shape_miou
 from tools.train import main as train_main
@@ -245,7 +245,7 @@ def test_forward_backward_on_cpu():
 
 def test_loads_pretrained_pointmap_encoder_ours_and_official():
     torch.manual_seed(0)
-    pretrain = pointmap_pretrain(**TINY_MODEL, decoder_depth=1, backend="torch")
+    pretrain = pointmap_pretrain(**TINY_MODEL, decoder_depth=1)
     ours = pretrain.state_dict()
     for name, weights in (("ours", ours), ("official", {"module.MAE_encoder." + _official_name(k): v
                                                         for k, v in ours.items() if k.startswith(("tokenizer.", "encoder."))})):
@@ -315,6 +315,19 @@ def test_miou_against_hand_computed_values():
     torch.testing.assert_close(shape_miou(pred, _Shapes.target, allowed), torch.tensor(shape, dtype=torch.float64))
 
 
+def test_task_checks_model_sizes_against_the_dataset(tiny: Path):
+    dataset = {"NAME": "ShapeNetPart", "root": str(tiny), "split": "test"}
+    task = PointPartSegTask({"model": {"NAME": "pointmap_partseg", **TINY_MODEL, "num_parts": 40},
+                             "dataset": {"val": dataset}})
+    assert task.build_dataset("val").category_parts[15] == [47, 48, 49]
+    with pytest.raises(ConfigError, match="num_parts=40, but the dataset has 16 categories and part labels up to 49"):
+        task.build_model()
+    task = PointPartSegTask({"dataset": {"val": {"NAME": "ShapeNet", "data_path": str(tiny), "pc_path": str(tiny)}}})
+    (tiny / "train.txt").write_text("02691156-a0.npy\n")
+    with pytest.raises(ConfigError, match="needs a part-segmentation dataset .* got ShapeNet"):
+        task.build_dataset("val")
+
+
 def test_isotropic_scale_and_shift():
     pts = torch.randn(4, 50, 3)
     out = isotropic_scale_and_shift(pts, generator=torch.Generator().manual_seed(0))
@@ -333,7 +346,7 @@ def test_two_epochs_finetune_from_pointmap_then_test(tmp_path: Path, capsys):
     root = write_dataset(tmp_path / "data", {"train": [("Airplane", "a1"), ("Bag", "b1"), ("Mug", "m1"), ("Mug", "m2")],
                                              "val": [], "test": [("Airplane", "a9"), ("Mug", "m9")]}, points=80)
     torch.manual_seed(0)
-    pretrained = pointmap_pretrain(**TINY_MODEL, decoder_depth=1, backend="torch")
+    pretrained = pointmap_pretrain(**TINY_MODEL, decoder_depth=1)
     atomic_save({"model": pretrained.state_dict()}, tmp_path / "pretrain.pth")
     sets = [f"model.{k}={v}" for k, v in TINY_MODEL.items()] + [
         f"dataset.train.root={root}", f"dataset.val.root={root}", "dataset.train.npoints=64",
