@@ -168,12 +168,14 @@ def check_shapenetpart(root: Path) -> Problems:
         print(f"  {path}: {len(entries)} shapes")
         parts = [e.split("/") if isinstance(e, str) else [] for e in entries]
         malformed = [repr(e) for e, p in zip(entries, parts) if len(p) != 3]
-        problems += _summary(malformed, f"entries of {path.name} not like 'shape_data/<synset>/<model id>'", len(entries))
+        problems += _summary(malformed, f"entries of {path.name} not like 'shape_data/<synset>/<model id>'",
+                             len(entries))
         listed = [p for p in parts if len(p) == 3]
         problems += _summary([f"{s}/{m}" for _, s, m in listed if s not in synsets],
                              f"entries of {path.name} with a synset not in {category_file.name}", len(entries))
         files = [base / s / f"{m}.txt" for _, s, m in listed]
-        problems += _summary([str(f) for f in files if not f.exists()], f"files of {path.name} are missing", len(entries))
+        problems += _summary([str(f) for f in files if not f.exists()], f"files of {path.name} are missing",
+                             len(entries))
         for (_, synset, _), file in zip(listed, files):
             if file.exists():
                 first_file.setdefault(synset, file)

@@ -185,7 +185,8 @@ def _write_split(root: Path, split: str, indices: np.ndarray, images: np.ndarray
         np.savetxt(paths["shapenetpart"] / taxonomy_id(label) / f"digit{index:04d}.txt", rows, fmt=PARTSEG_ROW_FORMAT)
         part_entries.append(f"shape_data/{taxonomy_id(label)}/digit{index:04d}")
     (paths["shapenet_list"] / f"{split}.txt").write_text("".join(n + "\n" for n in names))
-    (paths["shapenetpart"] / "train_test_split" / f"shuffled_{split}_file_list.json").write_text(json.dumps(part_entries))
+    split_list = paths["shapenetpart"] / "train_test_split" / f"shuffled_{split}_file_list.json"
+    split_list.write_text(json.dumps(part_entries))
     h5_name = "training_objectdataset.h5" if split == "train" else "test_objectdataset.h5"
     with h5py.File(paths["scanobjectnn"] / "main_split" / h5_name, "w") as f:
         f.create_dataset("data", data=np.stack(clouds), track_times=False)

@@ -194,7 +194,8 @@ def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--ckpt", required=True, help="pretraining (or part segmentation) checkpoint, ours or official")
+    p.add_argument("--ckpt", required=True,
+                   help="pretraining checkpoint (ours or official), or a part segmentation one")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--split", default="val")

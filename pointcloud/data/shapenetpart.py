@@ -86,7 +86,8 @@ def read_split(path: Path) -> List[Tuple[str, str]]:
     except ValueError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(entries, list):
-        raise DataError(f"{path}: expected a JSON list of 'shape_data/<synset>/<model id>', got {type(entries).__name__}")
+        raise DataError(f"{path}: expected a JSON list of 'shape_data/<synset>/<model id>', "
+                        f"got {type(entries).__name__}")
     shapes = []
     for index, entry in enumerate(entries):
         parts = entry.split("/") if isinstance(entry, str) else []
