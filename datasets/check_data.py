@@ -1,6 +1,6 @@
 """Check prepared dataset folders and say precisely what is missing or malformed.
 
-    python datasets/check_data.py [--root data] [--only shapenet|modelnet|fewshot|scanobjectnn|imagenet]
+    python datasets/check_data.py [--root data] [--only shapenet|modelnet|fewshot|scanobjectnn|shapenetpart|imagenet]
 
 Each dataset is opened with the reader training uses, with the settings of the repository's
 configs (``SETTINGS``), and every point cloud is read and checked as training checks it (readable
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from image.data import scan_image_folder  # noqa: E402
 from map_core.errors import DataError, UserError  # noqa: E402
-from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet  # noqa: E402
+from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet, ShapeNetPart  # noqa: E402
 from pointcloud.data.scanobjectnn import VARIANTS  # noqa: E402
 from tools.cli import add_debug_flag, report_error  # noqa: E402
 
@@ -36,6 +36,7 @@ SETTINGS = {
     "fewshot_task_npoints": 1024,    # fewshot.yaml: task.npoints
     "scanobjectnn_task_npoints": 2048,  # finetune_scan_*.yaml: task.npoints
     "scanobjectnn_classes": 15,
+    "shapenetpart_npoints": 2048,    # partseg_shapenetpart.yaml: dataset npoints
 }
 TASK_REASON = "that the finetuning configs' task.npoints asks for"
 
@@ -144,6 +145,17 @@ def check_scanobjectnn(root: Path) -> Problems:
     return problems
 
 
+def check_shapenetpart(root: Path) -> Problems:
+    base = root / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+    problems: Problems = []
+    for split in ("train", "val", "test"):
+        ds = _open(problems, lambda: ShapeNetPart(base, split, npoints=SETTINGS["shapenetpart_npoints"]))
+        if ds is not None:
+            print(f"  {split}: {len(ds)} shapes")
+            problems += _read_all(ds, f"shapes of the {split} list are rejected")
+    return problems
+
+
 def check_imagenet(root: Path) -> Problems:
     base = root / "imagenet"
     problems: Problems = []
@@ -162,7 +174,7 @@ def check_imagenet(root: Path) -> Problems:
 
 CHECKS: Dict[str, Callable[[Path], Problems]] = {
     "shapenet": check_shapenet, "modelnet": check_modelnet, "fewshot": check_fewshot,
-    "scanobjectnn": check_scanobjectnn, "imagenet": check_imagenet,
+    "scanobjectnn": check_scanobjectnn, "imagenet": check_imagenet, "shapenetpart": check_shapenetpart,
 }
 
 

@@ -8,6 +8,11 @@ Everything is written in the real on-disk formats, so the real readers run on it
     <out>/points/ShapeNet55-34/shapenet_pc/<taxonomy>-<model>.npy    (1024, 3) float32
     <out>/points/ScanObjectNN/main_split/{training,test}_objectdataset.h5
                                                           data (M, 1024, 3) float32, label (M,) int64
+    <out>/points/shapenetcore_partanno_segmentation_benchmark_v0_normal/   (ShapeNetPart layout)
+        synsetoffset2category.txt                         'digit_<c>\t<taxonomy>' for c = 0..9
+        train_test_split/shuffled_{train,val,test}_file_list.json   'shape_data/<taxonomy>/digit<index>'
+                                                          (val is empty)
+        <taxonomy>/digit<index>.txt                       1024 rows 'x y z 0 0 0 part'
 
 Split: ``sklearn.model_selection.train_test_split(test_size=0.25, stratify=labels,
 random_state=seed)`` -> 1,347 train / 450 test (val / test), the same digits in every format.
@@ -21,6 +26,11 @@ z ~ U[-d, d] with d ~ U[0.1, 0.3] x 8 px per cloud, rotated about the vertical (
 angle uniform in [-MAX_ANGLE, MAX_ANGLE] (30 degrees: with a full turn the coarse 8x8 digits are
 far too hard to learn in the demo's CPU-minutes budget), then centred at the mean and divided by the largest norm. Each digit has its own
 generator seeded by (seed, index), so a cloud does not depend on which other digits are built.
+
+Part labels (ShapeNetPart layout): each digit class c owns parts 3c, 3c + 1, 3c + 2, the bottom,
+middle and top third of the cloud's height (y, which the rotation keeps); 30 parts in all. The
+rows are the same 1,024 points as the npy / h5 clouds (xyz to 5 decimals); the normals are zero
+(the clouds fill a volume, they have no surface normals; the reader does not use them).
 
 The build is atomic (a temporary sibling folder renamed at the end) and idempotent: when the
 manifest matches (version, seed, limit_per_class) a second call returns at once.
@@ -45,7 +55,7 @@ from sklearn.model_selection import train_test_split
 
 logger = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 MAX_ANGLE = np.pi / 6  # largest rotation about the vertical axis, radians
 NUM_CLASSES = 10
 NUM_POINTS = 1024
@@ -53,6 +63,8 @@ IMAGE_SIZE = 32
 DIGIT_SIZE = 8
 TEST_FRACTION = 0.25
 DEPTH_RANGE = (0.1, 0.3)
+PART_NAMES = ("bottom", "middle", "top")  # part k of digit class c has the global label 3c + k
+PARTSEG_ROW_FORMAT = "%.5f %.5f %.5f %d %d %d %d"  # x y z nx ny nz part
 MANIFEST = "manifest.json"
 
 PathLike = Union[str, Path]
@@ -129,6 +141,14 @@ def digit_point_cloud(pixels: np.ndarray, seed: int, index: int) -> np.ndarray:
     return normalize_points(points).astype(np.float32)
 
 
+def height_parts(cloud: np.ndarray) -> np.ndarray:
+    """cloud (N, 3) -> part of each point (N,) int64: 0 / 1 / 2 = bottom / middle / top third of
+    the cloud's extent along y (the highest point belongs to the top third)."""
+    y = cloud[:, 1].astype(np.float64)
+    span = max(float(y.max() - y.min()), 1e-12)
+    return np.minimum((len(PART_NAMES) * (y - y.min()) / span).astype(np.int64), len(PART_NAMES) - 1)
+
+
 def demo_paths(out_dir: PathLike) -> Dict[str, Path]:
     """Where a build in ``out_dir`` puts each dataset (the roots the real readers take)."""
     out = Path(out_dir)
@@ -140,6 +160,7 @@ def demo_paths(out_dir: PathLike) -> Dict[str, Path]:
         "shapenet_list": shapenet / "ShapeNet-55",
         "shapenet_pc": shapenet / "shapenet_pc",
         "scanobjectnn": out / "points" / "ScanObjectNN",
+        "shapenetpart": out / "points" / "shapenetcore_partanno_segmentation_benchmark_v0_normal",
     }
 
 
@@ -147,7 +168,7 @@ def _write_split(root: Path, split: str, indices: np.ndarray, images: np.ndarray
                  seed: int) -> None:
     paths = demo_paths(root)
     image_split = "train" if split == "train" else "val"
-    names, clouds = [], []
+    names, clouds, part_entries = [], [], []
     for index in indices:
         label = int(labels[index])
         folder = paths["images"] / image_split / class_name(label)
@@ -158,7 +179,14 @@ def _write_split(root: Path, split: str, indices: np.ndarray, images: np.ndarray
         np.save(paths["shapenet_pc"] / name, cloud)
         names.append(name)
         clouds.append(cloud)
+        parts = len(PART_NAMES) * label + height_parts(cloud)
+        rows = np.column_stack([cloud, np.zeros((len(cloud), 3)), parts])
+        (paths["shapenetpart"] / taxonomy_id(label)).mkdir(exist_ok=True)
+        np.savetxt(paths["shapenetpart"] / taxonomy_id(label) / f"digit{index:04d}.txt", rows, fmt=PARTSEG_ROW_FORMAT)
+        part_entries.append(f"shape_data/{taxonomy_id(label)}/digit{index:04d}")
     (paths["shapenet_list"] / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+    split_list = paths["shapenetpart"] / "train_test_split" / f"shuffled_{split}_file_list.json"
+    split_list.write_text(json.dumps(part_entries))
     h5_name = "training_objectdataset.h5" if split == "train" else "test_objectdataset.h5"
     with h5py.File(paths["scanobjectnn"] / "main_split" / h5_name, "w") as f:
         f.create_dataset("data", data=np.stack(clouds), track_times=False)
@@ -221,6 +249,10 @@ def build_demo_data(out_dir: PathLike, seed: int = 0, force: bool = False,
         for key in ("shapenet_list", "shapenet_pc"):
             tmp_paths[key].mkdir(parents=True)
         (tmp_paths["scanobjectnn"] / "main_split").mkdir(parents=True)
+        (tmp_paths["shapenetpart"] / "train_test_split").mkdir(parents=True)
+        (tmp_paths["shapenetpart"] / "synsetoffset2category.txt").write_text(
+            "".join(f"{class_name(c)}\t{taxonomy_id(c)}\n" for c in range(NUM_CLASSES)))
+        (tmp_paths["shapenetpart"] / "train_test_split" / "shuffled_val_file_list.json").write_text("[]")
         for split, indices in splits.items():
             _write_split(tmp, split, indices, images, labels, seed)
         manifest = _manifest(seed, limit_per_class, labels, splits)

@@ -1,4 +1,5 @@
 """Point-cloud modality of MAP: ops, readers, transforms, tokeniser, PointMAP models and tasks."""
 from pointcloud import data  # noqa: F401  (registers the datasets)
 from pointcloud import models  # noqa: F401  (registers pointmap_pretrain, pointmap_classifier)
+from pointcloud import partseg  # noqa: F401  (registers pointmap_partseg)
 from pointcloud import tasks  # noqa: F401  (registers the point-cloud tasks)

@@ -12,6 +12,8 @@ Names follow the official release (``lfa.lga.affine_alpha_feat``, ``lfa.pre_norm
 """
 from __future__ import annotations
 
+from typing import List, Optional, Sequence, Union
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -125,19 +127,36 @@ class PointMAPBlocks(nn.Module):
         self.blocks_vit = nn.ModuleList(
             Trans3DBlock(dim, center_local_k, dpr[j], num_heads) for j in range(depth // 3))
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        for n, block in enumerate(self.blocks):
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor,
+                return_layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
+        """x, pos: (B, L, C), center: (B, G, 3) -> the last layer's output (B, L, C).
+
+        With ``return_layers`` (indices of Mamba3D blocks, 0-based): a list of (B, L, C) hidden
+        states instead, the output of each named block after the Trans3D block that follows it
+        (if any), in the order given; blocks past the deepest one named are not run.
+        """
+        if return_layers is not None:
+            bad = [n for n in return_layers if not 0 <= n < len(self.blocks)]
+            if bad or not return_layers:
+                raise ValueError(f"return_layers must name Mamba3D blocks 0..{len(self.blocks) - 1}, "
+                                 f"got {list(return_layers)}")
+        last = len(self.blocks) - 1 if return_layers is None else max(return_layers)
+        taps = {}
+        for n, block in enumerate(self.blocks[:last + 1]):
             x = block(x + pos, center)
             if (n + 1) % 3 == 0 and n // 3 < len(self.blocks_vit):
                 x = self.blocks_vit[n // 3](x + pos, center)
-        return x
+            taps[n] = x
+        return x if return_layers is None else [taps[n] for n in return_layers]
 
 
 class PointMAPEncoder(nn.Module):
     """The PointMAP hybrid encoder + final LayerNorm; the ``encoder`` of ``MAPPretrainer``.
 
     forward(x (B, L, C), pos (B, L, C), coords = centres (B, G, 3)) -> (B, L, C), L = G or G + 1
-    (cls token first).
+    (cls token first). ``return_layers`` (Mamba3D block indices) gives the list of those blocks'
+    outputs instead, each through the final LayerNorm (as Point-MAE's segmentation model taps
+    its encoder).
     """
 
     def __init__(self, dim: int = 384, depth: int = 12, center_local_k: int = 4, drop_path: float = 0.0,
@@ -146,5 +165,8 @@ class PointMAPEncoder(nn.Module):
         self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.blocks(x, pos, coords))
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor,
+                return_layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
+        if return_layers is None:
+            return self.norm(self.blocks(x, pos, coords))
+        return [self.norm(h) for h in self.blocks(x, pos, coords, return_layers)]

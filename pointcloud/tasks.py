@@ -5,27 +5,35 @@ then the augmentation; evaluation input = FPS to ``npoints`` (official ``validat
 per test batch one FPS pool, ``votes`` random subsets each augmented, logits averaged
 (official ``validate_vote``). ``point_pretrain``: optional FPS to ``npoints`` (ModelNet input) and
 the augmentation, then the pretraining model's loss. ``point_svm``: FPS to ``npoints``, then the
-generic linear SVM on the frozen ``forward_features``.
+generic linear SVM on the frozen ``forward_features``. ``point_partseg``: per-point part labels,
+cross-entropy in training, instance / class mIoU restricted to each shape's category parts.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from map_core.engine.distributed import all_reduce_sum
 from map_core.engine.progress import tracked
-from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, to_device
+from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, Task, to_device
 from map_core.errors import ConfigError
 from map_core.registry import TASKS
-from pointcloud.data.transforms import FPS_POOL, fps_pool, random_subset, rotate_about_up, scale_and_translate
+from pointcloud.data.transforms import (FPS_POOL, fps_pool, isotropic_scale_and_shift, random_subset,
+                                        rotate_about_up, scale_and_translate)
 from pointcloud.ops import fps, gather
+
+log = logging.getLogger(__name__)
 
 AUGMENTATIONS: Dict[str, Optional[Callable[[torch.Tensor], torch.Tensor]]] = {
     "none": None,
     "scale_and_translate": scale_and_translate,
     "rotate": rotate_about_up,
+    "isotropic_scale_and_shift": isotropic_scale_and_shift,
 }
 
 
@@ -160,3 +168,114 @@ class PointSVMTask(ChecksPointCount, LinearSVMTask):
 
     def preprocess(self, batch: Any, training: bool) -> Any:
         return _replace_points(batch, fps_points(batch[0], self.npoints))
+
+
+def category_part_mask(category_parts: Sequence[Sequence[int]], num_parts: int,
+                       device: Optional[torch.device] = None) -> torch.Tensor:
+    """(K, num_parts) bool: row k marks the part labels of category k."""
+    mask = torch.zeros(len(category_parts), num_parts, dtype=torch.bool, device=device)
+    for k, parts in enumerate(category_parts):
+        mask[k, list(parts)] = True
+    return mask
+
+
+def shape_miou(pred: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Mean IoU over each shape's category parts (Point-MAE / PointNet protocol).
+
+    pred, target: (B, N) part labels; allowed: (B, P) bool, the parts of each shape's category ->
+    (B,) float64. A part absent from both prediction and truth has IoU 1.
+    """
+    num_parts = allowed.shape[1]
+    p, t = F.one_hot(pred, num_parts).bool(), F.one_hot(target, num_parts).bool()  # (B, N, P)
+    inter, union = (p & t).sum(1).double(), (p | t).sum(1).double()  # (B, P)
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return (iou * allowed).sum(1) / allowed.sum(1)
+
+
+@TASKS.register("point_partseg")
+class PointPartSegTask(Task):
+    """Part segmentation (Point-MAE ``segmentation/main.py``). Batches: (points (B, N, 3),
+    category (B,), part labels (B, N)); the dataset has ``category_parts`` (part labels per category).
+
+    Training: per-point cross-entropy over all parts, after ``augment`` (Point-MAE:
+    "isotropic_scale_and_shift"). Evaluation: each point takes the best-scoring part of its shape's
+    category; per shape, the IoU of every part of the category (1 when a part is absent from both
+    prediction and truth), averaged (``shape_miou``). Metrics (%): instance_miou (mean over shapes),
+    class_miou (mean over the categories present of their shapes' mean), accuracy (per point); loss
+    (cross-entropy over all parts). Per-category mIoU is logged. No voting.
+    """
+
+    metric = "instance_miou"
+    higher_is_better = True
+
+    def __init__(self, cfg: Mapping[str, Any], augment: str = "none"):
+        super().__init__(cfg)
+        self.augment = augmentation(augment, "task.augment")
+        self.category_parts: Optional[List[List[int]]] = None
+
+    def build_dataset(self, split: str) -> Any:
+        dataset = super().build_dataset(split)
+        parts = getattr(dataset, "category_parts", None)
+        if parts is None:
+            raise ConfigError(f"dataset.{split}: task point_partseg needs a part-segmentation dataset "
+                              f"(with category_parts, e.g. ShapeNetPart), got {type(dataset).__name__}")
+        if self.category_parts is not None and parts != self.category_parts:
+            raise ConfigError(f"dataset.{split}: its categories and parts differ from the other splits'")
+        self.category_parts = parts
+        return dataset
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.category_parts is not None:
+            categories, labels = len(self.category_parts), 1 + max(max(p) for p in self.category_parts)
+            sizes = getattr(model, "num_categories", categories), getattr(model, "num_parts", labels)
+            if sizes[0] < categories or sizes[1] < labels:
+                raise ConfigError(f"model: num_categories={sizes[0]}, num_parts={sizes[1]}, but the dataset has "
+                                  f"{categories} categories and part labels up to {labels - 1}")
+        return model
+
+    def preprocess(self, batch: Any, training: bool) -> Any:
+        if training and self.augment is not None:
+            return _replace_points(batch, self.augment(batch[0]))
+        return batch
+
+    def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        points, category, target = batch
+        logits = model(points, category)  # (B, N, P)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+        return loss, {"acc": (logits.argmax(-1) == target).float().mean() * 100}  # on the device: no host sync
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any) -> Dict[str, float]:
+        model.eval()
+        category_parts = loader.dataset.category_parts
+        k = len(category_parts)
+        # [loss sum, points, correct points, per-category sum of shape mIoU (k), per-category shapes (k)]
+        stats = torch.zeros(3 + 2 * k, dtype=torch.float64, device=self.device)
+        mask = None
+        for points, category, target in self.batches(loader):
+            with self.autocast():
+                logits = model(points, category).float()
+            if mask is None:
+                mask = category_part_mask(category_parts, logits.shape[-1], logits.device)
+            allowed = mask[category]  # (B, P)
+            pred = logits.masked_fill(~allowed[:, None], float("-inf")).argmax(-1)
+            stats[0] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
+            stats[1] += target.numel()
+            stats[2] += (pred == target).sum()
+            stats[3:3 + k].index_add_(0, category, shape_miou(pred, target, allowed))
+            stats[3 + k:].index_add_(0, category, torch.ones_like(category, dtype=torch.float64))
+        all_reduce_sum(stats)
+        iou_sum, shapes = stats[3:3 + k], stats[3 + k:]
+        seen = shapes > 0
+        per_category = iou_sum[seen] / shapes[seen]
+        names = getattr(loader.dataset, "categories", [str(i) for i in range(k)])
+        log.info("mIoU per category: %s", ", ".join(
+            f"{names[i]} {100 * v:.2f}" for i, v in zip(seen.nonzero().flatten().tolist(), per_category.tolist())))
+        points = stats[1].clamp(min=1)
+        return {
+            "instance_miou": (100 * iou_sum.sum() / shapes.sum().clamp(min=1)).item(),
+            "class_miou": (100 * per_category.mean()).item() if seen.any() else 0.0,
+            "accuracy": (100 * stats[2] / points).item(),
+            "loss": (stats[0] / points).item(),
+        }

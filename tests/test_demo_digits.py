@@ -180,3 +180,31 @@ def test_cli(tmp_path, monkeypatch, capsys):
     demo.main()
     paths = json.loads(capsys.readouterr().out)
     assert Path(paths["manifest"]).is_file()
+
+
+def test_part_labels_in_shapenetpart_layout(build):
+    """The same clouds with parts 3c (bottom), 3c+1 (middle), 3c+2 (top third of the height), read by
+    the real reader with the demo config's category_parts."""
+    from map_core.config import load_config
+    from pointcloud.data import ShapeNetPart
+
+    root = build["shapenetpart"]
+    parts = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "pointmap_partseg.yaml"),
+                        [])["dataset"]["train"]["category_parts"]
+    train = ShapeNetPart(root=root, split="trainval", npoints=64, category_parts=parts)
+    assert train.categories == [f"digit_{c}" for c in range(10)] and len(train) == 10 * LIMIT
+    assert train.category_parts[4] == [12, 13, 14]
+    assert len(ShapeNetPart(root=root, split="test", npoints=64, category_parts=parts)) == 10 * LIMIT
+    assert json.loads((root / "train_test_split" / "shuffled_val_file_list.json").read_text()) == []
+    name = (build["shapenet_list"] / "train.txt").read_text().splitlines()[7]
+    taxonomy, model = name[:-len(".npy")].split("-")
+    rows = np.loadtxt(root / taxonomy / f"{model}.txt")
+    cloud = np.load(build["shapenet_pc"] / name)
+    np.testing.assert_allclose(rows[:, :3], cloud, atol=1e-5)
+    assert (rows[:, 3:6] == 0).all()
+    c, y, part = int(taxonomy), cloud[:, 1], rows[:, 6].astype(int)
+    assert set(part) == {3 * c, 3 * c + 1, 3 * c + 2}
+    bands = [y[part == 3 * c + k] for k in range(3)]
+    assert bands[0].max() < bands[1].min() and bands[1].max() < bands[2].min()  # bottom, middle, top
+    third = (y.max() - y.min()) / 3
+    assert abs(bands[0].max() - (y.min() + third)) < 0.05 and abs(bands[2].min() - (y.max() - third)) < 0.05

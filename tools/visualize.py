@@ -7,8 +7,10 @@ Works for image MAP models (rows of images) and PointMAP models (rows of 3D scat
 config's model and dataset sections say which. ``--ckpt`` is a checkpoint or an experiment folder
 (its last.pth); without ``--config`` the config.yaml saved beside it is used. ``--split`` defaults
 to the first of val, test, train that the config has. With open3d installed, point
-reconstructions are also written as .ply files next to the PNG. User errors end with one
-'error: ...' line and exit code 2 (``--debug`` shows the traceback).
+reconstructions are also written as .ply files next to the PNG. For part segmentation (a dataset
+with ``category_parts``, e.g. configs/demo/pointmap_partseg.yaml with a finetuned --ckpt), each row
+shows the predicted parts next to the true ones. User errors end with one 'error: ...' line and
+exit code 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from map_core.engine.experiment import config_hint, saved_config  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
 from map_core.pretrain import MAPPretrainer  # noqa: E402
+from map_core.registry import accepted_keys  # noqa: E402
 from map_core.weights import CheckpointShapeError, check_shapes  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
 
@@ -120,9 +123,68 @@ def save_point_figure(panels, path: Path) -> None:
             o3d.io.write_point_cloud(str(path.with_name(f"{path.stem}_{r}_{name}.ply")), pc)
 
 
+@torch.no_grad()
+def partseg_panels(model, pts: torch.Tensor, category: torch.Tensor, target: torch.Tensor,
+                   category_parts: Sequence[Sequence[int]]) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """For each cloud: (points (N, 3), predicted parts (N,), true parts (N,), shape mIoU in %), parts
+    numbered within the shape's category (0 = its first part).
+
+    pts: (B, N, 3), category: (B,), target: (B, N) global part labels; the prediction is the best
+    part of the shape's category (as the point_partseg evaluation).
+    """
+    from pointcloud.tasks import category_part_mask, shape_miou
+
+    model.eval()
+    logits = model(pts, category).float()
+    allowed = category_part_mask(category_parts, logits.shape[-1], logits.device)[category]
+    pred = logits.masked_fill(~allowed[:, None], float("-inf")).argmax(-1)
+    miou = shape_miou(pred, target, allowed)
+    local = torch.zeros(logits.shape[-1], dtype=torch.long, device=logits.device)
+    for parts in category_parts:
+        local[list(parts)] = torch.arange(len(parts), device=logits.device)
+    return [(pts[b].cpu().numpy(), local[pred[b]].cpu().numpy(), local[target[b]].cpu().numpy(), 100 * float(miou[b]))
+            for b in range(pts.shape[0])]
+
+
+def save_partseg_figure(panels, path: Path, names: Optional[Sequence[str]] = None) -> None:
+    """Rows of [predicted parts, true parts], points coloured by part label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 3 * len(panels)))
+    for r, (cloud, pred, truth, miou) in enumerate(panels):
+        name = f"{names[r]}: " if names else ""
+        for c, (labels, title) in enumerate(((pred, f"{name}predicted (mIoU {miou:.1f}%)"), (truth, "true parts"))):
+            ax = fig.add_subplot(len(panels), 2, 2 * r + c + 1, projection="3d")
+            # y is up; one colour per part of the category, the same in both panels
+            ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=2, c=labels, cmap="tab10", vmin=0, vmax=9)
+            ax.view_init(elev=15, azim=-70)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def visualize_partseg(model, dataset, picks: List[int], out: Path) -> Path:
+    """Predicted and true parts of ``dataset[i]`` for i in ``picks``, saved to ``out``."""
+    items = [dataset[i] for i in picks]
+    device = next(model.parameters()).device
+    pts, category, target = (torch.stack([item[j] for item in items]).to(device) for j in range(3))
+    panels = partseg_panels(model, pts, category, target, dataset.category_parts)
+    names = [dataset.categories[int(c)] for c in category] if hasattr(dataset, "categories") else None
+    save_partseg_figure(panels, out, names)
+    return out
+
+
 def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0) -> Path:
-    """Reconstruct ``num`` samples spread evenly over ``dataset`` and save the figure to ``out``."""
+    """Reconstruct ``num`` samples spread evenly over ``dataset`` and save the figure to ``out``
+    (part segmentation datasets: predicted next to true parts)."""
     picks = torch.linspace(0, len(dataset) - 1, min(num, len(dataset))).round().long().tolist()
+    if hasattr(dataset, "category_parts"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return visualize_partseg(model, dataset, picks, out)
     x = torch.stack([dataset[i][0] for i in picks])
     torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -146,8 +208,9 @@ def load_weights(model: torch.nn.Module, path: Path, cfg) -> None:
     sd = extract_state_dict(state)
     check_shapes(model, sd, f"'{path}'", hint)
     load = getattr(model, "load_pretrained", model.load_state_dict)  # load_pretrained converts official names
+    strict = {"strict": False} if "strict" in (accepted_keys(load) or ()) else {}
     try:
-        result = load(sd, strict=False)
+        result = load(sd, **strict)
     except RuntimeError as err:  # a size mismatch after the conversion
         raise CheckpointShapeError(f"'{path}' does not fit the config's model{hint}\n{err}") from None
     if result.missing_keys:
@@ -168,7 +231,8 @@ def pick_split(cfg, split: Optional[str]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="default: the config.yaml saved beside --ckpt")
-    p.add_argument("--ckpt", required=True, help="pretraining checkpoint (ours or official) or experiment folder")
+    p.add_argument("--ckpt", required=True,
+                   help="pretraining checkpoint (ours or official), a part segmentation one, or an experiment folder")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--split", default=None, help="dataset split (default: val, else test, else train)")
@@ -188,11 +252,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = validate(load_config(config, args.set))
         task = build_task(cfg)
         model = task.build_model()
-        if not isinstance(model, MAPPretrainer):
+        dataset = task.build_dataset(pick_split(cfg, args.split))
+        if not isinstance(model, MAPPretrainer) and not hasattr(dataset, "category_parts"):
             raise ConfigError(f"{config}: model.NAME '{cfg['model']['NAME']}' builds a {type(model).__name__}; "
-                              f"visualize needs a MAP pretraining model (e.g. map_pretrain, pointmap_pretrain)")
+                              f"visualize needs a MAP pretraining model (e.g. map_pretrain, pointmap_pretrain) "
+                              f"or a part segmentation config")
         load_weights(model, ckpt, cfg)
-        print(visualize(model, task.build_dataset(pick_split(cfg, args.split)), Path(args.out), args.num))
+        print(visualize(model, dataset, Path(args.out), args.num))
     except USER_ERRORS as err:
         return report_error(err, args.debug)
     return 0

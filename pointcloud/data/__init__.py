@@ -4,5 +4,6 @@ from pointcloud.data.fewshot import ModelNetFewShot
 from pointcloud.data.modelnet import ModelNet
 from pointcloud.data.scanobjectnn import ScanObjectNN
 from pointcloud.data.shapenet import ShapeNet
+from pointcloud.data.shapenetpart import ShapeNetPart
 
-__all__ = ["DataError", "ModelNet", "ModelNetFewShot", "ScanObjectNN", "ShapeNet"]
+__all__ = ["DataError", "ModelNet", "ModelNetFewShot", "ScanObjectNN", "ShapeNet", "ShapeNetPart"]

@@ -40,6 +40,21 @@ def scale_and_translate(points: torch.Tensor, scale_low: float = 2.0 / 3.0, scal
     return out
 
 
+def isotropic_scale_and_shift(points: torch.Tensor, scale_low: float = 0.8, scale_high: float = 1.25,
+                              shift_range: float = 0.1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """xyz * s + t with ONE s ~ U[scale_low, scale_high] per sample and t ~ U[-range, range] per
+    sample and axis (Point-MAE segmentation: ``random_scale_point_cloud`` then ``shift_point_cloud``).
+
+    points: (B, N, C) -> (B, N, C); channels past xyz are left unchanged.
+    """
+    B = points.shape[0]
+    scale = _uniform((B, 1, 1), scale_low, scale_high, generator, points.device).to(points.dtype)
+    shift = _uniform((B, 1, 3), -shift_range, shift_range, generator, points.device).to(points.dtype)
+    out = points.clone()
+    out[..., :3] = points[..., :3] * scale + shift
+    return out
+
+
 def rotate_about_up(points: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Rotate each sample about the y axis by an angle ~ U[0, 2*pi) (PointcloudRotate).
 
