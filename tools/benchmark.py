@@ -10,7 +10,7 @@
     python tools/benchmark.py --kernels [--sweep]
 
 Prints one JSON line per measurement. ``model_flop_per_step`` counts the matmul/conv/attention FLOPs of
-one step (forward + backward) with ``torch.utils.flop_counter.FlopCounterMode``; ``mfu`` divides
+one step (forward + backward, at the mean mask ratio) with ``torch.utils.flop_counter.FlopCounterMode``; ``mfu`` divides
 the achieved rate by the device's dense bf16 peak (H100 / H200 SXM: 989 TFLOP/s, datasheet).
 The step times are CUDA-event medians after warm-up. Results worth keeping go to BENCHMARKS.md.
 An unknown model, key or backend, or sizes the model refuses, end with one 'error: ...' line and
@@ -235,7 +235,10 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
         opt.step()
         opt.zero_grad(set_to_none=graphed is None)
 
+    std = getattr(model, "mask_ratio_std", 0.0)
+    model.mask_ratio_std = 0.0  # FLOPs of a step at the mean mask ratio (MAP 2D draws one per step)
     flops = step_flops(lambda: forward_backward(model))
+    model.mask_ratio_std = std
     opt.zero_grad(set_to_none=True)
     if device.type == "cuda":  # the peak includes warm-up, compilation and graph capture
         torch.cuda.synchronize()
