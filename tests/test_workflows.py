@@ -36,16 +36,7 @@ import benchmark  # noqa: E402  (tools/benchmark.py)
 import cli  # noqa: E402  (tools/cli.py)
 import visualize  # noqa: E402  (tools/visualize.py)
 
-TOY = """
-task: {NAME: toy_classify, num_classes: 4}
-model: {NAME: toy_mlp}
-dataset:
-  train: {NAME: toy_blobs, size: 64}
-  val: {NAME: toy_blobs, size: 32, seed: 1}
-optimizer: {lr: 1e-2}
-scheduler: {epochs: 2, warmup_epochs: 1}
-train: {total_batch_size: 16, num_workers: 0, log_every: 1}
-"""
+from tests.test_engine import TOY_CONFIG as TOY  # noqa: E402
 POINTS = ["model.trans_dim=48", "model.encoder_dims=48", "model.depth=3", "model.num_group=16",
           "model.group_size=8", "train.num_workers=0", "train.total_batch_size=4",
           "scheduler.epochs=1", "scheduler.warmup_epochs=0", "runtime.device=cpu"]

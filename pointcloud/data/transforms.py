@@ -32,9 +32,14 @@ def scale_and_translate(points: torch.Tensor, scale_low: float = 2.0 / 3.0, scal
 
     points: (B, N, C) -> (B, N, C); channels past xyz are left unchanged (PointcloudScaleAndTranslate).
     """
-    B = points.shape[0]
-    scale = _uniform((B, 1, 3), scale_low, scale_high, generator, points.device).to(points.dtype)
-    shift = _uniform((B, 1, 3), -translate_range, translate_range, generator, points.device).to(points.dtype)
+    return _scale_shift(points, (points.shape[0], 1, 3), scale_low, scale_high, translate_range, generator)
+
+
+def _scale_shift(points: torch.Tensor, scale_shape: tuple, scale_low: float, scale_high: float,
+                 shift_range: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """xyz * s + t, s ~ U[scale_low, scale_high] of ``scale_shape``, t ~ U[-range, range] per sample and axis."""
+    scale = _uniform(scale_shape, scale_low, scale_high, generator, points.device).to(points.dtype)
+    shift = _uniform((points.shape[0], 1, 3), -shift_range, shift_range, generator, points.device).to(points.dtype)
     out = points.clone()
     out[..., :3] = points[..., :3] * scale + shift
     return out
@@ -47,12 +52,7 @@ def isotropic_scale_and_shift(points: torch.Tensor, scale_low: float = 0.8, scal
 
     points: (B, N, C) -> (B, N, C); channels past xyz are left unchanged.
     """
-    B = points.shape[0]
-    scale = _uniform((B, 1, 1), scale_low, scale_high, generator, points.device).to(points.dtype)
-    shift = _uniform((B, 1, 3), -shift_range, shift_range, generator, points.device).to(points.dtype)
-    out = points.clone()
-    out[..., :3] = points[..., :3] * scale + shift
-    return out
+    return _scale_shift(points, (points.shape[0], 1, 1), scale_low, scale_high, shift_range, generator)
 
 
 def rotate_about_up(points: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
