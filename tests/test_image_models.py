@@ -197,6 +197,7 @@ def test_classifier_loads_pretraining_checkpoint_with_resize():
         wrong.load_pretrained(pre.state_dict())
 
 
+@pytest.mark.slow
 def test_tiny_map_overfits_one_batch():
     torch.manual_seed(0)
     model = map_pretrain(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, decoder_dim=32,

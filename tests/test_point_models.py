@@ -9,6 +9,7 @@ from pointcloud.convert import from_official
 from pointcloud.models import PointMAPClassifier, pointmap_classifier, pointmap_pretrain
 from pointcloud.tokenizer import PointGroupTokenizer, group_points
 from tests.reference import official_pointmap as ref
+from tests.conftest import n_params
 
 TINY = dict(trans_dim=48, depth=3, num_heads=6, group_size=8, encoder_dims=48, center_local_k=4)
 
@@ -32,9 +33,6 @@ def _perturb(model: nn.Module, seed: int) -> None:
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
             m.running_var.copy_(1 + 0.2 * torch.rand(m.running_var.shape, generator=g))
 
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------- tokeniser and LNP
@@ -185,9 +183,9 @@ def test_param_counts_at_official_sizes():
     with torch.device("meta"):
         clf = pointmap_classifier(trans_dim=384, depth=12, num_group=128, cls_dim=15)
         pre = pointmap_pretrain(trans_dim=384, depth=12, num_group=64)
-    assert _n_params(clf) == 25_220_623
+    assert n_params(clf) == 25_220_623
     # our pretraining model drops the official encoder's unused cls_token and cls_pos (2 x 384)
-    assert _n_params(pre) + 2 * 384 == 32_134_496
+    assert n_params(pre) + 2 * 384 == 32_134_496
 
 
 def test_encoder_is_called_like_map_core():
@@ -198,6 +196,7 @@ def test_encoder_is_called_like_map_core():
 
 
 # ---------------------------------------------------------------- overfit
+@pytest.mark.slow
 def test_tiny_pointmap_overfits_one_batch():
     """The Chamfer loss on one fixed batch halves, and falls below half of what the trivial
     prediction (every point at its group centre) scores, so the model really fits the shapes.

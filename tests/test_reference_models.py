@@ -8,10 +8,8 @@ import torch.nn.functional as F
 from tests.reference import causal_conv1d_silu, selective_scan_loop
 from tests.reference import official_map2d as ref2d
 from tests.reference import official_pointmap as ref3d
+from tests.conftest import n_params
 
-
-def _n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------- scan and conv
@@ -65,7 +63,7 @@ def test_causal_conv_ignores_the_future():
 def test_map2d_parameter_counts(factory, count):
     with torch.device("meta"):
         model = factory()
-    assert _n_params(model) == count
+    assert n_params(model) == count
 
 
 def test_pointmap_parameter_counts():
@@ -74,8 +72,8 @@ def test_pointmap_parameter_counts():
                                    encoder_dims=384, center_local_k=4)
         pretrain = ref3d.Point_MAE(trans_dim=384, depth=12, num_group=64, group_size=32, encoder_dims=384,
                                    center_local_k=4)
-    assert _n_params(classifier) == 25_220_623
-    assert _n_params(pretrain) == 32_134_496
+    assert n_params(classifier) == 25_220_623
+    assert n_params(pretrain) == 32_134_496
 
 
 def test_map2d_official_names():
