@@ -94,11 +94,18 @@ class BiMamba(nn.Module):
             D.float(), z, dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
         )
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (B, L, d_model) -> (B, L, d_model)."""
+    def forward(self, hidden: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model).
+
+        ``causal=True`` makes the output at position t depend on positions <= t only: the
+        ``"sequence"`` direction's backward scan is switched off (its term is zero; the halving
+        stays). The other modes scan forward along the sequence already and ignore the flag.
+        """
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
         y = self._scan(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        if self.bidirectional is not None:
+        if self.bidirectional == "sequence" and causal:
+            y = y / 2 if self.divide_out else y
+        elif self.bidirectional is not None:
             axis = -1 if self.bidirectional == "sequence" else 1
             y_b = self._scan(
                 xz.flip(axis), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
