@@ -73,6 +73,13 @@ class MAPPretrainer(nn.Module):
         self.objective = objective
         self.decoder_order = decoder_order
 
+    def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Frozen features for a linear probe / SVM: every token encoded (no mask, not causal),
+        pooled as [mean, max] over tokens. -> (B, 2C)."""
+        tok = self.tokenizer(inputs)
+        x = self.encoder(tok.x, tok.pos, tok.coords)  # (B, L, C)
+        return torch.cat([x.mean(1), x.max(1).values], dim=-1)
+
     def forward_encoder(self, tok: Tokens, keep: torch.Tensor) -> torch.Tensor:
         """Encode the visible tokens. keep: (B, L_keep) -> (B, L_keep, C)."""
         coords = None if tok.coords is None else gather_tokens(tok.coords, keep)

@@ -85,17 +85,10 @@ def row_length(num_group: int) -> int:
 
 class PointMAP(MAPPretrainer):
     """MAP pretraining on point clouds. forward(pts (B, N, 3), mask=None) -> (loss, pred, mask);
-    forward_features(pts) -> (B, 2C) for the linear SVM.
+    forward_features(pts) -> (B, 2C) for the linear SVM (Point-MAE ``runner_pretrain`` ``validate``).
 
     pred: (B, G, 3K) per group in group order (only masked groups are trained); mask: bool (B, G).
     """
-
-    def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
-        """Frozen feature for the linear SVM (Point-MAE ``runner_pretrain`` ``validate``): every group
-        encoded (no mask), tokens pooled as [mean, max]. pts (B, N, 3) -> (B, 2C)."""
-        tok = self.tokenizer(pts)
-        x = self.encoder(tok.x, tok.pos, tok.coords)  # (B, G, C)
-        return torch.cat([x.mean(1), x.max(1).values], dim=-1)
 
     def rebuilt_points(self, pred: torch.Tensor, mask: torch.Tensor,
                        center: Optional[torch.Tensor] = None) -> torch.Tensor:
