@@ -9,8 +9,8 @@ neck and no norm (the flattened cls outputs go to the head). This order follows 
 (``models_mamba.VisionMamba.forward_features``, checked against wangf3014/Mamba-Reg).
 
 ``variant``: ``"hybrid"`` (MAP's arrangement), ``"mamba"`` (Mamba layers only) or ``"transformer"``
-(ViT blocks only, LayerNorm, mlp ratio 4), the latter two sized to roughly match the hybrid's
-parameter count (see :func:`variant_layout`).
+(ViT blocks only, LayerNorm, mlp ratio 4), the latter two sized to match the hybrid's parameter
+count (see :func:`image.models.variant_layout`); the pretraining model builds the same encoder.
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import register_model
 
-from map_core.encoder import HybridEncoder, official_layout
+from map_core.encoder import HybridEncoder
 from map_core.registry import MODELS, check_kwargs
 from map_core.weights import load_matching
 
 from .convert import CheckpointShapeError, from_official, is_official, unwrap_checkpoint
-from .models import SIZES
+from .models import SIZES, encoder_settings, variant_layout  # noqa: F401  (variant_layout re-exported)
 from .tokenizer import ImagePatchTokenizer, resize_pos_embed
 
 log = logging.getLogger(__name__)
@@ -53,22 +53,6 @@ def get_cls_idx(h: int, w: int, n: int) -> Tuple[Tuple[int, ...], Tuple[int, ...
         order.append(num_patches + i)
     order.extend(range(n * stride, num_patches))
     return tuple(order), tuple(positions)
-
-
-def variant_layout(variant: str, depth: int) -> str:
-    """Encoder layout per variant, from the hybrid's Mamba depth.
-
-    hybrid: ``official_layout(depth)``; mamba: ``depth + 4 * (depth // 3) // 3`` Mamba layers (a ViT
-    block of mlp ratio 2 holds about 4/3 of a Mamba layer's parameters); transformer:
-    ``round(depth * 3 / 4)`` ViT blocks of mlp ratio 4 (each about 2 Mamba layers).
-    """
-    if variant == "hybrid":
-        return official_layout(depth)
-    if variant == "mamba":
-        return "M" * (depth + 4 * (depth // 3) // 3)
-    if variant == "transformer":
-        return "T" * round(depth * 3 / 4)
-    raise ValueError(f"variant must be 'hybrid', 'mamba' or 'transformer', got {variant!r}")
 
 
 class LoadResult(NamedTuple):
@@ -232,10 +216,11 @@ def map_classifier(
     base.update({k: v for k, v in given.items() if v is not None})
     transformer = variant == "transformer"
     heads = base["num_heads"] if not transformer or num_heads is not None else max(1, base["embed_dim"] // 64)
+    settings = encoder_settings(variant, base["depth"], base["embed_dim"])
     return MAPClassifier(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-        embed_dim=base["embed_dim"], layout=layout or variant_layout(variant, base["depth"]),
-        num_heads=heads, mlp_ratio=4.0 if transformer else 2.0, norm="layer" if transformer else "rms",
+        embed_dim=base["embed_dim"], layout=layout or settings["layout"],
+        num_heads=heads, mlp_ratio=settings["mlp_ratio"], norm=settings["norm"],
         num_cls_tokens=base["num_cls_tokens"], cls_reduce=base["cls_reduce"],
         drop_path_rate=drop_path_rate,
     )

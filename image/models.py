@@ -23,9 +23,11 @@ import torch.nn as nn
 from timm.models import register_model
 
 from map_core.decoder import ARDecoder
-from map_core.encoder import HybridEncoder, official_layout
-from map_core.layers import xavier_init
+from map_core.encoder import HybridEncoder, matched_layout
+from map_core.layers import MambaLayer, TransformerBlock, xavier_init
+from map_core.mixers import BiMamba
 from map_core.losses import masked_mse
+from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS, check_kwargs
 
@@ -42,6 +44,37 @@ SIZES: Dict[str, Tuple[int, int, int, int, int]] = {
     "large": (1024, 48, 16, 16, 8),  # official: 12 heads, which does not divide 1024
     "huge": (1536, 36, 12, 16, 8),
 }
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def variant_layout(variant: str, depth: int, embed_dim: int = 192) -> str:
+    """Encoder layout per ``variant`` at the parameter count of the hybrid of ``depth`` Mamba layers.
+
+    hybrid: ``official_layout(depth)`` (ViT blocks of mlp ratio 2); mamba: Mamba layers only;
+    transformer: ViT blocks of mlp ratio 4 only (see :func:`map_core.encoder.matched_layout`; the
+    per-layer counts are measured at ``embed_dim``). Encoder parameters (final norm included):
+
+    | size | hybrid | mamba | transformer |
+    | --- | --- | --- | --- |
+    | demo (d 96, depth 3) | 3 M + 1 T: 318,240 | 4 M: 324,576 | 3 T: 335,712 |
+    | tiny (d 192, depth 24) | 24 M + 8 T: 9,145,536 | 32 M: 9,025,728 | 21 T: 9,342,528 |
+    """
+    with torch.device("meta"):
+        mamba = _numel(MambaLayer(embed_dim, BiMamba(embed_dim, bidirectional="sequence")))
+        hybrid_block = _numel(TransformerBlock(embed_dim, 1, 2.0, qkv_bias=True))
+        block = _numel(TransformerBlock(embed_dim, 1, 4.0, qkv_bias=True))
+    return matched_layout(variant, depth, mamba, hybrid_block, block)
+
+
+def encoder_settings(variant: str, depth: int, embed_dim: int) -> Dict[str, Any]:
+    """HybridEncoder arguments of a ``variant``: ``layout``, ``mlp_ratio`` and ``norm`` (the pure
+    Transformer is a plain pre-norm ViT: mlp ratio 4, LayerNorm; the others: mlp ratio 2, RMSNorm)."""
+    transformer = variant == "transformer"
+    return dict(layout=variant_layout(variant, depth, embed_dim), mlp_ratio=4.0 if transformer else 2.0,
+                norm="layer" if transformer else "rms")
 
 
 def official_init(model: nn.Module) -> None:
@@ -107,28 +140,36 @@ def map_pretrain(
     decoder_depth: int = 4,
     decoder_heads: int = 16,
     layout: Optional[str] = None,
-    mlp_ratio: float = 2.0,
+    mlp_ratio: Optional[float] = None,
     decoder_mlp_ratio: float = 4.0,
     drop_path_rate: float = 0.1,
     norm_pix_loss: bool = True,
     mask_ratio: float = 0.5,
     mask_ratio_std: float = 0.25,
     mask_ratio_bounds: Sequence[float] = (0.3, 0.7),
+    objective: str = "map",
+    variant: str = "hybrid",
 ) -> MAPImagePretrainer:
     """A MAP 2D pretraining model of any size.
 
-    ``depth`` counts Mamba layers; ``layout`` (default ``official_layout(depth)``: a Transformer block
-    of ``num_heads`` heads after every third Mamba layer) overrides the arrangement. The decoder is
-    ``decoder_depth`` MAP 2D cross-norm blocks, row-causal over rows of ``img_size / patch_size``
-    tokens, with learned positions; the head predicts ``patch_size**2 * in_chans`` pixels.
+    ``objective``: ``map`` (the paper), ``mae`` or ``ar`` (:mod:`map_core.objective`); rows are the
+    ``img_size / patch_size`` patches of one image row. ``variant``: ``hybrid`` (a Transformer block
+    of ``num_heads`` heads after every third of ``depth`` Mamba layers), ``mamba`` or ``transformer``
+    at about the hybrid's parameter count (:func:`variant_layout`); the classifier builds the same
+    encoder from the same keys. ``layout`` overrides the arrangement, ``mlp_ratio`` the variant's
+    ViT mlp ratio. The decoder is ``decoder_depth`` MAP 2D cross-norm blocks with learned positions;
+    the head predicts ``patch_size**2 * in_chans`` pixels.
     """
     tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
+    settings = encoder_settings(variant, depth, embed_dim)
+    layout = layout or settings["layout"]
     encoder = HybridEncoder(
-        embed_dim, layout or official_layout(depth), bidirectional="sequence", drop_path=drop_path_rate,
-        num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
+        embed_dim, layout, bidirectional="sequence", norm=settings["norm"], drop_path=drop_path_rate,
+        num_heads=num_heads, mlp_ratio=mlp_ratio or settings["mlp_ratio"], qkv_bias=True,
+        block_drop_path=drop_path_rate if "M" not in layout else 0.0,
     )
-    decoder = ARDecoder(decoder_dim, decoder_depth, decoder_heads, row_len=tokenizer.grid_size[1],
-                        mlp_ratio=decoder_mlp_ratio, qkv_bias=True, block="cross_norm", causal=True)
+    decoder = ARDecoder(decoder_dim, decoder_depth, decoder_heads, mlp_ratio=decoder_mlp_ratio, qkv_bias=True,
+                        block="cross_norm")
     model = MAPImagePretrainer(
         tokenizer=tokenizer,
         encoder=encoder,
@@ -138,10 +179,8 @@ def map_pretrain(
         loss_fn=partial(masked_mse, norm_pix=norm_pix_loss),
         encoder_dim=embed_dim,
         decoder_dim=decoder_dim,
-        mask_ratio=mask_ratio,
-        mask_ratio_std=mask_ratio_std,
-        mask_ratio_bounds=tuple(mask_ratio_bounds),
-        mask_rounding="ceil",
+        objective=Objective(objective, tokenizer.num_patches, tokenizer.grid_size[1], mask_ratio, mask_ratio_std,
+                            tuple(mask_ratio_bounds), "ceil"),
         decoder_order="original",
         latent_proj=True,
     )

@@ -18,8 +18,10 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
+from .errors import ConfigError
 from .layers import MambaLayer, TransformerBlock, make_norm
 from .mixers import BiMamba
+from .objective import row_causal_mask
 
 
 def parse_layout(layout: str) -> str:
@@ -38,6 +40,30 @@ def parse_layout(layout: str) -> str:
 def official_layout(depth: int, every: int = 3) -> str:
     """MAP's arrangement: ``depth`` Mamba layers, a Transformer block after every ``every``-th."""
     return "".join("MT" if (n + 1) % every == 0 else "M" for n in range(depth))
+
+
+VARIANTS = ("hybrid", "mamba", "transformer")
+
+
+def matched_layout(variant: str, depth: int, mamba_numel: int, hybrid_block_numel: int,
+                   block_numel: Optional[int] = None) -> str:
+    """The layout of a ``variant`` with about the parameters of the hybrid ``official_layout(depth)``.
+
+    ``hybrid``: ``official_layout(depth)``. ``mamba``: n Mamba layers, ``transformer``: n Transformer
+    blocks, n = round(hybrid parameters / parameters of one such layer), at least 1. The counts are
+    measured by the modality (``mamba_numel``: one Mamba layer; ``hybrid_block_numel``: one of the
+    hybrid's Transformer blocks; ``block_numel``: one block of the pure-Transformer variant, when its
+    blocks differ from the hybrid's). The encoder's final norm is shared and not counted.
+    """
+    hybrid = official_layout(depth)
+    if variant == "hybrid":
+        return hybrid
+    total = hybrid.count("M") * mamba_numel + hybrid.count("T") * hybrid_block_numel
+    if variant == "mamba":
+        return "M" * max(1, round(total / mamba_numel))
+    if variant == "transformer":
+        return "T" * max(1, round(total / (block_numel or hybrid_block_numel)))
+    raise ConfigError(f"model.variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
 
 
 class HybridEncoder(nn.Module):
@@ -86,18 +112,26 @@ class HybridEncoder(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, coords: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, coords: Optional[torch.Tensor] = None,
+        causal_row_len: Optional[int] = None,
     ) -> torch.Tensor:
-        """``coords`` is accepted for interface parity with encoders that use geometry; unused."""
+        """``coords`` is accepted for interface parity with encoders that use geometry; unused.
+
+        ``causal_row_len``: when set, the output at row r (rows of that many tokens) depends on
+        input rows <= r only: Mamba layers scan forward only, Transformer blocks get the row-causal
+        attention mask (the ``ar`` objective).
+        """
         hidden = x if pos is None else x + pos
         residual = None
         outer_skip = "M" in self.layout
+        causal = causal_row_len is not None
+        attn_mask = row_causal_mask(x.shape[1], causal_row_len, x.device) if causal else None
         mamba, blocks = iter(self.layers), iter(self.blocks)
         for kind in self.layout:
             if kind == "M":
-                hidden, residual = next(mamba)(hidden, residual)
+                hidden, residual = next(mamba)(hidden, residual, causal=causal)
             else:
-                out = next(blocks)(hidden)
+                out = next(blocks)(hidden, attn_mask)
                 hidden = out + hidden if outer_skip else out
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))

@@ -61,12 +61,14 @@ class MambaLayer(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None):
+    def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None, causal: bool = False):
+        """``causal=True`` calls ``mixer(h, causal=True)`` (``BiMamba``: output at t from positions
+        <= t only); otherwise ``mixer(h)``, so any one-argument mixer fits."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.float()
-        return self.mixer(hidden), residual
+        return (self.mixer(hidden, causal=True) if causal else self.mixer(hidden)), residual
 
 
 class Attention(nn.Module):

@@ -113,11 +113,16 @@ class BiMamba(nn.Module):
             D.float(), z, dt_b.float(), delta_softplus=True, reverse=reverse,
         )
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (B, L, d_model) -> (B, L, d_model)."""
+    def forward(self, hidden: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model).
+
+        ``causal=True`` makes the output at position t depend on positions <= t only: the
+        ``"sequence"`` direction's backward scan is switched off (its term is zero; the halving
+        stays). The other modes scan forward along the sequence already and ignore the flag.
+        """
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each, time-major
         y = self._scan(x, z, self._direction_params(second=False))
-        if self.bidirectional == "sequence":
+        if self.bidirectional == "sequence" and not causal:
             y = y + self._scan(x, z, self._direction_params(second=True), reverse=True)
         elif self.bidirectional == "channel":
             y = y + self._scan(z, x, self._direction_params(second=True, flip=True))

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from map_core.compile import repeated_block
+from map_core.encoder import matched_layout, official_layout, parse_layout
 from map_core.layers import TransformerBlock
 from map_core.mixers import BiMamba
+from map_core.objective import row_causal_mask
 from pointcloud.ops import gather, knn
 
 
@@ -40,12 +42,46 @@ class LocalNorm(nn.Module):
         self.affine_alpha_feat = nn.Parameter(torch.ones(1, 1, 1, 2 * dim))
         self.affine_beta_feat = nn.Parameter(torch.zeros(1, 1, 1, 2 * dim))
 
-    def forward(self, center: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        idx = knn(center, center, self.k)  # (B, G, k)
-        diff = gather(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
-        diff = diff / (diff.std() + 1e-5)
+    def forward(self, center: torch.Tensor, x: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
+        """``causal_row_len``: neighbours come from rows <= the token's row and the std of row r is
+        that of the differences of rows <= r (:func:`row_causal_knn`, :func:`row_cumulative_std`)."""
+        if causal_row_len is None:
+            idx = knn(center, center, self.k)  # (B, G, k)
+            diff = gather(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
+            diff = diff / (diff.std() + 1e-5)
+        else:
+            idx = row_causal_knn(center, self.k, causal_row_len)
+            diff = gather(x, idx) - x.unsqueeze(2)
+            diff = diff / (row_cumulative_std(diff, causal_row_len) + 1e-5)
         feat = torch.cat([diff, x.unsqueeze(2).expand_as(diff)], dim=-1)
         return self.affine_alpha_feat * feat + self.affine_beta_feat
+
+
+def row_causal_knn(center: torch.Tensor, k: int, row_len: int) -> torch.Tensor:
+    """The k nearest centres of each centre among those of its own and earlier rows.
+
+    center: (B, G, 3) -> indices (B, G, k), nearest first (ties to the lower index), rows of
+    ``row_len`` consecutive centres. Needs k <= row_len (the first row has row_len candidates).
+    """
+    g = center.shape[1]
+    if k > row_len:
+        raise ValueError(f"row-causal kNN: k={k} neighbours, but the first row has only {row_len} centres")
+    dist = ((center.unsqueeze(2) - center.unsqueeze(1)) ** 2).sum(-1)  # (B, G, G)
+    dist = dist.masked_fill(~row_causal_mask(g, row_len, center.device), float("inf"))
+    return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
+
+
+def row_cumulative_std(diff: torch.Tensor, row_len: int) -> torch.Tensor:
+    """Per row r, the unbiased std of every entry of ``diff`` in rows <= r (the whole batch).
+
+    diff: (B, G, k, C) -> (1, G, 1, 1). For the last row it is ``diff.std()``.
+    """
+    b, g, k, c = diff.shape
+    rows = diff.float().reshape(b, g // row_len, row_len * k * c).transpose(0, 1).reshape(g // row_len, -1)
+    count = torch.arange(1, g // row_len + 1, device=diff.device, dtype=torch.float32) * rows.shape[1]
+    total, squares = rows.sum(1).cumsum(0), rows.pow(2).sum(1).cumsum(0)
+    var = (squares - total.pow(2) / count) / (count - 1)
+    return var.clamp_min(0).sqrt().repeat_interleave(row_len).view(1, g, 1, 1).to(diff.dtype)
 
 
 class LocalNormPool(nn.Module):
@@ -63,13 +99,13 @@ class LocalNormPool(nn.Module):
         self.mlp = nn.ModuleDict({"share_mlp": nn.Conv1d(2 * dim, dim, 1)})
         self.act = nn.SiLU()
 
-    def forward(self, center: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, center: torch.Tensor, x: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
         g, length = center.shape[1], x.shape[1]
         if length not in (g, g + 1):
             raise ValueError(f"LNP: {length} tokens for {g} centres; expected {g} (no cls) or {g + 1} (cls first)")
         cls = x[:, :1] if length == g + 1 else None
         tokens = x[:, 1:] if cls is not None else x
-        feat = self.lga(center, tokens)  # (B, G, k, 2C)
+        feat = self.lga(center, tokens, causal_row_len)  # (B, G, k, 2C)
         pooled = (torch.softmax(feat, dim=2) * feat).sum(dim=2)  # (B, G, 2C)
         share = self.mlp["share_mlp"]
         out = self.act(F.linear(self.pre_norm_ft(pooled), share.weight.squeeze(-1), share.bias))
@@ -98,9 +134,17 @@ class Mamba3DBlock(nn.Module):
             raise ValueError(f"mixer must be 'mamba' or 'attention', got {mixer!r}")
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.lfa(center, self.norm1(x)))
-        return x + self.drop_path(self.mixer(self.norm2(x)))
+    def forward(self, x: torch.Tensor, center: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
+        """``causal_row_len``: the output at row r depends on rows <= r only (LNP neighbours and std
+        from rows <= r, row-causal attention; the channel-flip Mamba scans forward already)."""
+        x = x + self.drop_path(self.lfa(center, self.norm1(x), causal_row_len))
+        if causal_row_len is None:
+            return x + self.drop_path(self.mixer(self.norm2(x)))
+        if isinstance(self.mixer, TransformerBlock):
+            mixed = self.mixer(self.norm2(x), row_causal_mask(x.shape[1], causal_row_len, x.device))
+        else:
+            mixed = self.mixer(self.norm2(x), causal=True)
+        return x + self.drop_path(mixed)
 
 
 class Trans3DBlock(Mamba3DBlock):
@@ -111,62 +155,90 @@ class Trans3DBlock(Mamba3DBlock):
 
 
 class PointMAPBlocks(nn.Module):
-    """``blocks.{i}`` Mamba3D blocks and ``blocks_vit.{j}`` Trans3D blocks (official ``Mamba3DEncoder``).
+    """``blocks.{i}`` Mamba3D blocks and ``blocks_vit.{j}`` Trans3D blocks (official ``Mamba3DEncoder``),
+    run in ``layout`` order (``M`` a Mamba3D block, ``T`` a Trans3D block; see
+    :func:`map_core.encoder.parse_layout`).
 
-    After Mamba3D block n with (n + 1) % 3 == 0, Trans3D block n // 3 runs. ``pos`` is added at
-    every block input. Drop path: Mamba3D block i gets dpr[i], Trans3D block j gets dpr[j]
-    (official quirk), with dpr = linspace(0, drop_path, depth).
+    Default layout ``official_layout(depth)``: after Mamba3D block n with (n + 1) % 3 == 0, Trans3D
+    block n // 3 runs. ``pos`` is added at every block input. Drop path: Mamba3D block i gets
+    dpr[i], Trans3D block j gets dpr[j] (official quirk), with dpr = linspace(0, drop_path, n) and
+    n the larger of the two block counts (``depth`` for the official layout).
     """
 
     def __init__(self, dim: int, depth: int, center_local_k: int = 4, drop_path: float = 0.0,
-                 num_heads: int = 6):
+                 num_heads: int = 6, layout: Optional[str] = None):
         super().__init__()
-        dpr = torch.linspace(0, drop_path, depth, device="cpu").tolist()
+        self.layout = parse_layout(layout) if layout else official_layout(depth)
+        n_mamba, n_trans = self.layout.count("M"), self.layout.count("T")
+        dpr = torch.linspace(0, drop_path, max(n_mamba, n_trans), device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            Mamba3DBlock(dim, center_local_k, dpr[i], "mamba", num_heads) for i in range(depth))
+            Mamba3DBlock(dim, center_local_k, dpr[i], "mamba", num_heads) for i in range(n_mamba))
         self.blocks_vit = nn.ModuleList(
-            Trans3DBlock(dim, center_local_k, dpr[j], num_heads) for j in range(depth // 3))
+            Trans3DBlock(dim, center_local_k, dpr[j], num_heads) for j in range(n_trans))
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor,
+                causal_row_len: Optional[int] = None,
                 return_layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
         """x, pos: (B, L, C), center: (B, G, 3) -> the last layer's output (B, L, C).
 
         With ``return_layers`` (indices of Mamba3D blocks, 0-based): a list of (B, L, C) hidden
-        states instead, the output of each named block after the Trans3D block that follows it
-        (if any), in the order given; blocks past the deepest one named are not run.
+        states instead, the output of each named block after the Trans3D blocks that follow it
+        (if any), in the order given; layers past the deepest one named are not run.
         """
         if return_layers is not None:
             bad = [n for n in return_layers if not 0 <= n < len(self.blocks)]
             if bad or not return_layers:
                 raise ValueError(f"return_layers must name Mamba3D blocks 0..{len(self.blocks) - 1}, "
                                  f"got {list(return_layers)}")
-        last = len(self.blocks) - 1 if return_layers is None else max(return_layers)
-        taps = {}
-        for n, block in enumerate(self.blocks[:last + 1]):
-            x = block(x + pos, center)
-            if (n + 1) % 3 == 0 and n // 3 < len(self.blocks_vit):
-                x = self.blocks_vit[n // 3](x + pos, center)
-            taps[n] = x
+        deepest = None if return_layers is None else max(return_layers)
+        mamba, trans = iter(self.blocks), iter(self.blocks_vit)
+        taps, m = {}, -1
+        for kind in self.layout:
+            if kind == "M":
+                if m == deepest:  # the deepest tap and the Trans3D blocks after it are done
+                    break
+                m += 1
+            x = next(mamba if kind == "M" else trans)(x + pos, center, causal_row_len)
+            taps[m] = x
         return x if return_layers is None else [taps[n] for n in return_layers]
 
 
 class PointMAPEncoder(nn.Module):
-    """The PointMAP hybrid encoder + final LayerNorm; the ``encoder`` of ``MAPPretrainer``.
+    """The PointMAP encoder (hybrid by default) + final LayerNorm; the ``encoder`` of ``MAPPretrainer``.
 
-    forward(x (B, L, C), pos (B, L, C), coords = centres (B, G, 3)) -> (B, L, C), L = G or G + 1
-    (cls token first). ``return_layers`` (Mamba3D block indices) gives the list of those blocks'
-    outputs instead, each through the final LayerNorm (as Point-MAE's segmentation model taps
-    its encoder).
+    forward(x (B, L, C), pos (B, L, C), coords = centres (B, G, 3), causal_row_len=None) -> (B, L, C),
+    L = G or G + 1 (cls token first). ``causal_row_len`` (no cls token): the output at row r depends
+    on input rows <= r only (the ``ar`` objective). ``return_layers`` (Mamba3D block indices) gives
+    the list of those blocks' outputs instead, each through the final LayerNorm (as Point-MAE's
+    segmentation model taps its encoder).
     """
 
     def __init__(self, dim: int = 384, depth: int = 12, center_local_k: int = 4, drop_path: float = 0.0,
-                 num_heads: int = 6):
+                 num_heads: int = 6, layout: Optional[str] = None):
         super().__init__()
-        self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads)
+        self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads, layout)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor,
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor, causal_row_len: Optional[int] = None,
                 return_layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
         if return_layers is None:
-            return self.norm(self.blocks(x, pos, coords))
-        return [self.norm(h) for h in self.blocks(x, pos, coords, return_layers)]
+            return self.norm(self.blocks(x, pos, coords, causal_row_len))
+        return [self.norm(h) for h in self.blocks(x, pos, coords, causal_row_len, return_layers)]
+
+
+def variant_layout(variant: str, depth: int, dim: int, center_local_k: int = 4, num_heads: int = 6) -> str:
+    """Block layout per ``variant`` at the parameter count of the hybrid of ``depth`` Mamba3D blocks.
+
+    hybrid: ``official_layout(depth)``; mamba: Mamba3D blocks only; transformer: Trans3D blocks only
+    (both keep the LNP of every block; see :func:`map_core.encoder.matched_layout`, counts measured
+    at ``dim``). Encoder parameters (final norm included):
+
+    | size | hybrid | mamba | transformer |
+    | --- | --- | --- | --- |
+    | demo (d 96, depth 3) | 3 M + 1 T: 433,536 | 4 M: 403,008 | 3 T: 393,888 |
+    | official (d 384, depth 12) | 12 M + 4 T: 24,407,808 | 18 M: 24,172,032 | 12 T: 24,879,360 |
+    """
+    with torch.device("meta"):
+        mamba = sum(p.numel() for p in Mamba3DBlock(dim, center_local_k).parameters())
+        block = sum(p.numel() for p in Trans3DBlock(dim, center_local_k, num_heads=num_heads).parameters())
+    return matched_layout(variant, depth, mamba, block)

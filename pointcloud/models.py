@@ -20,11 +20,13 @@ from timm.layers import trunc_normal_
 from map_core.decoder import ARDecoder
 from map_core.layers import xavier_init
 from map_core.losses import chamfer_distance
+from map_core.errors import ConfigError
 from map_core.masking import gather_tokens, mask_to_indices
+from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS
 from map_core.weights import CheckpointShapeError, load_matching  # noqa: F401  (re-exported)
-from pointcloud.blocks import PointMAPEncoder
+from pointcloud.blocks import PointMAPEncoder, variant_layout
 from pointcloud.convert import from_official, strip_wrappers
 from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
 
@@ -83,17 +85,10 @@ def row_length(num_group: int) -> int:
 
 class PointMAP(MAPPretrainer):
     """MAP pretraining on point clouds. forward(pts (B, N, 3), mask=None) -> (loss, pred, mask);
-    forward_features(pts) -> (B, 2C) for the linear SVM.
+    forward_features(pts) -> (B, 2C) for the linear SVM (Point-MAE ``runner_pretrain`` ``validate``).
 
     pred: (B, G, 3K) per group in group order (only masked groups are trained); mask: bool (B, G).
     """
-
-    def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
-        """Frozen feature for the linear SVM (Point-MAE ``runner_pretrain`` ``validate``): every group
-        encoded (no mask), tokens pooled as [mean, max]. pts (B, N, 3) -> (B, 2C)."""
-        tok = self.tokenizer(pts)
-        x = self.encoder(tok.x, tok.pos, tok.coords)  # (B, G, C)
-        return torch.cat([x.mean(1), x.max(1).values], dim=-1)
 
     def rebuilt_points(self, pred: torch.Tensor, mask: torch.Tensor,
                        center: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -111,24 +106,35 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
                       num_group: int = 64, encoder_dims: int = 384, center_local_k: int = 4,
                       mask_ratio: float = 0.6, drop_path: float = 0.1, decoder_depth: int = 4,
                       decoder_num_heads: int = 6, decoder_drop_path: float = 0.1, loss: str = "cdl2",
-                      causal: bool = True, pointnet_width: int = 128) -> PointMAP:
+                      pointnet_width: int = 128, objective: str = "map",
+                      variant: str = "hybrid") -> PointMAP:
     """PointMAP pretraining model (official ``Point_MAE`` of the PointMAP files, rand mask).
 
+    ``objective``: ``map`` (the paper: fixed ``mask_ratio``, row-causal decoder over rows of
+    sqrt(num_group) tokens), ``mae`` or ``ar`` (:mod:`map_core.objective`; ``ar`` needs
+    ``center_local_k`` <= sqrt(num_group)). ``variant``: ``hybrid``, ``mamba`` or ``transformer``
+    encoder at about the hybrid's parameter count (:func:`pointcloud.blocks.variant_layout`).
     Has no ``cls_token`` / ``cls_pos``: the official pretraining encoder creates them but never
     uses them (2 * trans_dim parameters fewer than the official count). ``pointnet_width`` is the
     group encoder's first width (official 128).
     """
+    rows = row_length(num_group)
+    if objective == "ar" and center_local_k > rows:
+        raise ConfigError(f"model.center_local_k={center_local_k}: objective 'ar' takes each group's "
+                          f"neighbours from its own and earlier rows, and the first row has only "
+                          f"sqrt(num_group)={rows} groups")
     tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, pointnet_width)
-    encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads)
+    encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads,
+                              variant_layout(variant, depth, trans_dim, center_local_k, num_heads))
     tokenizer.apply(_point_init)
     encoder.apply(_point_init)
-    decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, row_length(num_group), qkv_bias=False,
-                        drop_path=decoder_drop_path, causal=causal, pos_every_block=True)
+    decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, qkv_bias=False,
+                        drop_path=decoder_drop_path, pos_every_block=True)
     decoder.apply(xavier_init)
     model = PointMAP(tokenizer, encoder, decoder, position_mlp(trans_dim, nn.GELU),
                      TokenConvHead(trans_dim, 3 * group_size), GroupChamfer(loss), trans_dim, trans_dim,
-                     mask_ratio=mask_ratio, mask_rounding="floor", decoder_order="visible_first",
-                     latent_proj=False)
+                     objective=Objective(objective, num_group, rows, mask_ratio, mask_rounding="floor"),
+                     decoder_order="visible_first", latent_proj=False)
     trunc_normal_(model.mask_token, std=0.02)
     return model
 
@@ -144,13 +150,14 @@ class PointMAPClassifier(nn.Module):
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
                  num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
                  drop_path: float = 0.1, official_mean_bug: bool = False,
-                 pointnet_width: int = 128):
+                 pointnet_width: int = 128, variant: str = "hybrid"):
         super().__init__()
         self.official_mean_bug = official_mean_bug
         self.tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, pointnet_width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, trans_dim))
-        self.encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads)
+        self.encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads,
+                                       variant_layout(variant, depth, trans_dim, center_local_k, num_heads))
         self.cls_head_finetune = nn.Sequential(
             nn.Linear(2 * trans_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
@@ -193,7 +200,8 @@ class PointMAPClassifier(nn.Module):
 def pointmap_classifier(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
                         num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
                         drop_path: float = 0.1, official_mean_bug: bool = False,
-                        pointnet_width: int = 128) -> PointMAPClassifier:
-    """The PointMAP hybrid classifier (official ``Mamba3D`` of the PointMAP files)."""
+                        pointnet_width: int = 128, variant: str = "hybrid") -> PointMAPClassifier:
+    """The PointMAP hybrid classifier (official ``Mamba3D`` of the PointMAP files); ``variant`` as
+    in :func:`pointmap_pretrain`."""
     return PointMAPClassifier(trans_dim, depth, num_heads, group_size, num_group, encoder_dims, center_local_k,
-                              cls_dim, drop_path, official_mean_bug, pointnet_width)
+                              cls_dim, drop_path, official_mean_bug, pointnet_width, variant)

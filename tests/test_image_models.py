@@ -173,7 +173,7 @@ def test_classifier_shapes_and_variants():
     groups = model.group_matcher()
     assert groups("tokenizer.pos_embed") == 0 and groups("encoder.blocks.0.attn.qkv.weight") == 4
     assert groups("head.weight") == len(model.encoder.layout) + 1
-    assert variant_layout("mamba", 24).count("M") == 34 and variant_layout("transformer", 24) == "T" * 18
+    assert variant_layout("mamba", 24).count("M") == 32 and variant_layout("transformer", 24) == "T" * 21
     vit = map_classifier(variant="transformer", num_classes=3, **TINY)
     assert "M" not in vit.encoder.layout and vit(imgs).shape == (2, 3)
 

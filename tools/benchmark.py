@@ -19,6 +19,7 @@ exit code 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -235,10 +236,12 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
         opt.step()
         opt.zero_grad(set_to_none=graphed is None)
 
-    std = getattr(model, "mask_ratio_std", 0.0)
-    model.mask_ratio_std = 0.0  # FLOPs of a step at the mean mask ratio (MAP 2D draws one per step)
+    objective = getattr(model, "objective", None)
+    if objective is not None:  # FLOPs of a step at the mean mask ratio (MAP 2D draws one per step)
+        model.objective = dataclasses.replace(objective, mask_ratio_std=0.0)
     flops = step_flops(lambda: forward_backward(model))
-    model.mask_ratio_std = std
+    if objective is not None:
+        model.objective = objective
     opt.zero_grad(set_to_none=True)
     if device.type == "cuda":  # the peak includes warm-up, compilation and graph capture
         torch.cuda.synchronize()
@@ -441,7 +444,7 @@ def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if sweep and name == "map_base" and b == 64 and length == 196:
-            rows.extend(scan_sweep(x, dy, device))
+            rows.extend(kernel_sweep(x, dy, device))
     for b, d, length in ((64, 1536, 196), (128, 768, 129)):
         xc = torch.randn(b, length, d, device=device, dtype=torch.bfloat16).transpose(1, 2)
         w, bias = torch.randn(d, 1, 4, device=device), torch.randn(d, device=device)
@@ -488,32 +491,43 @@ def _compiled_info(kernel) -> dict:
         return {}
 
 
-def scan_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
-    """Block sizes, warps and chunk length of the scan kernels at one shape (all else fixed)."""
-    from map_core.kernels import selective_scan as ks
-
-    saved = {k: getattr(ks, k) for k in ("FWD_BLOCK_D", "FWD_WARPS", "BWD_BLOCK_D", "BWD_WARPS", "CHUNK")}
+def _sweep(module, kind: str, configs: List[dict], measure: Callable[[], dict], kernel) -> List[dict]:
+    """Time ``measure()`` with each config's module constants set (then restore them)."""
+    names = sorted({k for cfg in configs for k in cfg})
+    saved = {k: getattr(module, k) for k in names}
     rows = []
-    # channels per program = 32 x warps x channels per thread
-    fwd = [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((8, 1), (16, 1), (32, 1), (64, 1), (64, 2), (128, 2))]
-    bwd = [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
-           ((8, 1, 4), (8, 1, 8), (16, 1, 4), (16, 1, 8), (32, 1, 4), (8, 1, 16), (16, 1, 2), (32, 1, 2))]
     try:
-        for cfg in fwd:
+        for cfg in configs:
             for k, v in {**saved, **cfg}.items():
-                setattr(ks, k, v)
-            ms, _ = _scan_kernel_ms(x, dy, device)
-            rows.append({"kind": "scan_sweep_fwd", **cfg, "fwd_ms": ms, **_compiled_info(ks._scan_fwd_kernel)})
-            print(json.dumps(rows[-1]), flush=True)
-        for cfg in bwd:
-            for k, v in {**saved, **cfg}.items():
-                setattr(ks, k, v)
-            _, ms = _scan_kernel_ms(x, dy, device)
-            rows.append({"kind": "scan_sweep_bwd", **cfg, "bwd_ms": ms, **_compiled_info(ks._scan_bwd_kernel)})
+                setattr(module, k, v)
+            rows.append({"kind": kind, **cfg, **measure(), **_compiled_info(kernel)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         for k, v in saved.items():
-            setattr(ks, k, v)
+            setattr(module, k, v)
+    return rows
+
+
+def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
+    """Block shapes of the scan and conv kernels at MAP-Base's shape (all else fixed)."""
+    from map_core.kernels import causal_conv1d as kc
+    from map_core.kernels import selective_scan as ks
+
+    # scan: channels per program = 32 x warps x channels per thread
+    rows = _sweep(ks, "scan_sweep_fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((32, 1), (64, 1), (128, 2))],
+                  lambda: {"fwd_ms": _scan_kernel_ms(x, dy, device)[0]}, ks._scan_fwd_kernel)
+    rows += _sweep(ks, "scan_sweep_bwd", [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
+                                          ((32, 1, 4), (32, 1, 2), (64, 1, 2), (64, 1, 4), (64, 2, 4))],
+                   lambda: {"bwd_ms": _scan_kernel_ms(x, dy, device)[1]}, ks._scan_bwd_kernel)
+    xc, w = x["u"], torch.randn(x["u"].shape[1], 4, device=device)
+
+    def conv_ms() -> dict:
+        return {"fwd_ms": round(_median_ms(lambda: kc.conv_forward(xc, w, x["D"], False), device), 4),
+                "bwd_ms": round(_median_ms(lambda: kc.conv_backward(dy, xc, w, x["D"], False), device), 4)}
+
+    rows += _sweep(kc, "conv_sweep", [dict(BLOCK_L=bl, BLOCK_D=bd, NUM_WARPS=nw) for bl, bd, nw in
+                                      ((16, 64, 4), (32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 8), (64, 32, 4))],
+                   conv_ms, kc._conv_bwd_kernel)
     return rows
 
 
@@ -537,7 +551,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also time these models at the same batch and input (e.g. mae_vit_base)")
     p.add_argument("--suite", action="store_true", help="every row of BENCHMARKS.md's model tables")
     p.add_argument("--kernels", action="store_true", help="the kernels against references and floors")
-    p.add_argument("--sweep", action="store_true", help="with --kernels: block sizes of the scan")
+    p.add_argument("--sweep", action="store_true", help="with --kernels: block shapes of the scan and conv kernels")
     add_debug_flag(p)
     args = p.parse_args(argv)
     import image, pointcloud  # noqa: F401  (registration)

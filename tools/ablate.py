@@ -1,0 +1,529 @@
+"""Run an ablation grid of ordinary ``tools/train.py`` jobs and write the result table and plot.
+
+    python tools/ablate.py --grid configs/ablation/grid.yaml                   # every GPU, 2 jobs each
+    python tools/ablate.py --grid configs/ablation/grid.yaml --gpus 0,1,2,3 --jobs-per-gpu 4
+    python tools/ablate.py --grid configs/ablation/grid.yaml --dry-run         # jobs and time estimate
+    python tools/ablate.py --grid configs/ablation/grid.yaml --report-only     # table + plot from results
+
+The grid file (see ``configs/ablation/grid.yaml``) names, per modality, a pretraining config and the
+evaluation configs (e.g. a low-label finetune and a linear SVM on frozen features), the seeds, and
+``cells``: each entry expands to the product of its lists of axis values (``objective``,
+``variant``, ``mask_ratio``, ...). ``axes`` says which ``--set`` overrides a value becomes in the
+pretraining and in the evaluation jobs (a modality may replace an axis's entry); a modality's
+``sets`` are added to every one of its jobs. ``objective: scratch`` has no pretraining: its
+evaluations start from random weights.
+
+For every (modality, cell, seed) one pretraining job runs, then each evaluation starts from its
+``last.pth`` (``--finetune``). Jobs run in parallel: one process per slot, ``--jobs-per-gpu`` slots
+per GPU (``CUDA_VISIBLE_DEVICES`` set per process), or ``--jobs`` CPU processes without a GPU.
+Each finished job appends one JSON line to ``<out>/results.jsonl``; a second run skips the jobs
+listed there, so an interrupted grid resumes (an unfinished job starts again from scratch). At the
+end (and with ``--report-only``) the table goes between the markers of ``--doc`` (created if
+missing; text outside the markers is kept) and the plot to ``--plot``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import train  # noqa: E402  (tools/train.py: experiment folders)
+
+BEGIN, END = "<!-- ablate:begin -->", "<!-- ablate:end -->"
+SCRATCH = "scratch"
+PRETRAIN = "pretrain"
+
+
+class GridError(ValueError):
+    """The grid file is malformed; the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: axis name -> value, ``objective`` first, then in the order of ``axes``."""
+
+    values: Tuple[Tuple[str, Any], ...]
+
+    @property
+    def name(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.values).get(key, default)
+
+
+@dataclass
+class Job:
+    """One ``tools/train.py`` run. ``after``: the pretraining job it starts from (or None)."""
+
+    id: str
+    modality: str
+    cell: Cell
+    seed: int
+    kind: str  # "pretrain" or an evaluation name
+    config: str
+    sets: List[str]
+    exp_root: Path
+    after: Optional[str] = None
+    steps: int = 0  # optimizer updates (for the time estimate)
+
+    @property
+    def exp_dir(self) -> Path:
+        return train.experiment_dir(train.parse_args(["--config", self.config, "--exp-root", str(self.exp_root),
+                                                      "--exp-name", self.kind]))
+
+    def argv(self, checkpoint: Optional[Path]) -> List[str]:
+        args = ["--config", self.config, "--exp-root", str(self.exp_root), "--exp-name", self.kind,
+                "--seed", str(self.seed)]
+        if checkpoint is not None:
+            args += ["--finetune", str(checkpoint)]
+        return args + (["--set", *self.sets] if self.sets else [])
+
+
+@dataclass
+class Grid:
+    path: Path
+    seeds: List[int]
+    modalities: Dict[str, Dict[str, Any]]
+    cells: List[Cell]
+    axes: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
+
+
+def _require(mapping: Any, key: str, where: str) -> Any:
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise GridError(f"{where}: missing key '{key}'")
+    return mapping[key]
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and check a grid file (see ``configs/ablation/grid.yaml``)."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    seeds = _require(data, "seeds", str(path))
+    modalities = _require(data, "modalities", str(path))
+    axes = data.get("axes") or {}
+    for name, spec in modalities.items():
+        where = f"{path}: modalities.{name}"
+        _require(spec, PRETRAIN, where)
+        if not _require(spec, "evaluate", where):
+            raise GridError(f"{where}.evaluate: name at least one evaluation config")
+        for config in [spec[PRETRAIN], *spec["evaluate"].values()]:
+            if not (ROOT / config).is_file() and not Path(config).is_file():
+                raise GridError(f"{where}: config '{config}' not found")
+    cells: List[Cell] = []
+    for i, entry in enumerate(_require(data, "cells", str(path))):
+        if not isinstance(entry, Mapping) or "objective" not in entry:
+            raise GridError(f"{path}: cells[{i}] must be a mapping with at least 'objective'")
+        for key in entry:
+            if key != "objective" and key not in axes:
+                raise GridError(f"{path}: cells[{i}].{key} has no entry in 'axes' (known: {', '.join(axes)})")
+        order = ["objective", *axes]  # one order, whatever the entry's: equal cells compare equal
+        lists = [(k, entry[k] if isinstance(entry[k], list) else [entry[k]]) for k in order if k in entry]
+        for combo in itertools.product(*(values for _, values in lists)):
+            cell = Cell(tuple(zip((k for k, _ in lists), combo)))
+            if cell not in cells:
+                cells.append(cell)
+    return Grid(path, list(seeds), dict(modalities), cells, dict(axes))
+
+
+def cell_sets(grid: Grid, modality: str, cell: Cell, kind: str) -> List[str]:
+    """``--set`` overrides of a job of ``kind`` ("pretrain" or "evaluate"): the modality's own
+    ``sets`` for that kind, then those of the cell's axis values."""
+    sets = list(grid.modalities[modality].get("sets", {}).get(kind, []))
+    for key, value in cell.values:
+        if key == "objective":
+            if kind == PRETRAIN:
+                sets.append(f"model.objective={value}")
+            continue
+        spec = grid.modalities[modality].get("axes", {}).get(key, grid.axes[key])
+        sets += [template.format(value) for template in spec.get(kind, [])]
+    return sets
+
+
+def expand(grid: Grid, out: Path) -> List[Job]:
+    """Every job of the grid, each pretraining job before the evaluations that start from it."""
+    jobs: List[Job] = []
+    for modality, spec in grid.modalities.items():
+        for cell in grid.cells:
+            slug = cell.name.replace("=", "-").replace(",", "_")
+            for seed in grid.seeds:
+                root = out / "runs" / modality / slug / f"seed{seed}"
+                base = f"{modality}/{cell.name}/seed{seed}"
+                pre = None
+                if cell.get("objective") != SCRATCH:
+                    pre = f"{base}/{PRETRAIN}"
+                    jobs.append(Job(pre, modality, cell, seed, PRETRAIN, spec[PRETRAIN],
+                                    cell_sets(grid, modality, cell, PRETRAIN), root))
+                for name, config in spec["evaluate"].items():
+                    jobs.append(Job(f"{base}/{name}", modality, cell, seed, name, config,
+                                    cell_sets(grid, modality, cell, "evaluate"), root, after=pre))
+    return jobs
+
+
+# ----------------------------------------------------------------------------- results
+def read_results(path: Path) -> Dict[str, Dict[str, Any]]:
+    """job id -> its record, from ``results.jsonl`` (a torn last line from a crash is ignored)."""
+    records: Dict[str, Dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            records[record["job"]] = record
+    return records
+
+
+def append_result(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def job_metrics(stdout: str) -> Dict[str, Any]:
+    """The metrics JSON that ``tools/train.py`` prints as its last line."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "metric" in value:
+            return value
+    raise ValueError("no metrics line in the job's output")
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class Slot:
+    name: str  # "cuda:0" or "cpu"
+    device: str  # what runs the job, e.g. "NVIDIA H100 80GB HBM3" or "x86_64 CPU, 16 cores"
+    env: Dict[str, str]
+
+
+def make_slots(gpus: str, jobs_per_gpu: int, cpu_jobs: int) -> List[Slot]:
+    """One slot per concurrent job: ``jobs_per_gpu`` per id in ``gpus`` ("0,1"), or ``cpu_jobs`` CPU
+    slots when ``gpus`` is empty. Threads per process = CPU cores / slots."""
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    count = len(ids) * jobs_per_gpu if ids else cpu_jobs
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    base = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if not ids:
+        cpu = f"{platform.machine()} CPU, {os.cpu_count()} cores"
+        return [Slot("cpu", cpu, {**base, "CUDA_VISIBLE_DEVICES": ""}) for _ in range(cpu_jobs)]
+    import torch
+
+    return [Slot(f"cuda:{g}", torch.cuda.get_device_name(int(g)), {**base, "CUDA_VISIBLE_DEVICES": g})
+            for g in ids for _ in range(jobs_per_gpu)]
+
+
+def visible_gpus() -> str:
+    """"0,1,..." for every visible CUDA device ("" without one)."""
+    import torch
+
+    return ",".join(str(i) for i in range(torch.cuda.device_count()))
+
+
+class Runner:
+    """Runs the jobs that are not in the results yet, ``len(slots)`` at a time, and prints progress."""
+
+    def __init__(self, jobs: List[Job], slots: List[Slot], results: Path):
+        self.jobs, self.slots, self.results_path = jobs, slots, results
+        self.done = read_results(results)
+        self.failed: Dict[str, str] = {}
+
+    def _ready(self, job: Job) -> bool:
+        return job.after is None or job.after in self.done
+
+    def _blocked(self, job: Job) -> bool:
+        return job.after is not None and job.after in self.failed
+
+    def _start(self, job: Job, slot: Slot) -> Tuple[subprocess.Popen, Any, float]:
+        if job.exp_dir.exists():  # a previous, unfinished attempt
+            shutil.rmtree(job.exp_dir)
+        job.exp_dir.mkdir(parents=True)
+        checkpoint = None
+        if job.after is not None:
+            checkpoint = Path(self.done[job.after]["checkpoint"])
+        cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *job.argv(checkpoint)]
+        log = open(job.exp_dir / "ablate_job.log", "w")
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **slot.env}, stdout=subprocess.PIPE,
+                                stderr=log, text=True)
+        return proc, log, time.time()
+
+    def run(self) -> int:
+        todo = [j for j in self.jobs if j.id not in self.done]
+        total, finished = len(self.jobs), len(self.jobs) - len(todo)
+        self._print(f"{finished} of {total} jobs already done; {len(todo)} to run on {len(self.slots)} "
+                    f"slot(s) ({', '.join(sorted({s.name for s in self.slots}))})")
+        running: Dict[int, Tuple[Job, subprocess.Popen, Any, float]] = {}
+        durations: List[float] = []
+        while todo or running:
+            for job in [j for j in todo if self._blocked(j)]:
+                todo.remove(job)
+                self.failed[job.id] = f"skipped: {job.after} failed"
+                self._print(f"skip  {job.id} ({job.after} failed)")
+            free = [i for i in range(len(self.slots)) if i not in running]
+            for i in free:
+                job = next((j for j in todo if self._ready(j)), None)
+                if job is None:
+                    break
+                todo.remove(job)
+                running[i] = (job, *self._start(job, self.slots[i]))
+            time.sleep(0.2)
+            for i, (job, proc, log, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                stdout = proc.stdout.read()
+                log.write(stdout)
+                log.close()
+                del running[i]
+                seconds = time.time() - start
+                finished += 1
+                if proc.returncode != 0:
+                    self.failed[job.id] = f"exit code {proc.returncode}, see {job.exp_dir / 'ablate_job.log'}"
+                    self._print(f"[{finished}/{total}] FAIL {job.id}: {self.failed[job.id]}")
+                    continue
+                record = self._record(job, self.slots[i], stdout, seconds)
+                append_result(self.results_path, record)
+                self.done[job.id] = record
+                durations.append(seconds)
+                eta = np.mean(durations) * (len(todo) + len(running)) / len(self.slots) / 60
+                self._print(f"[{finished}/{total}] ok   {job.id}: {record['metric']} {record['value']:.4g} "
+                            f"({seconds:.0f} s; {len(running)} running, ~{eta:.1f} min left)")
+        if self.failed:
+            self._print(f"{len(self.failed)} job(s) failed or were skipped:")
+            for job_id, why in self.failed.items():
+                self._print(f"  {job_id}: {why}")
+        return 1 if self.failed else 0
+
+    def _record(self, job: Job, slot: Slot, stdout: str, seconds: float) -> Dict[str, Any]:
+        metrics = job_metrics(stdout)
+        name = metrics["metric"]
+        last = metrics.get("last_metrics") or {}
+        value = last.get(name, metrics.get("best_metric"))
+        return {"job": job.id, "modality": job.modality, "cell": dict(job.cell.values), "seed": job.seed,
+                "kind": job.kind, "metric": name, "value": value, "seconds": seconds, "finished": time.time(),
+                "device": f"{slot.device} ({slot.name})",
+                "checkpoint": str(job.exp_dir / "last.pth"),
+                "command": "python tools/train.py " + shlex.join(job.argv(
+                    Path(self.done[job.after]["checkpoint"]) if job.after else None))}
+
+    def _print(self, text: str) -> None:
+        print(f"{datetime.datetime.now():%H:%M:%S} {text}", flush=True)
+
+
+# ----------------------------------------------------------------------------- estimates
+def count_steps(job: Job) -> int:
+    """Optimizer updates of ``job`` (0 for tasks without training, e.g. the linear SVM)."""
+    from map_core.config import load_config, validate
+    from map_core.engine.tasks import build_task
+
+    cfg = validate(load_config(job.config, job.sets))
+    task = build_task(cfg)
+    if not task.trains:
+        return 0
+    train_cfg = cfg["train"]
+    per_epoch = len(task.build_dataset("train")) // train_cfg["total_batch_size"]
+    if train_cfg["max_steps_per_epoch"]:
+        per_epoch = min(per_epoch, train_cfg["max_steps_per_epoch"])
+    return per_epoch * cfg["scheduler"]["epochs"]
+
+
+def estimate(jobs: List[Job], sec_per_step: float, sec_per_job: float, slots: int) -> str:
+    """A few lines: jobs and updates per kind, serial device-seconds and wall time over ``slots``."""
+    import image  # noqa: F401  (register models and datasets)
+    import pointcloud  # noqa: F401
+
+    cache: Dict[Tuple[str, Tuple[str, ...]], int] = {}
+    by_kind: Dict[str, List[int]] = {}
+    for job in jobs:
+        key = (job.config, tuple(s for s in job.sets if not s.startswith(("model.", "train.seed"))))
+        if key not in cache:
+            cache[key] = count_steps(job)
+        job.steps = cache[key]
+        by_kind.setdefault(f"{job.modality} {job.kind}", []).append(job.steps)
+    lines = [f"{'jobs':>6} {'updates each':>13}  kind"]
+    for kind, steps in by_kind.items():
+        lines.append(f"{len(steps):>6} {int(np.mean(steps)):>13}  {kind}")
+    total_steps = sum(j.steps for j in jobs)
+    serial = total_steps * sec_per_step + len(jobs) * sec_per_job
+    lines.append(f"{len(jobs)} jobs, {total_steps} updates: {serial / 60:.0f} device-minutes at "
+                 f"{sec_per_step} s/update + {sec_per_job} s/job; over {slots} slot(s) about "
+                 f"{serial / 60 / slots:.0f} minutes if jobs sharing a GPU do not slow each other")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- report
+def summarise(records: Sequence[Mapping[str, Any]]) -> Dict[Tuple[str, str, str], Tuple[float, float, int]]:
+    """(modality, cell name, kind) -> (mean, std over seeds, number of seeds)."""
+    groups: Dict[Tuple[str, str, str], List[float]] = {}
+    for r in records:
+        name = Cell(tuple(r["cell"].items())).name
+        groups.setdefault((r["modality"], name, r["kind"]), []).append(float(r["value"]))
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+            for k, v in groups.items()}
+
+
+def _fmt(stat: Optional[Tuple[float, float, int]], digits: int) -> str:
+    if stat is None:
+        return "-"
+    mean, std, n = stat
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})"
+
+
+def report_markdown(grid: Grid, records: Sequence[Mapping[str, Any]], meta: Mapping[str, str]) -> str:
+    """Tables of mean ± std (number of seeds) per modality, evaluation and cell."""
+    stats = summarise(records)
+    lines = [f"Generated by `{meta['command']}` on {meta['date']}; device: {meta['device']}; "
+             f"{meta['jobs']} jobs, {meta['job_minutes']} job-minutes, {meta['wall']} wall time. "
+             f"Seeds {', '.join(map(str, grid.seeds))}; mean ± sample std (number of seeds).", ""]
+    for modality, spec in grid.modalities.items():
+        kinds = list(spec["evaluate"]) + [PRETRAIN]
+        for kind in kinds:
+            unit = next((r["metric"] for r in records if r["modality"] == modality and r["kind"] == kind), "")
+            title = (f"pretraining: final validation {unit} (lower is better)" if kind == PRETRAIN else
+                     f"{kind} ({spec['evaluate'][kind]}): {unit}")
+            lines += [f"### {modality}: {title}", ""]
+            extra = sorted({k for c in grid.cells for k, _ in c.values} - {"objective", "variant"})
+            header = ["objective", "variant", *extra]
+            lines += ["| " + " | ".join(header + ["result"]) + " |", "|" + " --- |" * (len(header) + 1)]
+            for cell in grid.cells:
+                if kind == PRETRAIN and cell.get("objective") == SCRATCH:
+                    continue
+                row = [str(cell.get(k, "")) for k in header]
+                lines.append("| " + " | ".join(row + [_fmt(stats.get((modality, cell.name, kind)),
+                                                          4 if kind == PRETRAIN else 1)]) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(grid: Grid, records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Bars of mean accuracy with std error bars: one panel per modality and evaluation; bars grouped
+    by variant, one colour per objective; cells with other axes (mask ratio) as their own groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = summarise(records)
+    panels = [(m, k) for m, spec in grid.modalities.items() for k in spec["evaluate"]]
+    objectives = list(dict.fromkeys(c.get("objective") for c in grid.cells))
+    rest = {c: ", ".join(f"{k}={v}" for k, v in c.values if k != "objective") for c in grid.cells}
+    groups = list(dict.fromkeys(rest.values()))
+    width = 0.8 / len(objectives)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.9 * len(groups) + 2), 3.2 * len(panels)),
+                             squeeze=False)
+    for ax, (modality, kind) in zip(axes[:, 0], panels):
+        for i, objective in enumerate(objectives):
+            bars = [(g, stats[(modality, c.name, kind)]) for c in grid.cells for g, group in enumerate(groups)
+                    if c.get("objective") == objective and rest[c] == group and (modality, c.name, kind) in stats]
+            if bars:
+                xs = [g + (i - (len(objectives) - 1) / 2) * width for g, _ in bars]
+                ax.bar(xs, [s[0] for _, s in bars], width, yerr=[s[1] for _, s in bars], capsize=2, label=objective)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([g.replace(", ", "\n") for g in groups], fontsize=7)
+        unit = next((r["metric"] for r in records if r["modality"] == modality and r["kind"] == kind), "")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{modality}: {kind}", fontsize=9)
+        ax.legend(fontsize=7, ncol=len(objectives))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_doc(path: Path, table: str, picture: Optional[Path]) -> None:
+    """Put ``table`` (and the picture link) between the markers of ``path``; keep the rest."""
+    body = table + (f"\n![ablation results]({os.path.relpath(picture, path.parent)})\n" if picture else "")
+    block = f"{BEGIN}\n{body}\n{END}"
+    text = path.read_text() if path.exists() else f"# Ablation\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise GridError(f"{path}: no '{BEGIN}' ... '{END}' markers to write the table between")
+    head, rest = text.split(BEGIN, 1)
+    text = head + block + rest.split(END, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", required=True, help="grid YAML (see configs/ablation/grid.yaml)")
+    p.add_argument("--out", default="experiments/ablation", help="runs and results.jsonl go here")
+    p.add_argument("--gpus", default=None,
+                   help="comma-separated GPU ids (default: every visible GPU; '' = CPU only)")
+    p.add_argument("--jobs-per-gpu", type=int, default=2, help="concurrent jobs on each GPU")
+    p.add_argument("--jobs", type=int, default=1, help="concurrent jobs when there is no GPU")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")
+    p.add_argument("--doc", default="docs/ablation.md", help="markdown file the table is written into")
+    p.add_argument("--plot", default="docs/ablation.png", help="PNG of the results")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and estimate the device time")
+    p.add_argument("--report-only", action="store_true", help="only write the table and the plot")
+    p.add_argument("--sec-per-step", type=float, default=0.1,
+                   help="for the estimate: seconds per update (the demo: ~0.1 on one H100)")
+    p.add_argument("--sec-per-job", type=float, default=5.0, help="for the estimate: start-up seconds per job")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+    except (GridError, OSError, yaml.YAMLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.seeds:
+        grid.seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    jobs = expand(grid, out.resolve())
+    slots = make_slots(visible_gpus() if args.gpus is None else args.gpus, args.jobs_per_gpu, args.jobs)
+    if args.dry_run:
+        for job in jobs:
+            checkpoint = Path(f"<{job.after}>/last.pth") if job.after else None
+            print(f"{job.id}: python tools/train.py {shlex.join(job.argv(checkpoint))}")
+        print(estimate(jobs, args.sec_per_step, args.sec_per_job, len(slots)))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    code = 0 if args.report_only else Runner(jobs, slots, results).run()
+    ids = {j.id for j in jobs}
+    records = [r for r in read_results(results).values() if r["job"] in ids]
+    first_start = min((r["finished"] - r["seconds"] for r in records), default=0.0)
+    meta = {"command": "python tools/ablate.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "date": f"{datetime.date.today():%Y-%m-%d}",
+            "device": ", ".join(sorted({r["device"].split(" (")[0] for r in records})) or "-",
+            "jobs": str(len(records)),
+            "job_minutes": f"{sum(r['seconds'] for r in records) / 60:.1f}",
+            "wall": f"{(max((r['finished'] for r in records), default=0.0) - first_start) / 60:.1f} minutes"}
+    picture = Path(args.plot) if records else None
+    if picture is not None:
+        plot(grid, records, picture)
+    write_doc(Path(args.doc), report_markdown(grid, records, meta), picture)
+    print(f"wrote {args.doc}" + (f" and {picture}" if picture else ""))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
