@@ -29,8 +29,6 @@ from map_core.weights import CheckpointShapeError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-
-
 # (official prefix, our prefix); a prefix ending without "." matches that exact key
 _RENAMES: Tuple[Tuple[str, str], ...] = (
     ("patch_embed.", "tokenizer.patch_embed."),

@@ -25,7 +25,7 @@ from timm.models import register_model
 from map_core.decoder import ARDecoder
 from map_core.encoder import HybridEncoder, matched_layout
 from map_core.layers import MambaLayer, TransformerBlock, xavier_init
-from map_core.mixers import BiMamba
+from map_core.mixers import MambaMixer
 from map_core.losses import masked_mse
 from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
@@ -63,7 +63,7 @@ def variant_layout(variant: str, depth: int, embed_dim: int = 192) -> str:
     | tiny (d 192, depth 24) | 24 M + 8 T: 9,145,536 | 32 M: 9,025,728 | 21 T: 9,342,528 |
     """
     with torch.device("meta"):
-        mamba = _numel(MambaLayer(embed_dim, BiMamba(embed_dim, bidirectional="sequence")))
+        mamba = _numel(MambaLayer(embed_dim, MambaMixer(embed_dim, bidirectional="sequence")))
         hybrid_block = _numel(TransformerBlock(embed_dim, 1, 2.0, qkv_bias=True))
         block = _numel(TransformerBlock(embed_dim, 1, 4.0, qkv_bias=True))
     return matched_layout(variant, depth, mamba, hybrid_block, block)
@@ -157,7 +157,7 @@ def map_pretrain(
     of ``num_heads`` heads after every third of ``depth`` Mamba layers), ``mamba`` or ``transformer``
     at about the hybrid's parameter count (:func:`variant_layout`); the classifier builds the same
     encoder from the same keys. ``layout`` overrides the arrangement, ``mlp_ratio`` the variant's
-    ViT mlp ratio. The decoder is ``decoder_depth`` MAP 2D cross-norm blocks with learned positions;
+    ViT mlp ratio. The decoder is ``decoder_depth`` MAP 2D dual-norm blocks with learned positions;
     the head predicts ``patch_size**2 * in_chans`` pixels.
     """
     tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
@@ -169,7 +169,7 @@ def map_pretrain(
         block_drop_path=drop_path_rate if "M" not in layout else 0.0,
     )
     decoder = ARDecoder(decoder_dim, decoder_depth, decoder_heads, mlp_ratio=decoder_mlp_ratio, qkv_bias=True,
-                        block="cross_norm")
+                        block="dual_norm")
     model = MAPImagePretrainer(
         tokenizer=tokenizer,
         encoder=encoder,

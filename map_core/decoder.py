@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .layers import CrossNormBlock, TransformerBlock
+from .layers import DualNormBlock, TransformerBlock
 
 
 class ARDecoder(nn.Module):
@@ -20,7 +20,7 @@ class ARDecoder(nn.Module):
 
     forward(x, pos: (B, L, C), attn_mask: bool (L, L) or None) -> (B, L, C). ``pos_every_block``
     adds ``pos`` before every block (Point-MAE style) instead of once at the input (MAE / MAP 2D
-    style). ``block`` is ``"vit"`` (timm names: ``blocks.{k}.attn.qkv``) or ``"cross_norm"`` (MAP 2D
+    style). ``block`` is ``"vit"`` (timm names: ``blocks.{k}.attn.qkv``) or ``"dual_norm"`` (MAP 2D
     names: ``blocks.{k}.attn2.q``/``kv`` with ``norm2_1``/``norm2_2``).
     """
 
@@ -37,7 +37,7 @@ class ARDecoder(nn.Module):
         norm_eps: float = 1e-5,
     ):
         super().__init__()
-        blocks = {"vit": TransformerBlock, "cross_norm": CrossNormBlock}
+        blocks = {"vit": TransformerBlock, "dual_norm": DualNormBlock}
         if block not in blocks:
             raise ValueError(f"unknown decoder block '{block}'; expected one of {sorted(blocks)}")
         rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()

@@ -20,7 +20,7 @@ from timm.layers import DropPath
 
 from .errors import ConfigError
 from .layers import MambaLayer, TransformerBlock, make_norm
-from .mixers import BiMamba
+from .mixers import MambaMixer
 from .objective import row_causal_mask
 
 
@@ -99,7 +99,7 @@ class HybridEncoder(nn.Module):
         self.layers = nn.ModuleList(
             MambaLayer(
                 dim,
-                BiMamba(dim, d_state=d_state, expand=expand, bidirectional=bidirectional),
+                MambaMixer(dim, d_state=d_state, expand=expand, bidirectional=bidirectional),
                 norm=norm, eps=norm_eps, drop_path=rate, residual_in_fp32=residual_in_fp32,
             )
             for rate in rates

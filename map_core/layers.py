@@ -62,7 +62,7 @@ class MambaLayer(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None, causal: bool = False):
-        """``causal=True`` calls ``mixer(h, causal=True)`` (``BiMamba``: output at t from positions
+        """``causal=True`` calls ``mixer(h, causal=True)`` (``MambaMixer``: output at t from positions
         <= t only); otherwise ``mixer(h)``, so any one-argument mixer fits."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         hidden = self.norm(residual.to(self.norm.weight.dtype))
@@ -92,8 +92,9 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
-class CrossNormAttention(nn.Module):
-    """Attention with separate ``q`` and ``kv`` projections (MAP 2D decoder's ``attn2``).
+class DualNormAttention(nn.Module):
+    """Self-attention whose queries and keys/values come from two differently normalised copies of
+    the same tokens, with separate ``q`` and ``kv`` projections (MAP 2D decoder's ``attn2``).
 
     q_in: (B, Lq, C); kv_in: (B, Lk, C); attn_mask: bool (Lq, Lk), True = may attend.
     """
@@ -145,7 +146,7 @@ class TransformerBlock(nn.Module):
 
 
 @repeated_block
-class CrossNormBlock(nn.Module):
+class DualNormBlock(nn.Module):
     """MAP 2D decoder block: the query and the keys/values get their own LayerNorm.
 
     ``x = x + attn2(norm2_1(x), norm2_2(x)); x = x + mlp(norm2(x))``. x: (B, L, C).
@@ -158,7 +159,7 @@ class CrossNormBlock(nn.Module):
         super().__init__()
         self.norm2_1 = nn.LayerNorm(dim, eps=norm_eps)
         self.norm2_2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn2 = CrossNormAttention(dim, num_heads, qkv_bias)
+        self.attn2 = DualNormAttention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from .ssm import causal_conv1d, selective_scan
 
 
-class BiMamba(nn.Module):
-    """Mamba-1 mixer. Input and output: (B, L, d_model)."""
+class MambaMixer(nn.Module):
+    """Mamba-1 token mixer: one causal scan, or two with ``bidirectional``. (B, L, d_model) -> same."""
 
     def __init__(
         self,

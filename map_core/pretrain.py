@@ -105,7 +105,7 @@ class MAPPretrainer(nn.Module):
         order = torch.cat([keep, masked], dim=1)
         seq = torch.cat([d, self.mask_token.to(d.dtype).expand(b, masked.shape[1], -1)], dim=1)
         out = self.head(self.decoder(seq, gather_tokens(dpos, order), attn_mask))
-        return out.scatter(1, order[..., None].expand(-1, -1, out.shape[-1]), out)
+        return gather_tokens(out, order.argsort(dim=1))  # back to token order
 
     def forward_next_rows(self, tok: Tokens) -> torch.Tensor:
         """``ar``: every row predicted from the rows before it; (B, L, P) in token order.

@@ -3,7 +3,7 @@
 One encoder layer (Mamba3D, ``models/Mamba3D.py``)::
 
     x = x + drop_path(lfa(centre, norm1(x)))      # LNP: local geometry among the group centres
-    x = x + drop_path(mixer(norm2(x)))            # BiMamba (channel-flip "v4") or a Transformer block
+    x = x + drop_path(mixer(norm2(x)))            # MambaMixer (channel-flip "v4") or a Transformer block
 
 Finetuning prepends a cls token: token 0 is not pooled by LNP, it passes through as the
 normalised input, so its update is ``x_cls + drop_path(norm1(x)_cls)`` (as the official code).
@@ -22,7 +22,7 @@ from timm.layers import DropPath
 from map_core.compile import repeated_block
 from map_core.encoder import matched_layout, official_layout, parse_layout
 from map_core.layers import TransformerBlock
-from map_core.mixers import BiMamba
+from map_core.mixers import MambaMixer
 from map_core.objective import row_causal_mask
 from pointcloud.ops import gather, knn
 
@@ -116,7 +116,7 @@ class LocalNormPool(nn.Module):
 class Mamba3DBlock(nn.Module):
     """LNP + a token mixer, each pre-normed with an outer residual. x: (B, L, C), center: (B, G, 3).
 
-    ``mixer="mamba"``: BiMamba with the channel-flip second direction (bimamba v4);
+    ``mixer="mamba"``: MambaMixer with the channel-flip second direction (bimamba v4);
     ``mixer="attention"``: a Transformer block (the Trans3D block; it has its own residuals).
     """
 
@@ -127,7 +127,7 @@ class Mamba3DBlock(nn.Module):
         self.lfa = LocalNormPool(dim, center_local_k)
         self.norm2 = nn.LayerNorm(dim)
         if mixer == "mamba":
-            self.mixer = BiMamba(dim, bidirectional="channel")
+            self.mixer = MambaMixer(dim, bidirectional="channel")
         elif mixer == "attention":
             self.mixer = TransformerBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=0.0)
         else:

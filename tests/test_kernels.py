@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton")
 
 from map_core import backends  # noqa: E402
-from map_core.mixers import BiMamba  # noqa: E402
+from map_core.mixers import MambaMixer  # noqa: E402
 from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
 from pointcloud import ops  # noqa: E402
 
@@ -135,7 +135,7 @@ def test_knn_equals_reference(b, m, n_points, k):
 @pytest.mark.parametrize("direction", ["sequence", "channel"])
 def test_mixer_on_triton_kernels_matches_reference(direction):
     torch.manual_seed(0)
-    mixer = BiMamba(12, d_state=4, bidirectional=direction).to(DEVICE)
+    mixer = MambaMixer(12, d_state=4, bidirectional=direction).to(DEVICE)
     x = torch.randn(2, 19, 12, device=DEVICE)
     results = []
     for scan, conv in (("triton", "triton"), ("torch", "torch")):
@@ -152,7 +152,7 @@ def test_mixer_on_triton_kernels_matches_reference(direction):
 
 def test_mixer_compiles_without_graph_breaks():
     torch.manual_seed(0)
-    mixer = BiMamba(8, d_state=4, bidirectional="sequence").to(DEVICE)
+    mixer = MambaMixer(8, d_state=4, bidirectional="sequence").to(DEVICE)
     x = torch.randn(1, 9, 8, device=DEVICE, requires_grad=True)
     with backends.using(scan="triton", conv="triton"):
         eager = mixer(x)

@@ -62,7 +62,7 @@ def test_point_variant_counts(size):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_image_pretraining_weights_load_into_the_classifier(variant):
     torch.manual_seed(0)
-    sizes = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, backend="torch")
+    sizes = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4)
     pre = map_pretrain(**sizes, decoder_dim=32, decoder_depth=1, decoder_heads=4, variant=variant)
     clf = map_classifier(**sizes, num_classes=3, num_cls_tokens=2, variant=variant)
     assert clf.encoder.layout == pre.encoder.layout
@@ -76,7 +76,7 @@ def test_image_pretraining_weights_load_into_the_classifier(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_point_pretraining_weights_load_into_the_classifier(variant):
     torch.manual_seed(0)
-    sizes = dict(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48, backend="torch")
+    sizes = dict(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48)
     pre = pointmap_pretrain(**sizes, decoder_depth=1, variant=variant)
     clf = pointmap_classifier(**sizes, cls_dim=5, variant=variant)
     assert clf.encoder.blocks.layout == pre.encoder.blocks.layout

@@ -61,7 +61,7 @@ def test_row_causal_mask_definition():
             assert bool(m[q, k]) == (k // 2 <= q // 2)
 
 
-@pytest.mark.parametrize("block", ["vit", "cross_norm"])
+@pytest.mark.parametrize("block", ["vit", "dual_norm"])
 def test_decoder_rows_see_only_their_row_and_earlier(block):
     torch.manual_seed(0)
     row_len, rows = 3, 4

