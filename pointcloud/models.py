@@ -126,8 +126,7 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
     tokenizer = PointGroupTokenizer(num_group, group_size, encoder_dims, trans_dim, pointnet_width)
     encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads,
                               variant_layout(variant, depth, trans_dim, center_local_k, num_heads))
-    tokenizer.apply(_point_init)
-    encoder.apply(_point_init)
+    encoder.apply(_point_init)  # the tokeniser keeps its modules' own init, as in the classifier
     decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, qkv_bias=False,
                         drop_path=decoder_drop_path, pos_every_block=True)
     decoder.apply(xavier_init)

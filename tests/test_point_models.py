@@ -219,3 +219,22 @@ def test_tiny_pointmap_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * min(first, trivial), (first, trivial, loss.item())
+
+
+def test_pretraining_tokenizer_starts_where_a_scratch_classifier_does():
+    """Finetuning loads the pretrained tokeniser whole (as Point-MAE's), and the reconstruction loss
+    does not train the encoder's position MLP (the decoder adds its own positions to every group), so
+    that MLP leaves pretraining near its init. Both models must therefore initialise the tokeniser
+    alike: with Point-MAE's trunc-normal(0.02) init in pretraining only, the position embedding was
+    ~1% of the group features' norm (a scratch classifier: ~25%) and finetuning from a pretrained
+    tokeniser lost ~24 points on the demo digits (docs/ablation.md, findings)."""
+    torch.manual_seed(0)
+    pre = pointmap_pretrain(**TINY, num_group=16, backend="torch")
+    torch.manual_seed(0)
+    clf = pointmap_classifier(**TINY, num_group=16, backend="torch")
+    for (name, a), (_, b) in zip(pre.tokenizer.state_dict().items(), clf.tokenizer.state_dict().items()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        tok = pre.train().tokenizer(_cloud(4, 256, 7))
+    ratio = tok.pos.norm(dim=-1).mean() / tok.x.norm(dim=-1).mean()
+    assert ratio > 0.1, ratio.item()

@@ -3,12 +3,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import benchmark  # noqa: E402  (tools/benchmark.py)
+import diagnose  # noqa: E402  (tools/diagnose.py)
 import visualize  # noqa: E402  (tools/visualize.py)
 from map_core.engine.checkpoint import atomic_save  # noqa: E402
 from map_core.registry import MODELS  # noqa: E402
@@ -85,3 +87,23 @@ def test_visualize_cli_writes_png(tmp_path: Path):
     assert visualize.main(["--config", str(cfg), "--ckpt", str(tmp_path / "ckpt.pth"), "--out", str(out),
                            "--num", "2"]) == 0
     assert Image.open(out).size[0] > 100
+
+
+def test_diagnose_loss_ablations_on_a_tiny_point_model():
+    from pointcloud.models import pointmap_pretrain
+
+    torch.manual_seed(0)
+    model = pointmap_pretrain(trans_dim=32, depth=3, num_heads=4, group_size=8, num_group=16, encoder_dims=32,
+                              decoder_depth=1, decoder_num_heads=4, backend="torch")
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(4, 128, 3, generator=g), torch.randn(4, 128, 3, generator=g)]
+    out = diagnose.diagnose(model, batches)
+    mask = model.objective.sample_mask(4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = float(model.eval()(batches[0], mask)[0])
+    assert set(out) == {"loss", "loss_content_blind", "loss_no_encoder_pos", "loss_zero_prediction",
+                        "pos_norm", "feature_norm"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert out["loss_content_blind"] != out["loss"] and out["loss_no_encoder_pos"] != out["loss"]
+    assert diagnose.diagnose(model, batches[:1])["loss"] == pytest.approx(first)
+    assert model(batches[0], mask)[0].item() == pytest.approx(first)  # the tokeniser is restored
