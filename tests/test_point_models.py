@@ -229,9 +229,9 @@ def test_pretraining_tokenizer_starts_where_a_scratch_classifier_does():
     ~1% of the group features' norm (a scratch classifier: ~25%) and finetuning from a pretrained
     tokeniser lost ~24 points on the demo digits (docs/ablation.md, findings)."""
     torch.manual_seed(0)
-    pre = pointmap_pretrain(**TINY, num_group=16, backend="torch")
+    pre = pointmap_pretrain(**TINY, num_group=16)
     torch.manual_seed(0)
-    clf = pointmap_classifier(**TINY, num_group=16, backend="torch")
+    clf = pointmap_classifier(**TINY, num_group=16)
     for (name, a), (_, b) in zip(pre.tokenizer.state_dict().items(), clf.tokenizer.state_dict().items()):
         assert torch.equal(a, b), name
     with torch.no_grad():

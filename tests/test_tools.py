@@ -94,7 +94,7 @@ def test_diagnose_loss_ablations_on_a_tiny_point_model():
 
     torch.manual_seed(0)
     model = pointmap_pretrain(trans_dim=32, depth=3, num_heads=4, group_size=8, num_group=16, encoder_dims=32,
-                              decoder_depth=1, decoder_num_heads=4, backend="torch")
+                              decoder_depth=1, decoder_num_heads=4)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(4, 128, 3, generator=g), torch.randn(4, 128, 3, generator=g)]
     out = diagnose.diagnose(model, batches)

@@ -159,8 +159,9 @@ def cell_sets(grid: Grid, modality: str, cell: Cell, kind: str) -> List[str]:
     return sets
 
 
-def expand(grid: Grid, out: Path) -> List[Job]:
-    """Every job of the grid, each pretraining job before the evaluations that start from it."""
+def expand(grid: Grid, out: Path, extra_sets: Sequence[str] = ()) -> List[Job]:
+    """Every job of the grid, each pretraining job before the evaluations that start from it;
+    ``extra_sets`` (``--set`` of this tool) are added to every job."""
     jobs: List[Job] = []
     for modality, spec in grid.modalities.items():
         for cell in grid.cells:
@@ -172,10 +173,11 @@ def expand(grid: Grid, out: Path) -> List[Job]:
                 if cell.get("objective") != SCRATCH:
                     pre = f"{base}/{PRETRAIN}"
                     jobs.append(Job(pre, modality, cell, seed, PRETRAIN, spec[PRETRAIN],
-                                    cell_sets(grid, modality, cell, PRETRAIN), root))
+                                    cell_sets(grid, modality, cell, PRETRAIN) + list(extra_sets), root))
                 for name, config in spec["evaluate"].items():
                     jobs.append(Job(f"{base}/{name}", modality, cell, seed, name, config,
-                                    cell_sets(grid, modality, cell, "evaluate"), root, after=pre))
+                                    cell_sets(grid, modality, cell, "evaluate") + list(extra_sets), root,
+                                    after=pre))
     return jobs
 
 
@@ -479,6 +481,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")
     p.add_argument("--doc", default="docs/ablation.md", help="markdown file the table is written into")
     p.add_argument("--plot", default="docs/ablation.png", help="PNG of the results")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides added to every job (e.g. train.cuda_graphs=true on GPUs)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and estimate the device time")
     p.add_argument("--report-only", action="store_true", help="only write the table and the plot")
     p.add_argument("--sec-per-step", type=float, default=0.1,
@@ -497,7 +501,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.seeds:
         grid.seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
-    jobs = expand(grid, out.resolve())
+    jobs = expand(grid, out.resolve(), args.set)
     slots = make_slots(visible_gpus() if args.gpus is None else args.gpus, args.jobs_per_gpu, args.jobs)
     if args.dry_run:
         for job in jobs:

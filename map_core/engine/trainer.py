@@ -177,6 +177,9 @@ class Trainer:
             if self.dist.device.type != "cuda" or self.dist.world_size > 1:
                 raise ConfigError("train.cuda_graphs needs one process on a CUDA device (not CPU, not DDP); "
                                   "use train.compile there")
+            if getattr(self.task, "mixup", None) is not None:
+                raise ConfigError("train.cuda_graphs cannot capture task.mixup (it draws its mixing on the "
+                                  "host, so a graph would replay one draw); use train.compile with mixup")
             self.graphed = GraphedStep(self.model, self.task.train_step, self.task.autocast)
         self.nonfinite = torch.zeros((), device=self.dist.device)  # non-finite updates since the last check
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.dist.device)
