@@ -98,6 +98,7 @@ class MAPClassifier(nn.Module):
         self.neck = nn.Linear(embed_dim, reduced, bias=False) if cls_reduce > 1 else nn.Identity()
         self.norm_neck = nn.RMSNorm(self.num_features, eps=1e-5) if cls_reduce > 1 else nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._index_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -119,20 +120,29 @@ class MAPClassifier(nn.Module):
                     with torch.no_grad():
                         sub.weight /= math.sqrt(n_layer)
 
+    def _register_indices(self, grid: Tuple[int, int], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(token order, cls positions) as index tensors on ``device``, made once per grid: a step
+        then copies nothing from the host (which a CUDA-graph capture forbids)."""
+        key = (grid, str(device))
+        if key not in self._index_cache:
+            order, positions = get_cls_idx(*grid, self.num_cls_tokens)
+            self._index_cache[key] = (torch.tensor(order, device=device), torch.tensor(positions, device=device))
+        return self._index_cache[key]
+
     def sequence(self, imgs: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
         """imgs -> (encoder input (B, P + n, D) with cls tokens placed, cls positions)."""
         x, pos = self.tokenizer.embed(imgs)
         b = x.shape[0]
         cls = self.cls_token.expand(b, -1, -1) + self.pos_embed_cls
-        order, positions = get_cls_idx(*self.tokenizer.grid_of(imgs), self.num_cls_tokens)
-        index = torch.tensor(order, device=x.device)
-        return torch.cat([x + pos, cls], dim=1)[:, index], positions
+        grid = self.tokenizer.grid_of(imgs)
+        index, _ = self._register_indices(grid, x.device)
+        return torch.cat([x + pos, cls], dim=1)[:, index], get_cls_idx(*grid, self.num_cls_tokens)[1]
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (B, C, H, W) -> pooled features (B, n * d / cls_reduce)."""
-        seq, positions = self.sequence(imgs)
+        seq, _ = self.sequence(imgs)
         out = self.encoder(seq)
-        cls = out[:, list(positions)]  # (B, n, D)
+        cls = out[:, self._register_indices(self.tokenizer.grid_of(imgs), out.device)[1]]  # (B, n, D)
         return self.norm_neck(self.neck(cls).flatten(1))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -72,3 +72,28 @@ def test_resetting_gradients_to_none_is_refused():
     model.zero_grad(set_to_none=True)
     with pytest.raises(RuntimeError, match="set_to_none=False"):
         graphed(batch, torch.tensor(1.0, device="cuda"))
+
+
+def test_image_classifier_step_is_capturable():
+    """The register-token classifier reads no host data inside a step (its index tensors are made
+    once), so its finetuning step can be captured and replays the eager result."""
+    import image  # noqa: F401
+    from map_core.registry import MODELS
+
+    torch.manual_seed(0)
+    model = MODELS.get("map_classifier")(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4,
+                                         num_classes=5, drop_path_rate=0.0).cuda()
+
+    def step(net, batch):
+        return nn.functional.cross_entropy(net(batch[0]).float(), batch[1]), {}
+
+    graphed = GraphedStep(model, step, lambda: torch.autocast("cuda", enabled=False))
+    batch = (torch.randn(4, 3, 16, 16, device="cuda"), torch.randint(0, 5, (4,), device="cuda"))
+    want_loss, _ = step(model, batch)
+    want = torch.autograd.grad(want_loss, list(model.parameters()), allow_unused=True)
+    model.zero_grad(set_to_none=False)
+    loss, _ = graphed(batch, torch.tensor(1.0, device="cuda"))
+    torch.testing.assert_close(loss, want_loss.detach())
+    for p, g in zip(model.parameters(), want):
+        if g is not None:
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
