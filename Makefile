@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup clean
+.PHONY: demo test ablation setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The ablation grid on the bundled digits (docs/ablation.md); e.g. make ablation ABLATE="--gpus 0,1,2,3"
+ABLATE ?= --jobs-per-gpu 4
+ablation: $(STAMP)
+	$(PY) datasets/demo_digits.py --out .cache/demo_digits
+	$(PY) tools/ablate.py --grid configs/ablation/grid.yaml $(ABLATE)
 
 clean:
 	rm -rf $(VENV) experiments .pytest_cache
