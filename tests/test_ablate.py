@@ -111,3 +111,11 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     records = [{"modality": "points", "cell": cell, "kind": "finetune", "value": v} for v in (80.0, 84.0, 88.0)]
     mean, std, n = ablate.summarise(records)[("points", "objective=map,variant=hybrid", "finetune")]
     assert (mean, n) == (84.0, 3) and abs(std - 4.0) < 1e-12
+
+
+def test_wall_time_counts_overlapping_jobs_once_and_skips_pauses():
+    # Two overlapping jobs (0-10 s, 5-12 s), then a second sitting an hour later (3600-3603 s).
+    records = [{"finished": 10.0, "seconds": 10.0}, {"finished": 12.0, "seconds": 7.0},
+               {"finished": 3603.0, "seconds": 3.0}]
+    assert ablate.busy_seconds(records) == pytest.approx(12.0 + 3.0)
+    assert ablate.busy_seconds([]) == 0.0

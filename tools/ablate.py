@@ -469,6 +469,16 @@ def write_doc(path: Path, table: str, picture: Optional[Path]) -> None:
     path.write_text(text)
 
 
+def busy_seconds(records: Sequence[Mapping[str, Any]]) -> float:
+    """Seconds during which at least one job ran (the union of the jobs' intervals), so that a grid
+    finished in several sittings does not count the pauses between them as wall time."""
+    total, end = 0.0, float("-inf")
+    for start, finish in sorted((r["finished"] - r["seconds"], r["finished"]) for r in records):
+        total += max(0.0, finish - max(start, end))
+        end = max(end, finish)
+    return total
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -514,13 +524,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     code = 0 if args.report_only else Runner(jobs, slots, results).run()
     ids = {j.id for j in jobs}
     records = [r for r in read_results(results).values() if r["job"] in ids]
-    first_start = min((r["finished"] - r["seconds"] for r in records), default=0.0)
     meta = {"command": "python tools/ablate.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": f"{datetime.date.today():%Y-%m-%d}",
             "device": ", ".join(sorted({r["device"].split(" (")[0] for r in records})) or "-",
             "jobs": str(len(records)),
             "job_minutes": f"{sum(r['seconds'] for r in records) / 60:.1f}",
-            "wall": f"{(max((r['finished'] for r in records), default=0.0) - first_start) / 60:.1f} minutes"}
+            "wall": f"{busy_seconds(records) / 60:.1f} minutes"}
     picture = Path(args.plot) if records else None
     if picture is not None:
         plot(grid, records, picture)
