@@ -122,7 +122,9 @@ class MAPClassifier(nn.Module):
 
     def _register_indices(self, grid: Tuple[int, int], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(token order, cls positions) as index tensors on ``device``, made once per grid: a step
-        then copies nothing from the host (which a CUDA-graph capture forbids)."""
+        then copies nothing from the host (which a CUDA-graph capture forbids). They are read with
+        ``index_select``, whose backward is an ``index_add_``: advanced indexing's backward
+        (``index_put_`` with accumulation) synchronises with the host on CUDA, which a capture forbids too."""
         key = (grid, str(device))
         if key not in self._index_cache:
             order, positions = get_cls_idx(*grid, self.num_cls_tokens)
@@ -136,13 +138,13 @@ class MAPClassifier(nn.Module):
         cls = self.cls_token.expand(b, -1, -1) + self.pos_embed_cls
         grid = self.tokenizer.grid_of(imgs)
         index, _ = self._register_indices(grid, x.device)
-        return torch.cat([x + pos, cls], dim=1)[:, index], get_cls_idx(*grid, self.num_cls_tokens)[1]
+        return torch.cat([x + pos, cls], dim=1).index_select(1, index), get_cls_idx(*grid, self.num_cls_tokens)[1]
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (B, C, H, W) -> pooled features (B, n * d / cls_reduce)."""
         seq, _ = self.sequence(imgs)
         out = self.encoder(seq)
-        cls = out[:, self._register_indices(self.tokenizer.grid_of(imgs), out.device)[1]]  # (B, n, D)
+        cls = out.index_select(1, self._register_indices(self.tokenizer.grid_of(imgs), out.device)[1])  # (B, n, D)
         return self.norm_neck(self.neck(cls).flatten(1))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
