@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from map_core.config import load_config, validate  # noqa: E402
 from map_core.engine.distributed import cleanup  # noqa: E402
 from map_core.engine.experiment import is_experiment_dir, saved_config  # noqa: E402
-from map_core.engine.trainer import RunOptions, run  # noqa: E402
+from map_core.engine.run import RunOptions, run  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, progress_factory, report_error, setup_console  # noqa: E402
 

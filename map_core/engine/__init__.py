@@ -22,7 +22,8 @@ Experiment folder ``<exp-root>/<config stem>/<exp name>/``: ``config.yaml``, ``l
 """
 from map_core.engine.checkpoint import atomic_save, extract_state_dict, load_checkpoint, load_finetune_weights
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, Task
-from map_core.engine.trainer import NonFiniteLossError, RunOptions, Trainer, run
+from map_core.engine.run import RunOptions, run
+from map_core.engine.trainer import NonFiniteLossError, Trainer
 
 __all__ = ["atomic_save", "extract_state_dict", "load_checkpoint", "load_finetune_weights", "Task",
            "PretrainTask", "ClassifyTask", "LinearSVMTask", "Trainer", "RunOptions", "run",
