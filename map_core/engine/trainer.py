@@ -2,7 +2,7 @@
 
 ``Trainer(cfg, exp_dir).fit()`` trains and returns the best metric; ``map_core.engine.run`` runs a
 config as ``tools/train.py`` asks (train, few-shot folds, ``--test``, ``--vote``). Everything
-modality-specific comes from the task (``map_core.engine.tasks``).
+modality-specific comes from the task (``map_core.engine.tasks``) and the datasets.
 """
 from __future__ import annotations
 
@@ -372,23 +372,17 @@ class Trainer:
                 metrics.update(self.task.evaluate(self.eval_model(), self.eval_loader))
                 is_best = self._improved(metrics[self.task.metric])
                 self.best = metrics[self.task.metric] if is_best else self.best
-            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics, **self._skipped_inputs(),
+            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics, **self._dataset_summary(),
                                                            "best_" + self.task.metric: self.best})
             log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             self._save(metrics, is_best)
         return {"best_metric": self.best, "metric": self.task.metric, "last_metrics": metrics}
 
-    def _skipped_inputs(self) -> Dict[str, int]:
-        """``{"skipped_images": n}`` and a warning when the train dataset has met n > 0 unreadable
-        files so far (``num_skipped`` / ``skipped_files``, e.g. ImageNet); else ``{}``."""
-        dataset = self.datasets["train"]
-        count = getattr(dataset, "num_skipped", 0)
-        if not count:
-            return {}
-        first = getattr(dataset, "skipped_files", [])[:5]
-        log.warning("epoch %d: %d unreadable training files skipped so far (first: %s)",
-                    self.epoch, count, ", ".join(first))
-        return {"skipped_images": count}
+    def _dataset_summary(self) -> Dict[str, Any]:
+        """What the train dataset adds to the epoch record: its ``epoch_summary(epoch)`` (e.g. the
+        image reader's count of unreadable files, with a warning), ``{}`` for datasets without one."""
+        summary = getattr(self.datasets["train"], "epoch_summary", None)
+        return dict(summary(self.epoch)) if summary is not None else {}
 
     def fit_frozen(self, finetune: Optional[str], allow_partial: bool = False) -> Dict[str, Any]:
         """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
