@@ -6,6 +6,9 @@ its name (as ``--input NAME:SIZE`` spells it), how to make a random example inpu
 visualiser. :func:`load_modalities` imports every package beside ``map_core`` that holds a
 ``modality.py`` (and those named in ``$MAP_MODALITIES``); the tools then find the modality of a
 registered model with :func:`modality_of`, so a new modality touches no tool.
+
+A modality may also bring a protocol that turns one run into folds (:func:`register_folds`; the
+point clouds' ``fewshot:`` section), run by ``map_core.engine.run``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from map_core import config
+from map_core.config import Config
 from map_core.errors import ConfigError
 from map_core.registry import MODELS, closest
 
@@ -25,6 +30,7 @@ MODALITY_FILE = "modality.py"
 MODALITY_ENV = "MAP_MODALITIES"  # extra modality modules, comma-separated (packages outside this folder)
 
 Draw = Callable[[Sequence[int], Path], None]  # (dataset indices, PNG path) -> the picture saved there
+FoldConfig = Callable[[Config, int], Config]  # (config, fold k) -> the config of fold k
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Modality:
 
 
 MODALITIES: Dict[str, Modality] = {}
+FOLD_CONFIGS: Dict[str, FoldConfig] = {}  # optional top-level config section -> the config of one fold
 
 
 def register_modality(modality: Modality) -> Modality:
@@ -116,3 +123,10 @@ def load_modalities(root: Optional[Path] = None) -> Dict[str, Modality]:
             raise
     return dict(MODALITIES)
 
+
+def register_folds(section: str, schema: type, fold_config: FoldConfig) -> None:
+    """Accept the optional top-level config ``section`` (its keys typed by the dataclass ``schema``,
+    validated like ``train:``); the run then trains once per fold, fold k with the config
+    ``fold_config(cfg, k)`` (``map_core.engine.run``)."""
+    config.OPTIONAL_SCHEMAS[section] = schema
+    FOLD_CONFIGS[section] = fold_config

@@ -1,5 +1,5 @@
 """Modalities as plug-ins: a third modality, registered here, reaches benchmark and visualize with no
-tool edit; packages are discovered by their modality.py; the trainer's dataset hook."""
+tool edit; packages are discovered by their modality.py; the engine's dataset and fold hooks."""
 import json
 import sys
 import textwrap
@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import tests.engine_toy as toy
-from map_core import modalities
+from map_core import config, modalities
+from map_core.config import load_config, validate
 from map_core.engine.checkpoint import atomic_save
 from map_core.errors import ConfigError
 from map_core.modalities import Modality, load_modalities, modality_modules, modality_of, register_modality
@@ -222,3 +223,19 @@ def test_train_dataset_epoch_summary_reaches_the_epoch_records(tmp_path):
     epochs = [r for r in map(json.loads, lines) if r["type"] == "epoch"]
     assert [(r["blobs_epoch"], r["blobs_size"]) for r in epochs] == [(1, 64), (2, 64)]
 
+
+def test_fewshot_section_comes_from_the_point_cloud_modality(tmp_path, monkeypatch):
+    import pointcloud.fewshot
+
+    path = tmp_path / "fs.yaml"
+    path.write_text(TOY_CONFIG + "fewshot: {way: 3}\n")
+    cfg = validate(load_config(path, ["fewshot.shot=4"]))
+    assert dict(cfg["fewshot"]) == {"way": 3, "shot": 4, "folds": 10}  # defaults filled
+    with pytest.raises(ConfigError, match="'fewshot.folds' .* expects int, got 'many'"):
+        validate(load_config(path, ["fewshot.folds=many"]))
+    assert modalities.FOLD_CONFIGS["fewshot"] is pointcloud.fewshot.fewshot_fold_config
+    fold = pointcloud.fewshot.fewshot_fold_config(cfg, 1)
+    assert fold["dataset"]["train"]["fold"] == 1 and fold["task"]["num_classes"] == 3 and "fold" not in cfg["dataset"]["train"]
+    monkeypatch.setattr(config, "OPTIONAL_SCHEMAS", {})  # without the modality, the section is unknown
+    with pytest.raises(ConfigError, match="unknown key 'fewshot'"):
+        validate(load_config(path))

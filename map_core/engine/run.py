@@ -4,12 +4,11 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from map_core.engine.distributed import DistInfo, barrier, init_distributed
 from map_core.engine.experiment import checkpoints_in, prepare_fresh_start
 from map_core.engine.progress import ProgressFactory
 from map_core.engine.trainer import Trainer
-from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
+from map_core.modalities import FOLD_CONFIGS
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +53,6 @@ def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInf
     return trainer.fit(opts.finetune, resume, opts.allow_partial_load)
 
 
-def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]) -> None:
-    """Set each of ``values`` in ``section`` where its builder (``registry[section.NAME]``) takes that
-    key or the section already has it (builders with ``**kwargs``)."""
-    keys = accepted_keys(registry.get(section["NAME"])) or set()
-    for key, value in values.items():
-        if key in keys or key in section:
-            section[key] = value
-
-
-def fewshot_fold_config(cfg: Config, fold: int) -> Config:
-    """``cfg`` for one few-shot fold: ``fewshot.way`` / ``shot`` and ``fold`` go into every dataset
-    section, ``way`` into ``task.num_classes`` and ``model.cls_dim`` / ``num_classes`` (where the
-    builder takes the key), so ``--set fewshot.way=10 fewshot.shot=20`` changes the whole run."""
-    fold_cfg = copy.deepcopy(cfg)
-    way, shot = cfg["fewshot"]["way"], cfg["fewshot"]["shot"]
-    for section in fold_cfg["dataset"].values():
-        _set_accepted(section, DATASETS, {"way": way, "shot": shot, "fold": fold})
-    _set_accepted(fold_cfg["task"], TASKS, {"num_classes": way})
-    _set_accepted(fold_cfg["model"], MODELS, {"cls_dim": way, "num_classes": way})
-    return fold_cfg
-
-
-
 def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optional[float]]:
     """(checkpoint to resume the fold from, or None; its best metric if it trained all ``epochs``)."""
     last = fold_dir / "last.pth"
@@ -87,12 +63,14 @@ def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optiona
 
 
 def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
-    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics.
+    """One finetune per fold; mean / std of the best metrics. Fold k's config is ``fold_config(cfg, k)``
+    of the modality that registered the ``fewshot`` section (``map_core.modalities.register_folds``).
 
     With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
     a fold with a checkpoint continues from it, and folds without one start from the beginning.
     """
     folds, epochs = cfg["fewshot"]["folds"], cfg["scheduler"]["epochs"]
+    fold_config = FOLD_CONFIGS["fewshot"]
     if opts.resume:
         raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
                           f"pass --resume without a path")
@@ -106,7 +84,7 @@ def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str,
             resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
             if best is None:
                 log.info("few-shot fold %d of %d", fold + 1, folds)
-                best = _train_once(fewshot_fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
+                best = _train_once(fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
             else:
                 log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
                          Trainer.metric_name(cfg), best)
