@@ -1,6 +1,7 @@
 """Image modality of MAP: patch tokeniser, pretraining models, classifier, ImageNet reader,
-official-checkpoint conversion. Importing the package registers its models and datasets."""
-from . import classifier, convert, data, models, tokenizer  # noqa: F401  (registration)
+official-checkpoint conversion, reconstruction pictures. Importing the package registers its models,
+datasets and the modality (``modality.py``: what the tools need)."""
+from . import classifier, convert, data, modality, models, tokenizer  # noqa: F401  (registration)
 from .classifier import MAPClassifier, get_cls_idx, map_classifier
 from .convert import from_official, to_official
 from .models import MAPImagePretrainer, map_pretrain

@@ -9,7 +9,7 @@ both splits, so a class has the same index in ``train`` and ``val``)::
 Unreadable images never stop an epoch: the sample is replaced by the next readable one, a warning
 names the file (once per file, across DataLoader workers) and the file is recorded in a
 shared-memory flag array, so ``num_skipped`` / ``skipped_files`` in the main process see what the
-workers met.
+workers met; ``epoch_summary`` puts the count into the trainer's epoch records.
 """
 from __future__ import annotations
 
@@ -213,6 +213,16 @@ class ImageNet(Dataset):
         """Paths of the files found unreadable so far (by any worker), in dataset order."""
         flags = np.frombuffer(self._skipped, dtype=np.uint8)
         return [self.samples[i][0] for i in np.flatnonzero(flags)]
+
+    def epoch_summary(self, epoch: int) -> Dict[str, int]:
+        """For the trainer's epoch record: ``{"skipped_images": n}`` and a warning naming the first
+        files when n > 0 unreadable files were met so far; else ``{}``."""
+        count = self.num_skipped
+        if not count:
+            return {}
+        logger.warning("epoch %d: %d unreadable training files skipped so far (first: %s)",
+                       epoch, count, ", ".join(self.skipped_files[:5]))
+        return {"skipped_images": count}
 
     def _load(self, index: int) -> Optional[Image.Image]:
         path = self.samples[index][0]

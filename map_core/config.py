@@ -11,9 +11,10 @@ section last (Mamba3D style)::
 
 Every leaf key remembers the file that set it (``Config.provenance``), so validation errors name
 the key path, the file and the closest valid key. The engine sections (``optimizer``,
-``scheduler``, ``train``, ``runtime``, ``fewshot``) are typed by the dataclasses below; sections
-with a ``NAME`` (``model``, ``task``, ``dataset.<split>``) are checked against the signature of
-the registered builder. YAML 1.1 reads ``5e-4`` as a string; this loader reads it as a float.
+``scheduler``, ``train``, ``runtime``; optional ones a modality adds, e.g. ``fewshot``) are typed
+by dataclasses; sections with a ``NAME`` (``model``, ``task``, ``dataset.<split>``) are checked
+against the signature of the registered builder. YAML 1.1 reads ``5e-4`` as a string; this loader
+reads it as a float.
 """
 from __future__ import annotations
 
@@ -110,22 +111,15 @@ class RuntimeConfig:
     backends: BackendsConfig = field(default_factory=BackendsConfig)
 
 
-@dataclass
-class FewshotConfig:
-    """``fewshot:``; one finetune per fold, mean and std of the best metric reported."""
-
-    way: int = 5
-    shot: int = 10
-    folds: int = 10
-
-
 SCHEMAS: Dict[str, type] = {
     "optimizer": OptimizerConfig,
     "scheduler": SchedulerConfig,
     "train": TrainConfig,
     "runtime": RuntimeConfig,
-    "fewshot": FewshotConfig,
 }
+# Optional top-level sections a modality adds (``map_core.modalities.register_folds``, e.g. the point
+# clouds' ``fewshot:``): typed like the sections above, validated when a config has them.
+OPTIONAL_SCHEMAS: Dict[str, type] = {}
 NAMED_SECTIONS = ("model", "task", "dataset")
 FREE_SECTIONS = ("vars",)  # free-form values for YAML anchors
 TOP_LEVEL = tuple(SCHEMAS) + NAMED_SECTIONS + FREE_SECTIONS
@@ -304,7 +298,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 def _section_keys(cfg: Mapping[str, Any], parts: Sequence[str]) -> Optional[set]:
     """Keys the schema or builder of the section at ``parts`` accepts (None = anything)."""
     if not parts:
-        return set(TOP_LEVEL)
+        return set(TOP_LEVEL) | set(OPTIONAL_SCHEMAS)
     schema = _schema_at(parts)
     if schema is not None:
         return {f.name for f in dataclasses.fields(schema)}
@@ -317,7 +311,7 @@ def _section_keys(cfg: Mapping[str, Any], parts: Sequence[str]) -> Optional[set]
 
 
 def _schema_at(parts: Sequence[str]) -> Optional[type]:
-    schema = SCHEMAS.get(parts[0])
+    schema = SCHEMAS.get(parts[0]) or OPTIONAL_SCHEMAS.get(parts[0])
     for part in parts[1:]:
         if schema is None:
             return None
@@ -473,11 +467,10 @@ def validate(cfg: Config) -> Config:
     Raises ConfigError naming the key path, the file that set it and the closest valid key.
     """
     for key in cfg:
-        if key not in TOP_LEVEL:
-            raise _unknown_key(key, cfg.source(key), TOP_LEVEL)
-    for name, schema in SCHEMAS.items():
-        if name == "fewshot" and name not in cfg:
-            continue
+        if key not in TOP_LEVEL and key not in OPTIONAL_SCHEMAS:
+            raise _unknown_key(key, cfg.source(key), TOP_LEVEL + tuple(OPTIONAL_SCHEMAS))
+    present = {name: schema for name, schema in OPTIONAL_SCHEMAS.items() if name in cfg}
+    for name, schema in {**SCHEMAS, **present}.items():
         cfg[name] = _validate_schema(cfg.get(name), schema, name, cfg)
     _validate_named(cfg.get("model"), MODELS, "model", cfg)
     _validate_named(cfg.get("task"), TASKS, "task", cfg)

@@ -377,12 +377,14 @@ def test_visualize_predicted_next_to_true_parts(tiny: Path, tmp_path: Path):
     import visualize  # tools/visualize.py
     from PIL import Image
 
+    from pointcloud.visualize import partseg_panels
+
     torch.manual_seed(0)
     model = pointmap_partseg(**TINY_MODEL)
     atomic_save({"model": model.state_dict()}, tmp_path / "partseg.pth")
     dataset = ShapeNetPart(root=tiny, split="test", npoints=32)
     pts, category, target = (torch.stack([dataset[i][j] for i in range(2)]) for j in range(3))
-    panels = visualize.partseg_panels(model, pts, category, target, dataset.category_parts)
+    panels = partseg_panels(model, pts, category, target, dataset.category_parts)
     for (cloud, pred, truth, miou), parts, labels in zip(panels, ([4, 5], [36, 37]), target):
         assert cloud.shape == (32, 3) and 0 <= miou <= 100
         assert set(pred.tolist()) <= {0, 1}  # numbered within the category (Bag 4, 5; Mug 36, 37)

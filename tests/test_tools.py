@@ -51,13 +51,13 @@ def test_benchmark_classifier_logits_path(capsys):
 
 def test_image_panels_keep_visible_patches():
     torch.manual_seed(0)
-    import image  # noqa: F401
+    from image.visualize import image_panels
 
     model = MODELS.get("map_pretrain")(**TINY_IMAGE)
     imgs = torch.randn(2, 3, 16, 16)
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, ::2] = True
-    panels = visualize.image_panels(model, imgs, mean=(0, 0, 0), std=(1, 1, 1), mask=mask)
+    panels = image_panels(model, imgs, mean=(0, 0, 0), std=(1, 1, 1), mask=mask)
     masked_in, recon, truth = panels[0]
     assert masked_in.shape == recon.shape == truth.shape == (16, 16, 3)
     # visible patches (odd patch indices) are copied from the input into the reconstruction

@@ -3,6 +3,7 @@
     # one model: forward + backward + AdamW step
     python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224 [--compile]
     python tools/benchmark.py --model pointmap_pretrain --batch 128 --input points:1024 --scan torch
+    # --input defaults to the model's modality (map_core.modalities) at its default size
     # the whole comparison of BENCHMARKS.md: MAP sizes, PointMAP, a timm MAE ViT-B step, scaling,
     # each eager, with torch.compile (--compile) or replayed from CUDA graphs (--cuda-graphs)
     python tools/benchmark.py --suite
@@ -37,6 +38,7 @@ from map_core import backends  # noqa: E402
 from map_core.compile import compile_blocks  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from map_core.graphs import GraphedStep  # noqa: E402
+from map_core.modalities import get_modality, load_modalities, modality_of  # noqa: E402
 from map_core.registry import MODELS, check_kwargs  # noqa: E402
 from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
@@ -47,6 +49,8 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 class MAEViTBase(nn.Module):
     """The baseline a user would pick instead: MAE with a ViT-B/16 encoder built from timm blocks,
     75% random masking, an 8-block 512-wide decoder and the norm-pix loss on masked patches."""
+
+    modality = "image"
 
     def __init__(self, img_size: int = 224, patch: int = 16, dim: int = 768, depth: int = 12, heads: int = 12,
                  dec_dim: int = 512, dec_depth: int = 8, dec_heads: int = 16, mask_ratio: float = 0.75):
@@ -94,12 +98,15 @@ class MAEViTBase(nn.Module):
         return loss, pred, masked
 
 
+BASELINES = {"mae_vit_base": MAEViTBase}  # models to compare against, not in the registry
+
+
 def build_model(name: str, kwargs: Optional[dict] = None) -> nn.Module:
-    """The registered model ``name`` (or the MAE baseline); an unknown name or key, or sizes the
-    model refuses, is a ConfigError."""
+    """The registered model ``name`` (or a baseline); an unknown name or key, or sizes the model
+    refuses, is a ConfigError."""
     kwargs = kwargs or {}
-    if name == "mae_vit_base":
-        return MAEViTBase(**kwargs)
+    if name in BASELINES:
+        return BASELINES[name](**kwargs)
     try:
         builder = MODELS.get(name)
         check_kwargs(builder, kwargs, f"--set of model '{name}'")
@@ -111,11 +118,17 @@ def build_model(name: str, kwargs: Optional[dict] = None) -> nn.Module:
 
 
 def input_spec(text: str) -> str:
-    """argparse type of ``--input``: ``image:SIZE`` or ``points:N``."""
+    """argparse type of ``--input``: ``MODALITY:SIZE``, e.g. ``image:224`` or ``points:1024``."""
     kind, _, size = text.partition(":")
-    if kind not in ("image", "points") or not size.isdigit():
-        raise argparse.ArgumentTypeError(f"expected image:SIZE or points:N, got {text!r}")
+    if not kind or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected MODALITY:SIZE (e.g. image:224, points:1024), got {text!r}")
     return text
+
+
+def default_input(model: str) -> str:
+    """``MODALITY:SIZE`` of the model's modality at its default size."""
+    modality = modality_of(BASELINES.get(model, model))
+    return f"{modality.name}:{modality.default_size}"
 
 
 def key_value(text: str) -> tuple:
@@ -127,14 +140,10 @@ def key_value(text: str) -> tuple:
 
 
 def make_input(spec: str, batch: int, device: torch.device) -> torch.Tensor:
-    """``image:SIZE`` -> (B, 3, SIZE, SIZE); ``points:N`` -> (B, N, 3) inside the unit sphere."""
+    """A random batch of the modality's inputs, e.g. ``image:SIZE`` -> (B, 3, SIZE, SIZE) and
+    ``points:N`` -> (B, N, 3) inside the unit sphere; an unknown modality is a ConfigError."""
     kind, _, size = spec.partition(":")
-    if kind == "image":
-        return torch.randn(batch, 3, int(size), int(size), device=device)
-    if kind == "points":
-        pts = torch.randn(batch, int(size), 3, device=device)
-        return pts / pts.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
-    raise ValueError(f"--input must be image:SIZE or points:N, got {spec!r}")
+    return get_modality(kind).example_input(batch, int(size), device)
 
 
 def peak_tflops(device: torch.device) -> Optional[float]:
@@ -535,7 +544,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a registered model, or mae_vit_base")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--input", default="image:224", type=input_spec, help="image:SIZE or points:N")
+    p.add_argument("--input", default=None, type=input_spec,
+                   help="MODALITY:SIZE, e.g. image:224 or points:1024 (default: the model's at its default size)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -554,8 +564,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--sweep", action="store_true", help="with --kernels: block shapes of the scan and conv kernels")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    import image, pointcloud  # noqa: F401  (registration)
-
+    try:
+        load_modalities()
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
     try:
         backends.configure({op: getattr(args, op) for op in ("scan", "conv", "fps", "knn")}, where="--")
     except (ValueError, ImportError) as err:  # an unknown or uninstalled backend
@@ -577,8 +589,8 @@ def run_benchmarks(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         runs = [(m, b, i, kw, "default" if mode == "compile" else None, mode == "graphs")
                 for m, b, i, kw, modes in SUITE for mode in modes]
     elif args.model:
-        kwargs = dict(args.set)
-        runs = [(m, args.batch, args.input, kwargs if m == args.model else {}, args.compile, args.cuda_graphs)
+        kwargs, spec = dict(args.set), args.input or default_input(args.model)
+        runs = [(m, args.batch, spec, kwargs if m == args.model else {}, args.compile, args.cuda_graphs)
                 for m in [args.model] + args.compare]
     else:
         p.error("give --model, --suite or --kernels")

@@ -25,14 +25,13 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train  # noqa: E402  (tools/train.py: plug-ins)
 from map_core.config import load_config, validate  # noqa: E402
 from map_core.engine.checkpoint import extract_state_dict, load_checkpoint  # noqa: E402
 from map_core.engine.tasks import build_task, to_device  # noqa: E402
 from map_core.errors import UserError  # noqa: E402
 from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
+from map_core.modalities import load_modalities  # noqa: E402
 from map_core.pretrain import MAPPretrainer, Tokens  # noqa: E402
 
 TokenChange = Optional[Callable[[Tokens], None]]
@@ -95,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     try:
-        train.import_plugins()
+        load_modalities()
         task = build_task(validate(load_config(args.config, args.set)))
         torch.manual_seed(args.seed)
         model = task.build_model()

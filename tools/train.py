@@ -14,7 +14,6 @@ folder. A folder holding checkpoints is never overwritten: continue it with --re
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -26,21 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from map_core.config import load_config, validate  # noqa: E402
 from map_core.engine.distributed import cleanup  # noqa: E402
 from map_core.engine.experiment import is_experiment_dir, saved_config  # noqa: E402
-from map_core.engine.trainer import RunOptions, run  # noqa: E402
+from map_core.engine.run import RunOptions, run  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
+from map_core.modalities import load_modalities  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, progress_factory, report_error, setup_console  # noqa: E402
-
-PLUGINS = ("image", "pointcloud")
-
-
-def import_plugins() -> None:
-    """Import the modality packages (they register models, datasets, tasks); skip absent ones."""
-    for name in PLUGINS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -95,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_console(bars)
     mode = "vote" if args.vote else "test" if args.test else "train"
     try:
-        import_plugins()
+        load_modalities()
         config, exp_dir, ckpt = resolve_experiment(args, mode)
         overrides = args.set + ([f"train.seed={args.seed}"] if args.seed is not None else [])
         cfg = validate(load_config(config, overrides))

@@ -11,7 +11,7 @@
             log_every: 20, save_every: 0, val_every: 1, seed: 0, deterministic: false,
             max_steps_per_epoch: null}
     runtime: {find_unused_parameters: false, device: auto}
-    fewshot: {way: 5, shot: 10, folds: 10}             # optional: one finetune per fold
+    fewshot: {way: 5, shot: 10, folds: 10}             # optional (pointcloud): one finetune per fold
 
 ``total_batch_size`` is over all ranks and accumulation steps. The schedule is stepped per
 optimizer update. ``precision: auto`` is bf16 autocast on CUDA, fp32 on CPU.
@@ -22,7 +22,8 @@ Experiment folder ``<exp-root>/<config stem>/<exp name>/``: ``config.yaml``, ``l
 """
 from map_core.engine.checkpoint import atomic_save, extract_state_dict, load_checkpoint, load_finetune_weights
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, Task
-from map_core.engine.trainer import NonFiniteLossError, RunOptions, Trainer, run
+from map_core.engine.run import RunOptions, run
+from map_core.engine.trainer import NonFiniteLossError, Trainer
 
 __all__ = ["atomic_save", "extract_state_dict", "load_checkpoint", "load_finetune_weights", "Task",
            "PretrainTask", "ClassifyTask", "LinearSVMTask", "Trainer", "RunOptions", "run",

@@ -1,20 +1,17 @@
 """The training loop: epochs of optimizer updates, AMP, accumulation, clipping, EMA, DDP, checkpoints.
 
-``Trainer(cfg, exp_dir).fit()`` trains and returns the best metric; ``run(cfg, options)`` is the
-single entry used by ``tools/train.py`` (train, few-shot folds, ``--test``, ``--vote``).
-Everything modality-specific comes from the task (``map_core.engine.tasks``).
+``Trainer(cfg, exp_dir).fit()`` trains and returns the best metric; ``map_core.engine.run`` runs a
+config as ``tools/train.py`` asks (train, few-shot folds, ``--test``, ``--vote``). Everything
+modality-specific comes from the task (``map_core.engine.tasks``) and the datasets.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -26,17 +23,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from map_core import backends
 from map_core.compile import compile_blocks
 from map_core.graphs import GraphedStep
-from map_core.config import Config, dump_config
+from map_core.config import Config
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
                                          barrier, init_distributed)
-from map_core.engine.experiment import check_same_optimizer, checkpoints_in, config_hint, prepare_fresh_start
+from map_core.engine.experiment import check_same_optimizer, config_hint
 from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
 from map_core.engine.progress import Progress, ProgressFactory, format_eta
 from map_core.engine.tasks import Task, build_task, to_device
-from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
+from map_core.registry import TASKS
 from map_core.weights import load_exact
 
 log = logging.getLogger(__name__)
@@ -45,20 +42,6 @@ progress_log = logging.getLogger("map_core.engine.progress")
 
 class NonFiniteLossError(UserError):
     """The loss became NaN / inf; the message names the step and the last good checkpoint."""
-
-
-@dataclass
-class RunOptions:
-    """What ``tools/train.py`` passes besides the config."""
-
-    exp_dir: Path
-    finetune: Optional[str] = None
-    resume: Optional[str] = None  # "" = the experiment's last.pth
-    ckpt: Optional[str] = None
-    mode: str = "train"  # train | test | vote
-    progress: Optional[ProgressFactory] = None
-    overwrite: bool = False  # replace the checkpoints of an earlier run in exp_dir
-    allow_partial_load: bool = False  # accept a --finetune checkpoint that fills under half of the encoder
 
 
 def amp_settings(precision: str, device: torch.device) -> tuple:
@@ -389,23 +372,17 @@ class Trainer:
                 metrics.update(self.task.evaluate(self.eval_model(), self.eval_loader))
                 is_best = self._improved(metrics[self.task.metric])
                 self.best = metrics[self.task.metric] if is_best else self.best
-            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics, **self._skipped_inputs(),
+            self.records.write("epoch", self.global_step, {"epoch": self.epoch, **metrics, **self._dataset_summary(),
                                                            "best_" + self.task.metric: self.best})
             log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             self._save(metrics, is_best)
         return {"best_metric": self.best, "metric": self.task.metric, "last_metrics": metrics}
 
-    def _skipped_inputs(self) -> Dict[str, int]:
-        """``{"skipped_images": n}`` and a warning when the train dataset has met n > 0 unreadable
-        files so far (``num_skipped`` / ``skipped_files``, e.g. ImageNet); else ``{}``."""
-        dataset = self.datasets["train"]
-        count = getattr(dataset, "num_skipped", 0)
-        if not count:
-            return {}
-        first = getattr(dataset, "skipped_files", [])[:5]
-        log.warning("epoch %d: %d unreadable training files skipped so far (first: %s)",
-                    self.epoch, count, ", ".join(first))
-        return {"skipped_images": count}
+    def _dataset_summary(self) -> Dict[str, Any]:
+        """What the train dataset adds to the epoch record: its ``epoch_summary(epoch)`` (e.g. the
+        image reader's count of unreadable files, with a warning), ``{}`` for datasets without one."""
+        summary = getattr(self.datasets["train"], "epoch_summary", None)
+        return dict(summary(self.epoch)) if summary is not None else {}
 
     def fit_frozen(self, finetune: Optional[str], allow_partial: bool = False) -> Dict[str, Any]:
         """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
@@ -439,111 +416,3 @@ class Trainer:
         metrics = self.task.vote(self.model, loader) if vote else self.task.evaluate(self.model, loader)
         self.records.write("vote" if vote else "test", 0, metrics)
         return metrics
-
-
-def _eval_splits(cfg: Config) -> tuple:
-    for split in ("test", "val"):
-        if split in cfg["dataset"]:
-            return (split,)
-    raise ConfigError("--test / --vote need a dataset.test (or dataset.val) section")
-
-
-def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
-                resume: Optional[Path]) -> Dict[str, Any]:
-    trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
-    if dist_info.is_main:
-        dump_config(cfg, exp_dir / "config.yaml")
-    return trainer.fit(opts.finetune, resume, opts.allow_partial_load)
-
-
-def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]) -> None:
-    """Set each of ``values`` in ``section`` where its builder (``registry[section.NAME]``) takes that
-    key or the section already has it (builders with ``**kwargs``)."""
-    keys = accepted_keys(registry.get(section["NAME"])) or set()
-    for key, value in values.items():
-        if key in keys or key in section:
-            section[key] = value
-
-
-def fewshot_fold_config(cfg: Config, fold: int) -> Config:
-    """``cfg`` for one few-shot fold: ``fewshot.way`` / ``shot`` and ``fold`` go into every dataset
-    section, ``way`` into ``task.num_classes`` and ``model.cls_dim`` / ``num_classes`` (where the
-    builder takes the key), so ``--set fewshot.way=10 fewshot.shot=20`` changes the whole run."""
-    fold_cfg = copy.deepcopy(cfg)
-    way, shot = cfg["fewshot"]["way"], cfg["fewshot"]["shot"]
-    for section in fold_cfg["dataset"].values():
-        _set_accepted(section, DATASETS, {"way": way, "shot": shot, "fold": fold})
-    _set_accepted(fold_cfg["task"], TASKS, {"num_classes": way})
-    _set_accepted(fold_cfg["model"], MODELS, {"cls_dim": way, "num_classes": way})
-    return fold_cfg
-
-
-def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optional[float]]:
-    """(checkpoint to resume the fold from, or None; its best metric if it trained all ``epochs``)."""
-    last = fold_dir / "last.pth"
-    if not last.is_file():
-        return None, None
-    state = ckpt_io.load_checkpoint(last)
-    return (None, state["best_metric"]) if state["epoch"] >= epochs else (last, None)
-
-
-def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
-    """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics.
-
-    With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
-    a fold with a checkpoint continues from it, and folds without one start from the beginning.
-    """
-    folds, epochs = cfg["fewshot"]["folds"], cfg["scheduler"]["epochs"]
-    if opts.resume:
-        raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
-                          f"pass --resume without a path")
-    if opts.resume is not None and not checkpoints_in(opts.exp_dir):
-        raise UserError(f"--resume: no fold of '{opts.exp_dir}' has a checkpoint yet; start without --resume")
-    bar = opts.progress(folds, "few-shot folds") if opts.progress and dist_info.is_main else None
-    results = []
-    try:
-        for fold in range(folds):
-            fold_dir = opts.exp_dir / f"fold_{fold}"
-            resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
-            if best is None:
-                log.info("few-shot fold %d of %d", fold + 1, folds)
-                best = _train_once(fewshot_fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
-            else:
-                log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
-                         Trainer.metric_name(cfg), best)
-            results.append(best)
-            if bar is not None:
-                bar.update(1, {"last": f"{best:.2f}"})
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
-               "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
-    if dist_info.is_main:
-        (opts.exp_dir / "fewshot_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
-    """Train (or few-shot, test, vote) as the options say; returns the final metrics.
-
-    A training run without ``resume`` refuses an experiment folder that holds checkpoints, unless
-    ``overwrite`` (then the earlier run is removed first).
-    """
-    dist_info = init_distributed(cfg["runtime"]["device"])
-    if opts.mode == "train" and opts.resume is None:
-        prepare_fresh_start(opts.exp_dir, opts.overwrite, remove=dist_info.is_main)
-    if dist_info.is_main:
-        opts.exp_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
-    if opts.mode in ("test", "vote"):
-        path = Path(opts.ckpt or opts.finetune or opts.exp_dir / "best.pth")
-        trainer = Trainer(cfg, opts.exp_dir, dist_info, opts.progress, splits=_eval_splits(cfg))
-        try:
-            trainer.load_for_eval(path)
-            return trainer.test(vote=opts.mode == "vote")
-        finally:
-            trainer.records.close()
-    if "fewshot" in cfg:
-        return run_fewshot(cfg, opts, dist_info)
-    return _train_once(cfg, opts, opts.exp_dir, dist_info, ckpt_io.resolve_resume(opts.resume, opts.exp_dir))
