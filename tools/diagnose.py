@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train  # noqa: E402  (tools/train.py: plug-ins)
 from map_core.config import load_config, validate  # noqa: E402
-from map_core.engine.checkpoint import extract_state_dict, load_checkpoint  # noqa: E402
+from map_core.engine.checkpoint import load_checkpoint  # noqa: E402
 from map_core.engine.tasks import build_task, to_device  # noqa: E402
 from map_core.errors import UserError  # noqa: E402
 from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
 from map_core.pretrain import MAPPretrainer, Tokens  # noqa: E402
+from map_core.weights import extract_state_dict  # noqa: E402
 
 TokenChange = Optional[Callable[[Tokens], None]]
 
