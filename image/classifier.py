@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from functools import lru_cache
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from functools import lru_cache, partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,9 +27,9 @@ from timm.models import register_model
 
 from map_core.encoder import HybridEncoder
 from map_core.registry import MODELS, check_kwargs
-from map_core.weights import load_matching
+from map_core.weights import CheckpointShapeError, LoadsPretrained, StateDict, rename_keys
 
-from .convert import CheckpointShapeError, from_official, is_official, unwrap_checkpoint
+from .convert import is_official, official_key
 from .models import SIZES, encoder_settings, variant_layout  # noqa: F401  (variant_layout re-exported)
 from .tokenizer import ImagePatchTokenizer, resize_pos_embed
 
@@ -55,12 +55,7 @@ def get_cls_idx(h: int, w: int, n: int) -> Tuple[Tuple[int, ...], Tuple[int, ...
     return tuple(order), tuple(positions)
 
 
-class LoadResult(NamedTuple):
-    missing_keys: List[str]
-    unexpected_keys: List[str]
-
-
-class MAPClassifier(nn.Module):
+class MAPClassifier(LoadsPretrained, nn.Module):
     """forward(imgs (B, C, H, W)) -> logits (B, num_classes); forward_features -> (B, n*d/cls_reduce)."""
 
     def __init__(
@@ -170,23 +165,24 @@ class MAPClassifier(nn.Module):
 
         return group
 
-    def load_pretrained(self, state_dict: Mapping[str, Any]) -> LoadResult:
-        """Load the encoder from a pretraining checkpoint (ours or official) or a classifier one.
+    def adapt_pretrained(self, sd: StateDict, source: str) -> Tuple[StateDict, List[str]]:
+        """A pretraining checkpoint (ours or official) or a classifier one -> this classifier's names.
 
-        Accepts ``{"model": ...}`` and ``module.`` prefixes. Pretraining-only parameters (decoder,
-        mask token, pixel head) are dropped; ``pos_embed`` is bicubically resized when the grid
-        differs. Raises CheckpointShapeError (a ValueError) on any other shape mismatch. Returns (missing, unexpected).
+        Official names are converted; pretraining-only parameters (decoder, mask token, pixel head)
+        are dropped; ``pos_embed`` is bicubically resized when the grid differs (another grid of a
+        non-square table raises CheckpointShapeError). Returns (state dict, dropped keys).
         """
-        sd = unwrap_checkpoint(state_dict)
+        skipped: List[str] = []
         if is_official(sd):
             is_pretraining = any(k.startswith(("decoder_", "ar_pred.", "mask_token")) for k in sd)
-            sd = from_official(sd, keep_unused=not is_pretraining)
+            sd, skipped = rename_keys(sd, partial(official_key, keep_unused=not is_pretraining), source)
         pretraining = any(k.startswith(("decoder.", "decoder_embed.", "decoder_pos.")) for k in sd)
         if pretraining:
             dropped = [k for k in sd if not k.startswith(("tokenizer.", "encoder."))]
             log.info("load_pretrained: dropping %d pretraining-only parameters (%s)", len(dropped),
                      ", ".join(sorted({k.split('.')[0] for k in dropped})))
             sd = {k: v for k, v in sd.items() if k.startswith(("tokenizer.", "encoder."))}
+            skipped += dropped
         own = self.state_dict()
         key = "tokenizer.pos_embed"
         if key in sd and sd[key].shape != own[key].shape:
@@ -197,8 +193,7 @@ class MAPClassifier(nn.Module):
             sd[key] = resize_pos_embed(sd[key], self.tokenizer.grid_size, (side, side))
             log.info("load_pretrained: resized %s from %dx%d to %dx%d", key, side, side,
                      *self.tokenizer.grid_size)
-        result = load_matching(self, sd, "load_pretrained")
-        return LoadResult(list(result.missing_keys), list(result.unexpected_keys))
+        return sd, skipped
 
 
 def map_classifier(

@@ -16,18 +16,17 @@ Official (``models_mamba.VisionMamba``)  ->  ours (:class:`image.models.MAPImage
 The official pretraining model also carries classifier parameters that pretraining never uses
 (``cls_token``, ``pos_embed_cls``, ``neck``, ``norm_neck``, and a 1000-class ``head``). Our
 pretraining model does not create them: ``from_official`` drops them and logs a note (pass
-``keep_unused=True`` to keep them under their own names, which are the names of our classifier).
+``keep_unused=True`` to keep them under their own names, which are the names of our classifier;
+the classifier ``head`` only when there is no ``ar_pred``, which takes that name).
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Dict, Mapping, Tuple
+from functools import partial
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from map_core.weights import CheckpointShapeError  # noqa: F401  (re-exported)
-
-log = logging.getLogger(__name__)
+from map_core.weights import extract_state_dict, rename_keys, rename_prefix
 
 # (official prefix, our prefix); a prefix ending without "." matches that exact key
 _RENAMES: Tuple[Tuple[str, str], ...] = (
@@ -43,21 +42,9 @@ _RENAMES: Tuple[Tuple[str, str], ...] = (
     ("decoder_norm.", "decoder.norm."),
     ("ar_pred.", "head."),
 )
+_TO_OFFICIAL = tuple((ours, official) for official, ours in _RENAMES)
 UNUSED_OFFICIAL = ("cls_token", "pos_embed_cls", "neck.", "norm_neck.", "head.")
-
-
-def _match(key: str, prefix: str) -> bool:
-    return key.startswith(prefix) if prefix.endswith(".") else key == prefix
-
-
-def unwrap_checkpoint(ckpt: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: ``ckpt["model"]`` (or ``"state_dict"``) when present,
-    with a DDP ``module.`` prefix stripped."""
-    for key in ("model", "state_dict"):
-        if key in ckpt and isinstance(ckpt[key], Mapping):
-            ckpt = ckpt[key]
-            break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt.items()}
+_KEEP_UNUSED = tuple((key, key) for key in UNUSED_OFFICIAL)  # under their own names: our classifier's
 
 
 def is_official(state_dict: Mapping[str, Any]) -> bool:
@@ -65,45 +52,41 @@ def is_official(state_dict: Mapping[str, Any]) -> bool:
     return any(k.startswith(("layers.", "patch_embed.", "decoder_blocks.", "ar_pred.")) for k in state_dict)
 
 
+def official_key(key: str, keep_unused: bool = False, has_pixel_head: bool = False) -> Optional[str]:
+    """One official key -> ours; None for a classifier parameter unused in pretraining (its own
+    name with ``keep_unused``, except the classifier ``head`` when the checkpoint has the pixel head
+    ``ar_pred``, which becomes our ``head``). Raises KeyError for a key that is neither."""
+    if rename_prefix(key, _KEEP_UNUSED) is not None:
+        return key if keep_unused and not (has_pixel_head and key.startswith("head.")) else None
+    new = rename_prefix(key, _RENAMES)
+    if new is None:
+        raise KeyError(f"official checkpoint key '{key}' has no counterpart in the MAP image model")
+    return new
+
+
 def from_official(ckpt: Mapping[str, Any], keep_unused: bool = False) -> Dict[str, torch.Tensor]:
     """Official MAP 2D state dict (or ``{"model": ...}`` checkpoint) -> our names.
 
-    Raises KeyError for a key that is neither renamed nor a known unused parameter.
+    Raises CheckpointKeyError (a KeyError) for a key that is neither renamed nor a known unused
+    parameter; the dropped unused parameters are logged.
     """
-    state_dict = unwrap_checkpoint(ckpt)
-    out: Dict[str, torch.Tensor] = {}
-    dropped = []
-    for key, value in state_dict.items():
-        if any(_match(key, p) for p in UNUSED_OFFICIAL):
-            if keep_unused:
-                out[key] = value
-            else:
-                dropped.append(key)
-            continue
-        for src, dst in _RENAMES:
-            if _match(key, src):
-                out[dst + key[len(src):]] = value
-                break
-        else:
-            raise KeyError(f"official checkpoint key '{key}' has no counterpart in the MAP image model")
-    if dropped:
-        log.info("from_official: dropped %d parameters unused in pretraining: %s", len(dropped),
-                 ", ".join(sorted(dropped)))
-    return out
+    state_dict = extract_state_dict(ckpt)
+    rename = partial(official_key, keep_unused=keep_unused,
+                     has_pixel_head=any(k.startswith("ar_pred.") for k in state_dict))
+    return rename_keys(state_dict, rename, "from_official")[0]
+
+
+def _official_name(key: str) -> str:
+    new = rename_prefix(key, _TO_OFFICIAL)
+    if new is None:
+        raise KeyError(f"key '{key}' has no official counterpart")
+    return new
 
 
 def to_official(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Our pretraining state dict -> official names. The official unused classifier parameters
     are not created, so load the result into the official model with ``strict=False``."""
-    out: Dict[str, torch.Tensor] = {}
-    for key, value in unwrap_checkpoint(state_dict).items():
-        for src, dst in _RENAMES:
-            if _match(key, dst):
-                out[src + key[len(dst):]] = value
-                break
-        else:
-            raise KeyError(f"key '{key}' has no official counterpart")
-    return out
+    return rename_keys(extract_state_dict(state_dict), _official_name, "to_official")[0]
 
 
 def official_unused_numel(embed_dim: int, num_cls_tokens: int, cls_reduce: int,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -30,8 +30,9 @@ from map_core.losses import masked_mse
 from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS, check_kwargs
+from map_core.weights import LoadsPretrained, StateDict, rename_keys
 
-from .convert import from_official, is_official, unwrap_checkpoint
+from .convert import is_official, official_key
 from .tokenizer import ImagePatchTokenizer, LearnedPositions, patchify, unpatchify
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def official_init(model: nn.Module) -> None:
         xavier_init(m, layer_norms=True)
 
 
-class MAPImagePretrainer(MAPPretrainer):
+class MAPImagePretrainer(LoadsPretrained, MAPPretrainer):
     """MAP pretraining on images. forward(imgs (B, 3, H, W), mask=None) -> (loss, pred (B, L, p*p*3),
     mask bool (B, L)); pred is in token order and (h, w, p, q, c) patch layout."""
 
@@ -116,17 +117,12 @@ class MAPImagePretrainer(MAPPretrainer):
     def no_weight_decay(self) -> set:
         return {"tokenizer.pos_embed", "mask_token", "decoder_pos.pos_embed"}
 
-    def load_pretrained(self, state_dict: Mapping[str, Any], strict: bool = True):
-        """Load ours or an official checkpoint (detected by its names and converted).
-
-        Accepts ``{"model": ...}`` checkpoints and a DDP ``module.`` prefix. Returns torch's
-        (missing_keys, unexpected_keys).
-        """
-        sd = unwrap_checkpoint(state_dict)
-        if is_official(sd):
-            log.info("load_pretrained: official MAP 2D names detected, converting")
-            sd = from_official(sd)
-        return self.load_state_dict(sd, strict=strict)
+    def adapt_pretrained(self, state_dict: StateDict, source: str) -> Tuple[StateDict, List[str]]:
+        """Official MAP 2D names (detected) -> ours, its unused classifier parameters dropped."""
+        if not is_official(state_dict):
+            return state_dict, []
+        log.info("load_pretrained: official MAP 2D names detected, converting")
+        return rename_keys(state_dict, official_key, source)
 
 
 def map_pretrain(

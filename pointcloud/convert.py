@@ -23,11 +23,13 @@ naming pass through unchanged, so conversion is idempotent.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, Mapping, Optional
 
 import torch
 
-WRAPPER_PREFIXES = ("module.", "base_model.")
+from map_core.weights import extract_state_dict, rename_keys, rename_prefix
+
 _RENAMES = (  # (official prefix, our prefix), first match wins
     ("encoder.first_conv.", "tokenizer.encoder.first_conv."),
     ("encoder.second_conv.", "tokenizer.encoder.second_conv."),
@@ -42,48 +44,21 @@ _RENAMES = (  # (official prefix, our prefix), first match wins
 UNUSED_PRETRAIN_KEYS = ("cls_token", "cls_pos")
 
 
-def strip_wrappers(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Remove leading ``module.`` (DDP) and ``base_model.`` (Mamba3D checkpoints) from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
-def convert_key(key: str) -> Optional[str]:
-    """One official key -> ours (None for ``MAE_encoder.cls_token`` / ``cls_pos``, handled by the caller)."""
+def official_key(key: str, keep_unused_cls: bool = False) -> Optional[str]:
+    """One official key -> ours; None for ``MAE_encoder.cls_token`` / ``cls_pos`` unless
+    ``keep_unused_cls`` (then ``cls_token`` / ``cls_pos``). Other keys pass through unchanged."""
     if key.startswith("MAE_encoder."):
         key = key[len("MAE_encoder."):]
         if key in UNUSED_PRETRAIN_KEYS:
-            return None
-    for old, new in _RENAMES:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
+            return key if keep_unused_cls else None
+    return rename_prefix(key, _RENAMES) or key
 
 
 def from_official(state_dict: Mapping[str, torch.Tensor], keep_unused_cls: bool = False) -> Dict[str, torch.Tensor]:
     """Official finetuned ``Mamba3D`` (``base_model``) or pretraining ``Point_MAE`` weights -> ours.
 
-    Accepts a whole checkpoint dict (``{"base_model": ...}``) too. Wrapper prefixes are stripped
-    first. Raises ValueError when two keys map to the same name.
+    Accepts a whole checkpoint dict (``{"base_model": ...}``) too; wrapper prefixes (``module.``,
+    ``base_model.``) are stripped first. Raises CheckpointKeyError when two keys map to one name.
     """
-    if "base_model" in state_dict and isinstance(state_dict["base_model"], Mapping):
-        state_dict = state_dict["base_model"]
-    out: Dict[str, torch.Tensor] = {}
-    for key, value in strip_wrappers(state_dict).items():
-        new = convert_key(key)
-        if new is None:
-            if not keep_unused_cls:
-                continue
-            new = key[len("MAE_encoder."):]
-        if new in out:
-            raise ValueError(f"from_official: two keys map to '{new}' (second: '{key}')")
-        out[new] = value
-    return out
+    rename = partial(official_key, keep_unused_cls=keep_unused_cls)
+    return rename_keys(extract_state_dict(state_dict), rename, "from_official")[0]

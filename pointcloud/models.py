@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Optional, Set
+from functools import partial
+from typing import List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,9 +26,9 @@ from map_core.masking import gather_tokens, mask_to_indices
 from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS
-from map_core.weights import CheckpointShapeError, load_matching  # noqa: F401  (re-exported)
+from map_core.weights import LoadsPretrained, StateDict, rename_keys
 from pointcloud.blocks import PointMAPEncoder, variant_layout
-from pointcloud.convert import from_official, strip_wrappers
+from pointcloud.convert import official_key
 from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,16 @@ def row_length(num_group: int) -> int:
     return row
 
 
-class PointMAP(MAPPretrainer):
+class PointMAP(LoadsPretrained, MAPPretrainer):
     """MAP pretraining on point clouds. forward(pts (B, N, 3), mask=None) -> (loss, pred, mask);
     forward_features(pts) -> (B, 2C) for the linear SVM (Point-MAE ``runner_pretrain`` ``validate``).
 
     pred: (B, G, 3K) per group in group order (only masked groups are trained); mask: bool (B, G).
     """
+
+    def adapt_pretrained(self, state_dict: StateDict, source: str) -> Tuple[StateDict, List[str]]:
+        """Ours or official ``Point_MAE`` names; the official encoder's unused cls token is dropped."""
+        return rename_keys(state_dict, official_key, source)
 
     def rebuilt_points(self, pred: torch.Tensor, mask: torch.Tensor,
                        center: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -138,7 +143,7 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
     return model
 
 
-class PointMAPClassifier(nn.Module):
+class PointMAPClassifier(LoadsPretrained, nn.Module):
     """Official ``Mamba3D`` classifier. forward(pts (B, N, 3)) -> logits (B, cls_dim).
 
     Feature = [x_cls, max(x_tokens) + mean(x_tokens)] (B, 2C) after the encoder's norm. The mean is
@@ -183,16 +188,10 @@ class PointMAPClassifier(nn.Module):
     def no_weight_decay(self) -> Set[str]:
         return {"cls_token", "cls_pos"}
 
-    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor]) -> Any:
-        """Load pretrained / finetuned weights non-strictly; returns ``load_state_dict``'s
-        (missing_keys, unexpected_keys) and logs them.
-
-        Accepts our checkpoints and official ones (``module.``, ``base_model.`` and ``MAE_encoder.``
-        prefixes; see :mod:`pointcloud.convert`). A key present in both with another shape raises
-        :class:`CheckpointShapeError` naming the key and both shapes.
-        """
-        weights = from_official(strip_wrappers(state_dict), keep_unused_cls=True)
-        return load_matching(self, weights, "load_pretrained")
+    def adapt_pretrained(self, state_dict: StateDict, source: str) -> Tuple[StateDict, List[str]]:
+        """Ours or official names (:mod:`pointcloud.convert`); the pretraining encoder's unused
+        ``cls_token`` / ``cls_pos`` are kept, as the official finetune loads them."""
+        return rename_keys(state_dict, partial(official_key, keep_unused_cls=True), source)
 
 
 @MODELS.register("pointmap_classifier")

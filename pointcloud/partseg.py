@@ -21,16 +21,16 @@ Encoder and tokeniser names are ours (as in the classifier); head names are Poin
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from map_core.registry import MODELS
-from map_core.weights import load_matching
+from map_core.weights import LoadsPretrained, StateDict, rename_keys
 from pointcloud.blocks import PointMAPEncoder
-from pointcloud.convert import from_official, strip_wrappers
+from pointcloud.convert import official_key
 from pointcloud.ops import gather, knn
 from pointcloud.tokenizer import PointGroupTokenizer
 
@@ -80,7 +80,7 @@ def default_fetch_layers(depth: int) -> List[int]:
     return [depth // 3 - 1, 2 * depth // 3 - 1, depth - 1]
 
 
-class PointMAPPartSeg(nn.Module):
+class PointMAPPartSeg(LoadsPretrained, nn.Module):
     """PointMAP encoder + Point-MAE segmentation head (see the module docstring for every width).
 
     forward(pts (B, N, 3+), category (B,) int64 in [0, num_categories)) -> logits (B, N, num_parts).
@@ -124,11 +124,10 @@ class PointMAPPartSeg(nn.Module):
         x = self.relu(self.bns2(self.convs2(x)))
         return self.convs3(x).transpose(1, 2)
 
-    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor]) -> Any:
-        """Load PointMAP pretraining weights (ours or official) or finetuned ones non-strictly,
-        as ``PointMAPClassifier.load_pretrained`` but without the unused pretraining cls token.
-        Returns (missing_keys, unexpected_keys); a shape mismatch raises CheckpointShapeError."""
-        return load_matching(self, from_official(strip_wrappers(state_dict)), "load_pretrained")
+    def adapt_pretrained(self, state_dict: StateDict, source: str) -> Tuple[StateDict, List[str]]:
+        """PointMAP pretraining weights (ours or official) or finetuned ones -> our names, as the
+        classifier's but without the unused pretraining cls token."""
+        return rename_keys(state_dict, official_key, source)
 
 
 @MODELS.register("pointmap_partseg")

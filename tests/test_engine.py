@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import tests.engine_toy as toy
-from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
+from map_core.engine.checkpoint import load_checkpoint
 from map_core.errors import UserError
+from map_core.weights import extract_state_dict
 from tools.train import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,10 +7,11 @@ import torch
 
 import image
 from image.classifier import get_cls_idx, map_classifier, variant_layout
-from image.convert import CheckpointShapeError, from_official, official_unused_numel, to_official
+from image.convert import from_official, official_unused_numel, to_official
 from image.models import SIZES, map_pretrain
 from image.tokenizer import ImagePatchTokenizer, patchify, unpatchify
 from map_core.registry import MODELS
+from map_core.weights import CheckpointShapeError
 from tests.reference.official_map2d import VisionMamba
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=6, num_heads=4)  # 16 tokens, 2 ViT blocks

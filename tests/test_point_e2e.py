@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from map_core.engine.checkpoint import extract_state_dict, load_checkpoint
+from map_core.engine.checkpoint import load_checkpoint
+from map_core.weights import extract_state_dict
 from pointcloud.models import pointmap_classifier, pointmap_pretrain
 from pointcloud.tasks import PointClassifyTask
 from tools.train import main

@@ -251,7 +251,8 @@ def test_loads_pretrained_pointmap_encoder_ours_and_official():
     for name, weights in (("ours", ours), ("official", {"module.MAE_encoder." + _official_name(k): v
                                                         for k, v in ours.items() if k.startswith(("tokenizer.", "encoder."))})):
         model = pointmap_partseg(**TINY_MODEL)
-        missing, unexpected = model.load_pretrained(weights)
+        result = model.load_pretrained(weights)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
         loaded = model.state_dict()
         for key, value in ours.items():
             if key.startswith(("tokenizer.", "encoder.")):

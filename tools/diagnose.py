@@ -27,12 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from map_core.config import load_config, validate  # noqa: E402
-from map_core.engine.checkpoint import extract_state_dict, load_checkpoint  # noqa: E402
+from map_core.engine.checkpoint import load_checkpoint  # noqa: E402
 from map_core.engine.tasks import build_task, to_device  # noqa: E402
 from map_core.errors import UserError  # noqa: E402
 from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
 from map_core.modalities import load_modalities  # noqa: E402
 from map_core.pretrain import MAPPretrainer, Tokens  # noqa: E402
+from map_core.weights import extract_state_dict  # noqa: E402
 
 TokenChange = Optional[Callable[[Tokens], None]]
 

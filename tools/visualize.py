@@ -23,12 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from map_core.engine.checkpoint import extract_state_dict, load_checkpoint  # noqa: E402
+from map_core.engine.checkpoint import load_checkpoint  # noqa: E402
 from map_core.engine.experiment import config_hint, saved_config  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from map_core.modalities import Draw, Modality, load_modalities, modality_of  # noqa: E402
-from map_core.registry import accepted_keys  # noqa: E402
-from map_core.weights import CheckpointShapeError, check_shapes  # noqa: E402
+from map_core.weights import CheckpointShapeError, load_weights  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
 
 
@@ -55,19 +54,12 @@ def visualize(model, dataset, out: Path, num: int = 4, seed: int = 0, modality: 
     return out
 
 
-def load_weights(model: torch.nn.Module, path: Path, cfg) -> None:
+def load_all_weights(model: torch.nn.Module, path: Path, cfg) -> None:
     """All of ``model``'s weights from ``path`` (ours, or official names the model converts)."""
     state = load_checkpoint(path)
     hint = config_hint(state.get("config") if isinstance(state, dict) else None, cfg, "model",
                        "Without --config, the config.yaml saved beside the checkpoint is used.")
-    sd = extract_state_dict(state)
-    check_shapes(model, sd, f"'{path}'", hint)
-    load = getattr(model, "load_pretrained", model.load_state_dict)  # load_pretrained converts official names
-    strict = {"strict": False} if "strict" in (accepted_keys(load) or ()) else {}
-    try:
-        result = load(sd, **strict)
-    except RuntimeError as err:  # a size mismatch after the conversion
-        raise CheckpointShapeError(f"'{path}' does not fit the config's model{hint}\n{err}") from None
+    result = load_weights(model, state, f"'{path}'", hint)
     if result.missing_keys:
         raise CheckpointShapeError(f"'{path}' lacks {len(result.missing_keys)} tensors of the config's model "
                                    f"(first: {result.missing_keys[0]}){hint}")
@@ -110,7 +102,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dataset = task.build_dataset(pick_split(cfg, args.split))
         modality = modality_of(cfg["model"]["NAME"])
         drawer(model, dataset, modality, f"{config}: model.NAME '{cfg['model']['NAME']}'")  # before loading
-        load_weights(model, ckpt, cfg)
+        load_all_weights(model, ckpt, cfg)
         print(visualize(model, dataset, Path(args.out), args.num, modality=modality))
     except USER_ERRORS as err:
         return report_error(err, args.debug)

@@ -20,11 +20,11 @@ Experiment folder ``<exp-root>/<config stem>/<exp name>/``: ``config.yaml``, ``l
 ``metrics.jsonl`` (``type``: train | epoch | test | vote | val), ``tb/``, ``last.pth``,
 ``best.pth``, ``epoch_XXXX.pth``.
 """
-from map_core.engine.checkpoint import atomic_save, extract_state_dict, load_checkpoint, load_finetune_weights
+from map_core.engine.checkpoint import atomic_save, load_checkpoint, load_finetune_weights
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, Task
 from map_core.engine.run import RunOptions, run
 from map_core.engine.trainer import NonFiniteLossError, Trainer
 
-__all__ = ["atomic_save", "extract_state_dict", "load_checkpoint", "load_finetune_weights", "Task",
+__all__ = ["atomic_save", "load_checkpoint", "load_finetune_weights", "Task",
            "PretrainTask", "ClassifyTask", "LinearSVMTask", "Trainer", "RunOptions", "run",
            "NonFiniteLossError"]

@@ -1,4 +1,4 @@
-"""Checkpoints: crash-safe saving, safe loading, official-layout state dicts, RNG state.
+"""Checkpoints: crash-safe saving, safe loading, pretrained weights for finetuning, RNG state.
 
 Loading never runs pickled code: ``torch.load(weights_only=True)`` with exactly
 ``argparse.Namespace`` and numpy scalar / dtype types allow-listed (what official MAP, Point-MAE
@@ -20,13 +20,9 @@ import torch
 from torch import nn
 
 from map_core.errors import UserError
-from map_core.registry import accepted_keys
-from map_core.weights import (CheckpointShapeError, Coverage, load_matching, require_coverage,
-                              strip_wrapper_prefixes)
+from map_core.weights import Coverage, load_weights, require_coverage
 
 log = logging.getLogger(__name__)
-
-STATE_DICT_KEYS = ("model", "base_model", "state_dict")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -126,44 +122,17 @@ def load_checkpoint(path: str | Path) -> Any:
         ) from None
 
 
-def extract_state_dict(ckpt: Any) -> Dict[str, torch.Tensor]:
-    """The model weights from an official or own checkpoint layout, ``module.`` stripped.
-
-    Accepts ``{"model": sd}``, ``{"base_model": sd}``, ``{"state_dict": sd}`` or a bare state dict.
-    """
-    if isinstance(ckpt, Mapping):
-        for key in STATE_DICT_KEYS:
-            if isinstance(ckpt.get(key), Mapping):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise UserError(f"no state dict found in checkpoint (looked for {', '.join(STATE_DICT_KEYS)} or bare tensors)")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt.items()}
-
-
 def load_finetune_weights(model: nn.Module, path: str | Path, allow_partial: bool = False) -> Coverage:
     """Initialise ``model`` from a pretrained checkpoint before finetuning; returns what it filled.
 
-    Wrapper prefixes every key carries (``module.``, ``base_model.``, ``backbone.``, ``encoder.``)
-    are stripped, then ``model.load_pretrained(state_dict)`` (modality key mapping) or a
-    non-strict load runs. Missing / unexpected keys are logged; shape mismatches raise; a load that
-    fills under half of the encoder's tensors raises PartialLoadError unless ``allow_partial``.
+    Loads through :func:`map_core.weights.load_weights` (unwrapping, the model's renaming of
+    official names, shape check). Missing / unexpected keys are logged; a load that fills under
+    half of the encoder's tensors raises PartialLoadError unless ``allow_partial``.
     """
-    model_keys = model.state_dict().keys()
-    state_dict = strip_wrapper_prefixes(extract_state_dict(load_checkpoint(path)), model_keys)
-    try:
-        if hasattr(model, "load_pretrained"):
-            strict = {"strict": False} if "strict" in (accepted_keys(model.load_pretrained) or ()) else {}
-            result = model.load_pretrained(state_dict, **strict)
-        else:
-            result = load_matching(model, state_dict, f"'{path}'")
-    except RuntimeError as err:
-        if "size mismatch" in str(err):
-            raise CheckpointShapeError(f"shape mismatch loading '{path}':\n{err}") from None
-        raise
+    result = load_weights(model, load_checkpoint(path), f"'{path}'")
     coverage = Coverage.of(model, result.missing_keys)
     if not allow_partial:
-        require_coverage(coverage, f"--finetune '{path}'", state_dict, model)
+        require_coverage(coverage, f"--finetune '{path}'", result.checkpoint_keys, model)
     log.info("loaded pretrained weights from %s: %s", path, coverage)
     if result.missing_keys:
         log.warning("missing keys (kept at init): %s", ", ".join(result.missing_keys))

@@ -34,7 +34,7 @@ from map_core.engine.optim import build_optimizer, build_scheduler
 from map_core.engine.progress import Progress, ProgressFactory, format_eta
 from map_core.engine.tasks import Task, build_task, to_device
 from map_core.registry import TASKS
-from map_core.weights import load_exact
+from map_core.weights import extract_state_dict, load_exact
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("map_core.engine.progress")
@@ -403,7 +403,7 @@ class Trainer:
         if isinstance(state, Mapping) and self.cfg["train"]["ema"]["enable"] and state.get("ema") is not None:
             weights = {k: v for k, v in state["ema"].items()}
         else:
-            weights = ckpt_io.extract_state_dict(state)
+            weights = extract_state_dict(state, source=f"'{path}'")
         saved = state.get("config") if isinstance(state, Mapping) else None
         hint = config_hint(saved, self.cfg, "model", "Without --config, --test / --vote --ckpt use the "
                            "config.yaml saved beside the checkpoint.")
