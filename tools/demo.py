@@ -1,4 +1,4 @@
-"""The MAP demo: pretraining helps, on real data that ships inside scikit-learn, in minutes on a CPU.
+"""The MAP demo: the whole pipeline on real data that ships inside scikit-learn, in minutes on a CPU.
 
 Data: the 1,797 real 8x8 handwritten digits of ``sklearn.datasets.load_digits`` (10 classes),
 turned into 32x32 images and into "3D digits" point clouds (see ``datasets/demo_digits.py``) and
@@ -7,7 +7,9 @@ written in the real on-disk formats (ImageNet folders, ShapeNet-55 npy lists, Sc
 For each modality: MAP pretraining of a small hybrid model, finetuning from it, and the same
 classifier trained from scratch with the same budget. Prints a table of test accuracies, writes it
 to ``experiments/demo/results.md`` and saves reconstruction pictures next to it. Every step is an
-ordinary ``tools/train.py`` run of a config under ``configs/demo/``.
+ordinary ``tools/train.py`` run of a config under ``configs/demo/``. At these budgets pretraining
+gives points a small gain and images none yet (5 epochs; 15 are needed): see the README and
+``docs/ablation.md`` for the measurements over seeds.
 
     python tools/demo.py [--exp-root experiments/demo] [--data .cache/demo_digits] [--quick]
 """
