@@ -22,9 +22,10 @@ from timm.layers import DropPath
 from map_core.compile import repeated_block
 from map_core.encoder import matched_layout, official_layout, parse_layout
 from map_core.layers import TransformerBlock
+from map_core.masking import gather_tokens
 from map_core.mixers import MambaMixer
 from map_core.objective import row_causal_mask
-from pointcloud.ops import gather, knn
+from pointcloud.ops import knn
 
 
 class LocalNorm(nn.Module):
@@ -47,11 +48,11 @@ class LocalNorm(nn.Module):
         that of the differences of rows <= r (:func:`row_causal_knn`, :func:`row_cumulative_std`)."""
         if causal_row_len is None:
             idx = knn(center, center, self.k)  # (B, G, k)
-            diff = gather(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
+            diff = gather_tokens(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
             diff = diff / (diff.std() + 1e-5)
         else:
             idx = row_causal_knn(center, self.k, causal_row_len)
-            diff = gather(x, idx) - x.unsqueeze(2)
+            diff = gather_tokens(x, idx) - x.unsqueeze(2)
             diff = diff / (row_cumulative_std(diff, causal_row_len) + 1e-5)
         feat = torch.cat([diff, x.unsqueeze(2).expand_as(diff)], dim=-1)
         return self.affine_alpha_feat * feat + self.affine_beta_feat
