@@ -24,7 +24,8 @@ def _reference(blk: TransformerBlock, x: torch.Tensor, allowed: torch.Tensor) ->
 def test_state_dict_names_are_the_official_vit_names():
     blk = TransformerBlock(16, 2, mlp_ratio=2.0, qkv_bias=True)
     assert sorted(blk.state_dict()) == sorted(
-        f"{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2") for p in ("weight", "bias"))
+        f"{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+        for p in ("weight", "bias"))
     assert blk.mlp.fc1.out_features == 32 and blk.norm1.eps == 1e-5
     assert "attn.qkv.bias" not in TransformerBlock(16, 2, qkv_bias=False).state_dict()
 
