@@ -14,9 +14,10 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["map_core*", "image*", "pointcloud*"]),
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
-        "timm>=0.9",
+        "torch>=2.3",
+        "torchvision>=0.18",  # DatasetFolder's allow_empty (image.data)
+        "timm>=1.0.26",  # ViT Block with attn_mask, bool masks on both attention paths (map_core.layers)
+        "einops>=0.7",
         "numpy",
         "pyyaml",
         "h5py",

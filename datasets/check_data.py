@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from image.data import scan_image_folder  # noqa: E402
+from image.data import ImageNet  # noqa: E402
 from map_core.errors import DataError, UserError  # noqa: E402
 from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet, ShapeNetPart  # noqa: E402
 from pointcloud.data.scanobjectnn import VARIANTS  # noqa: E402
@@ -168,7 +168,7 @@ def check_imagenet(root: Path) -> Problems:
         print(f"  {folder}: {len(classes)} class folders")
         if len(classes) != 1000:
             problems.append(f"{folder}: {len(classes)} class folders, expected 1000 (n01440764 ...)")
-        _open(problems, lambda: scan_image_folder(str(base), split))
+        _open(problems, lambda: ImageNet(str(base), split))
     return problems
 
 

@@ -17,14 +17,16 @@ import ctypes
 import logging
 import multiprocessing
 import os
+from functools import lru_cache
+from itertools import groupby, islice
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.datasets.folder import DatasetFolder, make_dataset, pil_loader
 
 from map_core.errors import DataError
 from map_core.registry import DATASETS
@@ -48,6 +50,7 @@ class ImageFolderLayoutError(DataError):
     """The dataset folder does not have the expected split/class/image layout."""
 
 
+@lru_cache(maxsize=None)
 def image_extensions() -> frozenset:
     """Lower-case file extensions (with the dot) that PIL can open."""
     Image.init()
@@ -100,71 +103,25 @@ def _subfolders(path: str) -> List[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def _image_files(path: str, extensions: frozenset) -> List[str]:
-    with os.scandir(path) as it:
-        return sorted(
-            e.name for e in it
-            if e.is_file() and not e.name.startswith(".")
-            and os.path.splitext(e.name)[1].lower() in extensions
-        )
-
-
-def scan_image_folder(
-    root: str, split: str, max_per_class: Optional[int] = None
-) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """Classes and (path, label) samples of ``root/split``, sorted and deterministic.
-
-    Classes are the sorted union of the class folders of every split present under ``root``, so
-    ``train`` and ``val`` share the class index. ``max_per_class`` keeps the first files (by name)
-    of each class. Raises ImageFolderLayoutError, with the expected layout, when ``root`` or the
-    split is missing, has no class folders, or holds no image.
-    """
-    if not os.path.isdir(root):
-        raise ImageFolderLayoutError(f"image dataset root '{root}' does not exist; {EXPECTED_LAYOUT}")
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-        found = ", ".join(_subfolders(root)) or "nothing"
-        raise ImageFolderLayoutError(
-            f"split folder '{split_dir}' does not exist (found in '{root}': {found}); {EXPECTED_LAYOUT}"
-        )
-    split_classes = _subfolders(split_dir)
-    if not split_classes:
-        raise ImageFolderLayoutError(f"'{split_dir}' has no class subfolders; {EXPECTED_LAYOUT}")
-    classes = set(split_classes)
-    for other in ("train", "val"):
-        other_dir = os.path.join(root, other)
-        if other != split and os.path.isdir(other_dir):
-            classes.update(_subfolders(other_dir))
-    classes = sorted(classes)
-    class_to_idx = {name: i for i, name in enumerate(classes)}
-
-    extensions = image_extensions()
-    samples: List[Tuple[str, int]] = []
-    empty: List[str] = []
-    for name in split_classes:
-        class_dir = os.path.join(split_dir, name)
-        files = _image_files(class_dir, extensions)[:max_per_class]
-        if not files:
-            empty.append(name)
-        samples.extend((os.path.join(class_dir, f), class_to_idx[name]) for f in files)
-    if not samples:
-        raise ImageFolderLayoutError(
-            f"no image files in the {len(split_classes)} class folders of '{split_dir}'; {EXPECTED_LAYOUT}"
-        )
-    if empty:
-        logger.warning("%d class folders of '%s' hold no image: %s", len(empty), split_dir,
-                       ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
-    return classes, samples
+def _is_image_file(path: str) -> bool:
+    """A file PIL can open by its extension, and not hidden (no ``._x.JPEG`` resource forks)."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in image_extensions()
 
 
 @DATASETS.register("ImageNet")
-class ImageNet(Dataset):
+class ImageNet(DatasetFolder):
     """ImageNet-style image folder -> (image (3, input_size, input_size) float, label int).
 
-    Attributes follow torchvision's ImageFolder: ``classes``, ``class_to_idx``, ``samples``
-    (list of (path, label)), ``targets``. ``transform`` is one of ``pretrain`` | ``finetune`` |
-    ``eval`` (see ``build_image_transform``). The skip flags live in shared memory: the dataset
-    pickles only while DataLoader workers start (fork, spawn or forkserver), not for ``deepcopy``.
+    torchvision's ``DatasetFolder`` over ``root/split`` (``classes``, ``class_to_idx``, ``samples``
+    (list of (path, label)), ``targets``; ``root`` is the split folder), read with its PIL loader.
+    Classes are the sorted union of the class folders of every split present under ``root``, so
+    ``train`` and ``val`` share the class index; ``max_per_class`` keeps the first files (by name)
+    of each class. ``transform`` is one of ``pretrain`` | ``finetune`` | ``eval`` (see
+    ``build_image_transform``). Raises ImageFolderLayoutError, with the expected layout, when
+    ``root`` or the split is missing, has no class folders, or holds no image. The skip flags live
+    in shared memory: the dataset pickles only while DataLoader workers start (fork, spawn or
+    forkserver), not for ``deepcopy``.
     """
 
     def __init__(
@@ -184,24 +141,59 @@ class ImageNet(Dataset):
         pretrain_scale: Tuple[float, float] = (0.2, 1.0),
         max_per_class: Optional[int] = None,
     ):
-        self.root, self.split = root, split
-        self.transform_kind = transform
-        self.transform = build_image_transform(
-            transform, input_size=input_size, crop_pct=crop_pct, auto_augment=auto_augment,
-            reprob=reprob, remode=remode, recount=recount, interpolation=interpolation,
-            mean=mean, std=std, pretrain_scale=pretrain_scale,
+        if not os.path.isdir(root):
+            raise ImageFolderLayoutError(f"image dataset root '{root}' does not exist; {EXPECTED_LAYOUT}")
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            found = ", ".join(_subfolders(root)) or "nothing"
+            raise ImageFolderLayoutError(
+                f"split folder '{split_dir}' does not exist (found in '{root}': {found}); {EXPECTED_LAYOUT}"
+            )
+        self.split, self.max_per_class, self.transform_kind = split, max_per_class, transform
+        super().__init__(
+            split_dir, loader=pil_loader, is_valid_file=_is_image_file,
+            transform=build_image_transform(
+                transform, input_size=input_size, crop_pct=crop_pct, auto_augment=auto_augment,
+                reprob=reprob, remode=remode, recount=recount, interpolation=interpolation,
+                mean=mean, std=std, pretrain_scale=pretrain_scale,
+            ),
         )
-        self.classes, self.samples = scan_image_folder(root, split, max_per_class)
-        self.class_to_idx: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
-        self.targets = [label for _, label in self.samples]
         # One byte per file in shared memory: forked / spawned DataLoader workers write to it and
         # the main process reads it (lock-free: concurrent writes all store the same value 1).
         self._skipped = multiprocessing.RawArray(ctypes.c_uint8, len(self.samples))
         logger.info("ImageNet %s: %d images, %d classes from '%s' (transform %s)",
                     split, len(self.samples), len(self.classes), root, transform)
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
+        """The sorted union of the class folders of ``directory`` and of its sibling train / val."""
+        if not _subfolders(directory):
+            raise ImageFolderLayoutError(f"'{directory}' has no class subfolders; {EXPECTED_LAYOUT}")
+        root = os.path.dirname(os.path.normpath(directory))
+        classes = set()
+        for split_dir in {directory, os.path.join(root, "train"), os.path.join(root, "val")}:
+            if os.path.isdir(split_dir):
+                classes.update(_subfolders(split_dir))
+        classes = sorted(classes)
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def make_dataset(self, directory: str, class_to_idx: Dict[str, int], extensions=None,
+                     is_valid_file: Optional[Callable[[str], bool]] = None,
+                     allow_empty: bool = False) -> List[Tuple[str, int]]:
+        """torchvision's scan, then the first ``max_per_class`` files of each class. A class folder
+        without images is logged, not an error (``allow_empty`` is ignored)."""
+        samples = make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
+        samples = [s for _, group in groupby(samples, key=lambda s: s[1]) for s in islice(group, self.max_per_class)]
+        split_classes = _subfolders(directory)
+        if not samples:
+            raise ImageFolderLayoutError(
+                f"no image files in the {len(split_classes)} class folders of '{directory}'; {EXPECTED_LAYOUT}"
+            )
+        found = {label for _, label in samples}
+        empty = [name for name in split_classes if class_to_idx[name] not in found]
+        if empty:
+            logger.warning("%d class folders of '%s' hold no image: %s", len(empty), directory,
+                           ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
+        return samples
 
     @property
     def num_skipped(self) -> int:
@@ -224,24 +216,18 @@ class ImageNet(Dataset):
                        epoch, count, ", ".join(self.skipped_files[:5]))
         return {"skipped_images": count}
 
-    def _load(self, index: int) -> Optional[Image.Image]:
-        path = self.samples[index][0]
-        try:
-            with open(path, "rb") as f:
-                return Image.open(f).convert("RGB")
-        except _UNREADABLE as err:
-            if not self._skipped[index]:
-                self._skipped[index] = 1
-                logger.warning("skipping unreadable image '%s' (%s: %s)", path, type(err).__name__, err)
-            return None
-
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         """Sample ``index``, or the next readable one (wrapping around) when it cannot be read."""
         n = len(self.samples)
         for step in range(n):
             i = (index + step) % n
-            image = self._load(i)
-            if image is not None:
-                return self.transform(image), self.samples[i][1]
-        raise DataError(f"no readable image among the {n} files of '{os.path.join(self.root, self.split)}' "
-                        f"(first: {self.samples[0][0]})")
+            path, label = self.samples[i]
+            try:
+                image = self.loader(path)
+            except _UNREADABLE as err:
+                if not self._skipped[i]:
+                    self._skipped[i] = 1
+                    logger.warning("skipping unreadable image '%s' (%s: %s)", path, type(err).__name__, err)
+                continue
+            return self.transform(image), label
+        raise DataError(f"no readable image among the {n} files of '{self.root}' (first: {self.samples[0][0]})")

@@ -10,43 +10,30 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed, trunc_normal_, lecun_normal_
+from einops import rearrange
+from timm.layers import lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
 
 from map_core.pretrain import Tokens
 
 
-def to_2tuple(x: int | Sequence[int]) -> Tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    a, b = x
-    return (int(a), int(b))
-
-
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     """imgs: (B, C, H, W) -> (B, H/p * W/p, p*p*C) in (h, w, p, q, c) order."""
-    b, c, height, width = imgs.shape
-    p = patch_size
-    if height % p or width % p:
-        raise ValueError(f"image size {height}x{width} is not divisible by patch size {p}")
-    h, w = height // p, width // p
-    x = imgs.reshape(b, c, h, p, w, p)
-    x = torch.einsum("nchpwq->nhwpqc", x)
-    return x.reshape(b, h * w, p * p * c)
+    height, width = imgs.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"image size {height}x{width} is not divisible by patch size {patch_size}")
+    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=patch_size, q=patch_size)
 
 
 def unpatchify(x: torch.Tensor, patch_size: int, grid: Tuple[int, int], channels: int = 3) -> torch.Tensor:
     """x: (B, h*w, p*p*C) in (h, w, p, q, c) order -> (B, C, h*p, w*p)."""
-    b, length, dim = x.shape
     h, w = grid
     p = patch_size
-    if length != h * w or dim != p * p * channels:
+    if x.dim() != 3 or x.shape[1] != h * w or x.shape[2] != p * p * channels:
         raise ValueError(
             f"unpatchify expects (B, {h * w}, {p * p * channels}) for grid {grid}, patch {p}, "
             f"{channels} channels; got {tuple(x.shape)}"
         )
-    x = x.reshape(b, h, w, p, p, channels)
-    x = torch.einsum("nhwpqc->nchpwq", x)
-    return x.reshape(b, channels, h * p, w * p)
+    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, p=p, q=p)
 
 
 class PatchEmbed(nn.Module):
@@ -82,6 +69,8 @@ class ImagePatchTokenizer(nn.Module):
                  embed_dim: int = 768):
         super().__init__()
         img_size = to_2tuple(img_size)
+        if len(img_size) != 2:
+            raise ValueError(f"img_size must be one int or (height, width), got {img_size}")
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.patch_size, self.in_chans = patch_size, in_chans

@@ -12,7 +12,7 @@ an outer skip, ``hidden = block(hidden) + hidden``. A layout of only ``T`` is a 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,17 @@ def parse_layout(layout: str) -> str:
             )
         out.append(m.group(1) * int(m.group(2) or 1))
     return "".join(out)
+
+
+def layout_steps(layout: str) -> List[Tuple[str, int]]:
+    """The run order of a parsed layout: (letter, index among the blocks of that letter) per step,
+    e.g. ``"MMTM"`` -> ``[("M", 0), ("M", 1), ("T", 0), ("M", 2)]``."""
+    seen = {"M": 0, "T": 0}
+    steps = []
+    for kind in layout:
+        steps.append((kind, seen[kind]))
+        seen[kind] += 1
+    return steps
 
 
 def official_layout(depth: int, every: int = 3) -> str:
@@ -126,12 +137,11 @@ class HybridEncoder(nn.Module):
         outer_skip = "M" in self.layout
         causal = causal_row_len is not None
         attn_mask = row_causal_mask(x.shape[1], causal_row_len, x.device) if causal else None
-        mamba, blocks = iter(self.layers), iter(self.blocks)
-        for kind in self.layout:
+        for kind, i in layout_steps(self.layout):
             if kind == "M":
-                hidden, residual = next(mamba)(hidden, residual, causal=causal)
+                hidden, residual = self.layers[i](hidden, residual, causal=causal)
             else:
-                out = next(blocks)(hidden, attn_mask)
+                out = self.blocks[i](hidden, attn_mask)
                 hidden = out + hidden if outer_skip else out
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))

@@ -6,12 +6,14 @@ blocks) so official weights load without renaming.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
+from timm.models.vision_transformer import Block
 
 from .compile import repeated_block
 
@@ -71,27 +73,6 @@ class MambaLayer(nn.Module):
         return (self.mixer(hidden, causal=True) if causal else self.mixer(hidden)), residual
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection (timm names).
-
-    x: (B, L, C); attn_mask: bool (L, L) or (B, 1, L, L), True = may attend.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
-
-
 class DualNormAttention(nn.Module):
     """Self-attention whose queries and keys/values come from two differently normalised copies of
     the same tokens, with separate ``q`` and ``kv`` projections (MAP 2D decoder's ``attn2``).
@@ -118,10 +99,11 @@ class DualNormAttention(nn.Module):
 
 
 @repeated_block
-class TransformerBlock(nn.Module):
-    """Pre-norm Transformer block (timm ViT ``Block`` names: norm1, attn, norm2, mlp).
+class TransformerBlock(Block):
+    """Pre-norm Transformer block: timm's ViT ``Block`` (names norm1, attn.qkv, attn.proj, norm2,
+    mlp.fc1, mlp.fc2), with LayerNorms of eps ``norm_eps``.
 
-    x: (B, L, C) -> (B, L, C); attn_mask as in :class:`Attention`.
+    x: (B, L, C) -> (B, L, C); attn_mask: bool (L, L) or (B, 1, L, L), True = may attend.
     """
 
     def __init__(
@@ -133,16 +115,10 @@ class TransformerBlock(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-5,
     ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path,
+                         norm_layer=partial(nn.LayerNorm, eps=norm_eps))
 
 
 @repeated_block

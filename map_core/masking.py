@@ -82,8 +82,12 @@ def mask_to_indices(mask: torch.Tensor, n_mask: Optional[int] = None) -> Tuple[t
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x: (B, L, ...), idx: (B, K) -> (B, K, ...). ``x`` with batch 1 is broadcast."""
+    """Batched gather along dim 1: x (B, L, ...), idx (B, ...) int -> (B, ..., ...) with
+    ``out[b, i...] = x[b, idx[b, i...]]``; e.g. idx (B, K) -> (B, K, C), idx (B, G, k) -> (B, G, k, C).
+    ``x`` with batch 1 is broadcast over idx's batch."""
     if x.shape[0] == 1 and idx.shape[0] > 1:
         x = x.expand(idx.shape[0], *x.shape[1:])
-    index = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
-    return torch.gather(x, 1, index)
+    elif x.shape[0] != idx.shape[0]:
+        raise ValueError(f"gather_tokens: batch sizes differ, x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
+    batch = torch.arange(idx.shape[0], device=idx.device).view(-1, *([1] * (idx.dim() - 1)))
+    return x[batch, idx]

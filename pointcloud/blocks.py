@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from map_core.compile import repeated_block
-from map_core.encoder import matched_layout, official_layout, parse_layout
+from map_core.encoder import layout_steps, matched_layout, official_layout, parse_layout
 from map_core.layers import TransformerBlock
+from map_core.masking import gather_tokens
 from map_core.mixers import MambaMixer
 from map_core.objective import row_causal_mask
-from pointcloud.ops import gather, knn
+from pointcloud.ops import knn
 
 
 class LocalNorm(nn.Module):
@@ -47,11 +48,11 @@ class LocalNorm(nn.Module):
         that of the differences of rows <= r (:func:`row_causal_knn`, :func:`row_cumulative_std`)."""
         if causal_row_len is None:
             idx = knn(center, center, self.k)  # (B, G, k)
-            diff = gather(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
+            diff = gather_tokens(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
             diff = diff / (diff.std() + 1e-5)
         else:
             idx = row_causal_knn(center, self.k, causal_row_len)
-            diff = gather(x, idx) - x.unsqueeze(2)
+            diff = gather_tokens(x, idx) - x.unsqueeze(2)
             diff = diff / (row_cumulative_std(diff, causal_row_len) + 1e-5)
         feat = torch.cat([diff, x.unsqueeze(2).expand_as(diff)], dim=-1)
         return self.affine_alpha_feat * feat + self.affine_beta_feat
@@ -116,22 +117,23 @@ class LocalNormPool(nn.Module):
 class Mamba3DBlock(nn.Module):
     """LNP + a token mixer, each pre-normed with an outer residual. x: (B, L, C), center: (B, G, 3).
 
-    ``mixer="mamba"``: MambaMixer with the channel-flip second direction (bimamba v4);
-    ``mixer="attention"``: a Transformer block (the Trans3D block; it has its own residuals).
+    ``mixer`` is a layout letter (:func:`map_core.encoder.parse_layout`): ``"M"``: MambaMixer with the
+    channel-flip second direction (bimamba v4); ``"T"``: a Transformer block (the Trans3D block; it
+    has its own residuals).
     """
 
-    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, mixer: str = "mamba",
+    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, mixer: str = "M",
                  num_heads: int = 6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.lfa = LocalNormPool(dim, center_local_k)
         self.norm2 = nn.LayerNorm(dim)
-        if mixer == "mamba":
+        if mixer == "M":
             self.mixer = MambaMixer(dim, bidirectional="channel")
-        elif mixer == "attention":
+        elif mixer == "T":
             self.mixer = TransformerBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=0.0)
         else:
-            raise ValueError(f"mixer must be 'mamba' or 'attention', got {mixer!r}")
+            raise ValueError(f"mixer must be a layout letter, 'M' (Mamba) or 'T' (Transformer), got {mixer!r}")
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, center: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
@@ -151,7 +153,7 @@ class Trans3DBlock(Mamba3DBlock):
     """The Trans3D block: a Mamba3D block whose mixer is a Transformer block (qkv_bias False, mlp 4)."""
 
     def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, num_heads: int = 6):
-        super().__init__(dim, center_local_k, drop_path, "attention", num_heads)
+        super().__init__(dim, center_local_k, drop_path, "T", num_heads)
 
 
 class PointMAPBlocks(nn.Module):
@@ -168,11 +170,11 @@ class PointMAPBlocks(nn.Module):
     def __init__(self, dim: int, depth: int, center_local_k: int = 4, drop_path: float = 0.0,
                  num_heads: int = 6, layout: Optional[str] = None):
         super().__init__()
-        self.layout = parse_layout(layout) if layout else official_layout(depth)
+        self.layout = parse_layout(layout or official_layout(depth))
         n_mamba, n_trans = self.layout.count("M"), self.layout.count("T")
         dpr = torch.linspace(0, drop_path, max(n_mamba, n_trans), device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            Mamba3DBlock(dim, center_local_k, dpr[i], "mamba", num_heads) for i in range(n_mamba))
+            Mamba3DBlock(dim, center_local_k, dpr[i], "M", num_heads) for i in range(n_mamba))
         self.blocks_vit = nn.ModuleList(
             Trans3DBlock(dim, center_local_k, dpr[j], num_heads) for j in range(n_trans))
 
@@ -191,14 +193,13 @@ class PointMAPBlocks(nn.Module):
                 raise ValueError(f"return_layers must name Mamba3D blocks 0..{len(self.blocks) - 1}, "
                                  f"got {list(return_layers)}")
         deepest = None if return_layers is None else max(return_layers)
-        mamba, trans = iter(self.blocks), iter(self.blocks_vit)
         taps, m = {}, -1
-        for kind in self.layout:
+        for kind, i in layout_steps(self.layout):
             if kind == "M":
-                if m == deepest:  # the deepest tap and the Trans3D blocks after it are done
+                if deepest is not None and i > deepest:  # the deepest tap and the Trans3D blocks after it are done
                     break
-                m += 1
-            x = next(mamba if kind == "M" else trans)(x + pos, center, causal_row_len)
+                m = i
+            x = (self.blocks if kind == "M" else self.blocks_vit)[i](x + pos, center, causal_row_len)
             taps[m] = x
         return x if return_layers is None else [taps[n] for n in return_layers]
 

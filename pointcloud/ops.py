@@ -1,4 +1,4 @@
-"""Farthest point sampling, k nearest neighbours and batched gather.
+"""Farthest point sampling and k nearest neighbours (the batched gather is :func:`map_core.masking.gather_tokens`).
 
 Each op has a pure-PyTorch reference (CPU and GPU, batched) registered as the ``torch`` backend of
 :mod:`map_core.backends`, the project's Triton kernels (``triton``, the ``auto`` choice on CUDA,
@@ -88,14 +88,6 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int, backend: Optional[str] =
     if not 0 < k <= ref.shape[1]:
         raise ValueError(f"knn: k={k} must be in [1, {ref.shape[1]}] (points in ref)")
     return backends.get("knn", query.device, backend)(query, ref, k)
-
-
-def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Batched gather. x: (B, N, C), idx: (B, ...) int -> (B, ..., C) with out[b, ...] = x[b, idx[b, ...]]."""
-    if idx.shape[0] != x.shape[0]:
-        raise ValueError(f"gather: batch sizes differ, x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
-    batch = torch.arange(x.shape[0], device=x.device).view(-1, *([1] * (idx.dim() - 1)))
-    return x[batch, idx]
 
 
 backends.register("fps", "triton", "pointcloud.kernels:fps_triton", package="triton", auto=True, interpretable=True)

@@ -27,11 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from map_core.masking import gather_tokens
 from map_core.registry import MODELS
 from map_core.weights import LoadsPretrained, StateDict, rename_keys
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.convert import official_key
-from pointcloud.ops import gather, knn
+from pointcloud.ops import knn
 from pointcloud.tokenizer import PointGroupTokenizer
 
 
@@ -45,7 +46,7 @@ def three_nn_interpolate(xyz: torch.Tensor, centers: torch.Tensor, features: tor
     weights form a sparse (B, N, G) matrix, applied with one batched matmul.
     """
     idx = knn(xyz, centers, k)  # (B, N, k)
-    d2 = ((xyz.unsqueeze(2) - gather(centers, idx)) ** 2).sum(-1)  # (B, N, k)
+    d2 = ((xyz.unsqueeze(2) - gather_tokens(centers, idx)) ** 2).sum(-1)  # (B, N, k)
     inv = 1.0 / (d2 + eps)
     weights = torch.zeros(*xyz.shape[:2], centers.shape[1], dtype=features.dtype, device=features.device)
     weights = weights.scatter(2, idx, (inv / inv.sum(-1, keepdim=True)).to(features.dtype))

@@ -23,9 +23,8 @@ from map_core.engine.progress import tracked
 from map_core.engine.tasks import ClassifyTask, LinearSVMTask, PretrainTask, Task, to_device
 from map_core.errors import ConfigError
 from map_core.registry import TASKS
-from pointcloud.data.transforms import (FPS_POOL, fps_pool, isotropic_scale_and_shift, random_subset,
+from pointcloud.data.transforms import (FPS_POOL, fps_points, fps_pool, isotropic_scale_and_shift, random_subset,
                                         rotate_about_up, scale_and_translate)
-from pointcloud.ops import fps, gather
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +41,6 @@ def augmentation(name: str, key: str) -> Optional[Callable[[torch.Tensor], torch
     if name not in AUGMENTATIONS:
         raise ConfigError(f"{key}: unknown augmentation '{name}' (valid: {', '.join(AUGMENTATIONS)})")
     return AUGMENTATIONS[name]
-
-
-def fps_points(points: torch.Tensor, npoints: int) -> torch.Tensor:
-    """The ``npoints`` FPS points of each cloud (official ``misc.fps``). (B, N, C) -> (B, npoints, C).
-
-    With ``npoints == N`` the cloud is returned unchanged: FPS would only reorder it, keeping point
-    0 first, so the tokeniser's own FPS picks the same centres.
-    """
-    if npoints == points.shape[1]:
-        return points
-    return gather(points, fps(points[..., :3].contiguous(), npoints))
 
 
 class ChecksPointCount:

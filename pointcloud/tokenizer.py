@@ -10,8 +10,9 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
+from map_core.masking import gather_tokens
 from map_core.pretrain import Tokens
-from pointcloud.ops import fps, gather, knn
+from pointcloud.ops import fps, knn
 
 
 def group_points(xyz: torch.Tensor, num_group: int, group_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -21,9 +22,9 @@ def group_points(xyz: torch.Tensor, num_group: int, group_size: int) -> Tuple[to
     neighbours are sorted nearest first, the centre itself included (at offset 0).
     """
     xyz = xyz[..., :3].contiguous()
-    center = gather(xyz, fps(xyz, num_group))  # (B, G, 3)
+    center = gather_tokens(xyz, fps(xyz, num_group))  # (B, G, 3)
     idx = knn(center, xyz, group_size)  # (B, G, K)
-    return gather(xyz, idx) - center.unsqueeze(2), center
+    return gather_tokens(xyz, idx) - center.unsqueeze(2), center
 
 
 class MiniPointNet(nn.Module):

@@ -147,3 +147,18 @@ def test_all_unreadable_raises(tmp_path):
     ds = ImageNet(root=str(tmp_path), split="val")
     with pytest.raises(DataError, match=r"no readable image .*x\.JPEG"):
         ds[0]
+
+
+def test_class_union_hidden_files_and_empty_class_folders(tmp_path, caplog):
+    for split, cls in (("train", "n01"), ("train", "n03"), ("val", "n02"), ("val", "n03")):
+        os.makedirs(tmp_path / split / cls)
+        _write_image(str(tmp_path / split / cls / "x.png"), 0)
+    (tmp_path / "train" / "n01" / "._x.png").write_bytes(b"a macOS resource fork")
+    os.makedirs(tmp_path / "train" / "n04")  # a class folder holding no image
+    os.makedirs(tmp_path / "train" / ".cache")
+    with caplog.at_level(logging.WARNING, logger="image.data"):
+        ds = ImageNet(root=str(tmp_path), split="train")
+    assert ds.classes == ["n01", "n02", "n03", "n04"]  # val's n02 keeps its index in train
+    assert [(os.path.basename(p), label) for p, label in ds.samples] == [("x.png", 0), ("x.png", 2)]
+    assert "1 class folders" in caplog.text and "n04" in caplog.text
+    assert ImageNet(root=str(tmp_path), split="val").targets == [1, 2]

@@ -51,6 +51,17 @@ def test_patchify_order_matches_official_and_inverts():
     assert torch.equal(patchify(square, 8), _reference().patchify(square))
 
 
+def test_tokenizer_takes_one_size_or_height_and_width():
+    assert ImagePatchTokenizer(32, 8, 3, 16).grid_size == (4, 4)
+    assert ImagePatchTokenizer([32, 48], 8, 3, 16).grid_size == (4, 6)
+    with pytest.raises(ValueError, match=r"one int or \(height, width\), got \(32, 32, 32\)"):
+        ImagePatchTokenizer((32, 32, 32), 8, 3, 16)
+    with pytest.raises(ValueError, match="not divisible by patch size 8"):
+        patchify(torch.zeros(1, 3, 32, 36), 8)
+    with pytest.raises(ValueError, match=r"expects \(B, 16, 192\)"):
+        unpatchify(torch.zeros(1, 16, 191), 8, (4, 4))
+
+
 def test_tokenizer_resizes_pos_embed_for_other_grid():
     tok = ImagePatchTokenizer(32, 8, 3, 16)
     out = tok(torch.randn(2, 3, 48, 40))

@@ -54,6 +54,24 @@ def test_mask_to_indices_and_gather():
         num_masked(10, 1.5)
 
 
+def test_gather_tokens_with_index_of_any_rank_and_broadcast_batch():
+    x = torch.arange(2 * 5 * 3).view(2, 5, 3).float()
+    idx = torch.tensor([[[4, 0], [1, 1]], [[2, 3], [0, 4]]])
+    out = gather_tokens(x, idx)  # a (B, G, k) neighbour index, as the point ops use it
+    assert out.shape == (2, 2, 2, 3)
+    for b in range(2):
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(out[b, i, j], x[b, idx[b, i, j]])
+    pos = torch.randn(1, 5, 3, requires_grad=True)  # a shared position table
+    keep = torch.tensor([[0, 4], [4, 2], [4, 1]])
+    assert torch.equal(gather_tokens(pos, keep), pos[0][keep])
+    gather_tokens(pos, keep).sum().backward()
+    assert pos.grad[0, :, 0].tolist() == [1, 1, 1, 0, 3]  # a table row gets one gradient per use
+    with pytest.raises(ValueError, match=r"batch sizes differ, x \(2, 5, 3\) vs idx \(3, 2\)"):
+        gather_tokens(x, keep)
+
+
 def test_row_causal_mask_definition():
     m = row_causal_mask(6, 2)
     for q in range(6):

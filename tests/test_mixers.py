@@ -1,7 +1,7 @@
 """Bidirectional mixers against a hand-written composition of two one-way mixers."""
 import torch
 
-from map_core.encoder import HybridEncoder, official_layout, parse_layout
+from map_core.encoder import HybridEncoder, layout_steps, official_layout, parse_layout
 from map_core.layers import MambaLayer
 from map_core.mixers import MambaMixer
 
@@ -77,6 +77,7 @@ def test_layout_parsing():
     assert official_layout(6) == "MMMTMMMT"
     with pytest.raises(ValueError, match="bad layout part"):
         parse_layout("MMX")
+    assert layout_steps("TMMTM") == [("T", 0), ("M", 0), ("M", 1), ("T", 1), ("M", 2)]
 
 
 def test_hybrid_encoder_follows_official_residual_handling():

@@ -4,6 +4,7 @@ import importlib.util
 import pytest
 import torch
 
+from map_core.masking import gather_tokens
 from pointcloud import ops
 
 
@@ -83,17 +84,6 @@ def test_knn_chunking_gives_the_same_answer(monkeypatch):
     assert torch.equal(ops.knn(ref, ref, 6), full)
 
 
-def test_gather():
-    x = torch.arange(2 * 5 * 3).view(2, 5, 3).float()
-    idx = torch.tensor([[[4, 0], [1, 1]], [[2, 3], [0, 4]]])
-    out = ops.gather(x, idx)
-    assert out.shape == (2, 2, 2, 3)
-    for b in range(2):
-        for i in range(2):
-            for j in range(2):
-                assert torch.equal(out[b, i, j], x[b, idx[b, i, j]])
-
-
 def test_backend_errors():
     xyz = torch.randn(1, 10, 3)
     with pytest.raises(ValueError, match="unknown fps backend 'cuda_magic'"):
@@ -112,10 +102,10 @@ def test_backend_errors():
 def test_auto_backends_match_reference_on_gpu():
     xyz = torch.rand(4, 2048, 3, generator=torch.Generator().manual_seed(2)).cuda()
     assert torch.equal(ops.fps(xyz, 128), ops.fps(xyz, 128))
-    centres = ops.gather(xyz, ops.fps(xyz, 128))
+    centres = gather_tokens(xyz, ops.fps(xyz, 128))
 
     def distances(idx):  # (B, M, k) -> neighbour distances; near-equal ones may swap between kernels
-        return (ops.gather(xyz, idx) - centres.unsqueeze(2)).norm(dim=-1)
+        return (gather_tokens(xyz, idx) - centres.unsqueeze(2)).norm(dim=-1)
 
     ref = distances(ops.knn(centres, xyz, 32))
     assert torch.allclose(distances(ops.knn(centres, xyz, 32)), ref, atol=1e-5)

@@ -39,6 +39,7 @@ from map_core.compile import compile_blocks  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from map_core.graphs import GraphedStep  # noqa: E402
 from map_core.modalities import get_modality, load_modalities, modality_of  # noqa: E402
+from map_core.masking import gather_tokens  # noqa: E402
 from map_core.registry import MODELS, check_kwargs  # noqa: E402
 from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
@@ -479,11 +480,11 @@ def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
         row = {"kind": "grouping", "batch": b, "points": npts, "groups": groups, "k": k}
         for backend in ("triton", "torch"):
             idx = ops.fps(pts, groups, backend=backend)
-            centres = ops.gather(pts, idx)
+            centres = gather_tokens(pts, idx)
             row[f"fps_{backend}_ms"] = round(_median_ms(lambda: ops.fps(pts, groups, backend=backend), device, 10), 3)
             row[f"knn_{backend}_ms"] = round(_median_ms(lambda: ops.knn(centres, pts, k, backend=backend), device, 10), 3)
         row["fps_equal"] = bool(torch.equal(ops.fps(pts, groups, backend="triton"), ops.fps(pts, groups, backend="torch")))
-        centres = ops.gather(pts, ops.fps(pts, groups, backend="torch"))
+        centres = gather_tokens(pts, ops.fps(pts, groups, backend="torch"))
         row["knn_equal"] = bool(torch.equal(ops.knn(centres, pts, k, backend="triton"),
                                             ops.knn(centres, pts, k, backend="torch")))
         rows.append(row)

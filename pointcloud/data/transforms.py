@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from pointcloud.ops import fps, gather
+from map_core.masking import gather_tokens
+from pointcloud.ops import fps
 
 # npoints -> size of the FPS pool the random subset is drawn from (Mamba3D runner_finetune)
 FPS_POOL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
@@ -72,12 +73,22 @@ def rotate_about_up(points: torch.Tensor, generator: Optional[torch.Generator] =
     return out
 
 
+def fps_points(points: torch.Tensor, npoints: int) -> torch.Tensor:
+    """The ``npoints`` FPS points of each cloud, in FPS order (official ``misc.fps``).
+
+    points: (B, N, C) -> (B, npoints, C), sampled on xyz. With ``npoints == N`` the cloud is
+    returned unchanged: FPS would only reorder it, keeping point 0 first, so a tokeniser's own FPS
+    picks the same centres and a random subset drawn next is as random.
+    """
+    if npoints == points.shape[1]:
+        return points
+    return gather_tokens(points, fps(points[..., :3].contiguous(), npoints))
+
+
 def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None) -> torch.Tensor:
     """The farthest ``pool`` points of each cloud (``pool`` from FPS_POOL by default, capped at N).
 
-    points: (B, N, C) -> (B, min(pool, N), C), in FPS order. When the pool covers the whole cloud
-    the cloud is returned as it is: FPS of all N points would only reorder them, and callers draw
-    a random subset next.
+    points: (B, N, C) -> (B, min(pool, N), C) by :func:`fps_points`.
     """
     if pool is None:
         if npoints not in FPS_POOL:
@@ -87,9 +98,7 @@ def fps_pool(points: torch.Tensor, npoints: int, pool: Optional[int] = None) -> 
     if npoints > pool:
         raise ValueError(f"cannot take {npoints} points from an FPS pool of {pool} (clouds have "
                          f"{points.shape[1]} points)")
-    if pool == points.shape[1]:
-        return points
-    return gather(points, fps(points[..., :3].contiguous(), pool))
+    return fps_points(points, pool)
 
 
 def random_subset(points: torch.Tensor, npoints: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
