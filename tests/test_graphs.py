@@ -91,6 +91,9 @@ def test_image_classifier_step_is_capturable():
     batch = (torch.randn(4, 3, 16, 16, device="cuda"), torch.randint(0, 5, (4,), device="cuda"))
     want_loss, _ = step(model, batch)  # the eager step, as the trainer's first steps run it
     want_loss.backward()
+    # drop the eager graph: a live one keeps its AccumulateGrad nodes, bound to the default stream,
+    # and the captured backward would then synchronise with that stream (torch warns, capture fails)
+    want_loss = want_loss.detach()
     want = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
     loss, _ = graphed(batch, torch.tensor(1.0, device="cuda"))
