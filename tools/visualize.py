@@ -220,7 +220,7 @@ def load_weights(model: torch.nn.Module, path: Path, cfg) -> None:
 
 def pick_split(cfg, split: Optional[str]) -> str:
     """``split`` if the config has it, else the first of val, test, train it has."""
-    present = list(cfg["dataset"])
+    present = list(cfg.dataset)
     if split is None:
         split = next((s for s in ("val", "test", "train") if s in present), None)
     if split not in present:
@@ -254,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model = task.build_model()
         dataset = task.build_dataset(pick_split(cfg, args.split))
         if not isinstance(model, MAPPretrainer) and not hasattr(dataset, "category_parts"):
-            raise ConfigError(f"{config}: model.NAME '{cfg['model']['NAME']}' builds a {type(model).__name__}; "
+            raise ConfigError(f"{config}: model.NAME '{cfg.model.NAME}' builds a {type(model).__name__}; "
                               f"visualize needs a MAP pretraining model (e.g. map_pretrain, pointmap_pretrain) "
                               f"or a part segmentation config")
         load_weights(model, ckpt, cfg)

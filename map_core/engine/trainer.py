@@ -12,9 +12,9 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from map_core import backends
 from map_core.compile import compile_blocks
 from map_core.graphs import GraphedStep
-from map_core.config import Config, dump_config
+from map_core.config import Config, ExperimentConfig, dump_config
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
@@ -45,6 +45,49 @@ progress_log = logging.getLogger("map_core.engine.progress")
 
 class NonFiniteLossError(UserError):
     """The loss became NaN / inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """``train.ema:``; an exponential moving average of the weights (timm ``ModelEmaV3``), which
+    then is what validation, ``--test`` and ``--vote`` evaluate."""
+
+    enable: bool = False
+    decay: float = 0.9999
+    warmup: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train:``; batch sizes are totals over all ranks and accumulation steps. ``precision: auto``
+    is bf16 autocast on CUDA, fp32 on CPU. ``save_every`` N keeps ``epoch_XXXX.pth`` every N epochs
+    (0: only last / best); ``max_steps_per_epoch`` caps the updates of an epoch."""
+
+    total_batch_size: int = 128
+    val_batch_size: Optional[int] = None
+    accum_steps: int = 1
+    clip_grad: Optional[float] = None
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    num_workers: int = 4
+    log_every: int = 20
+    save_every: int = 0
+    val_every: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    max_steps_per_epoch: Optional[int] = None
+    compile: bool = False  # torch.compile each repeated block (map_core.compile)
+    compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
+    cuda_graphs: bool = False  # replay forward, loss and backward from CUDA graphs (map_core.graphs)
+
+
+@dataclass(frozen=True)
+class FewshotConfig:
+    """``fewshot:``; one finetune per fold, mean and std of the best metric reported."""
+
+    way: int = 5
+    shot: int = 10
+    folds: int = 10
 
 
 @dataclass
@@ -95,21 +138,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 class Trainer:
     """Builds everything from the config (datasets first, so data errors come before step 1)."""
 
-    def __init__(self, cfg: Config, exp_dir: Path, dist_info: Optional[DistInfo] = None,
+    def __init__(self, cfg: ExperimentConfig, exp_dir: Path, dist_info: Optional[DistInfo] = None,
                  progress: Optional[ProgressFactory] = None, splits: Optional[tuple] = None):
         self.cfg, self.exp_dir, self.progress = cfg, Path(exp_dir), progress
-        self.dist = dist_info or init_distributed(cfg["runtime"]["device"])
-        train = cfg["train"]
-        seed_everything(train["seed"] + self.dist.rank, train["deterministic"])
+        self.dist = dist_info or init_distributed(cfg.runtime.device)
+        seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
         try:
-            backends.configure(dict(cfg["runtime"]["backends"]))
+            backends.configure(asdict(cfg.runtime.backends))
         except (ValueError, ImportError) as err:
             raise ConfigError(str(err)) from None
         self.task: Task = build_task(cfg)
-        self.amp_dtype, use_scaler = amp_settings(train["precision"], self.dist.device)
+        self.amp_dtype, use_scaler = amp_settings(cfg.train.precision, self.dist.device)
         self.task.bind(self.dist.device, self.amp_dtype)
         self.task.progress = progress if self.dist.is_main else None
-        self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg["dataset"])}
+        self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg.dataset)}
         self.model = self.task.build_model().to(self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.records = ExperimentLogger(self.exp_dir, self.dist.is_main)
@@ -120,47 +162,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _per_rank_batch(self) -> int:
-        train = self.cfg["train"]
-        if train["accum_steps"] < 1:
-            raise ConfigError(f"train.accum_steps must be at least 1, got {train['accum_steps']}")
-        share = self.dist.world_size * train["accum_steps"]
-        if train["total_batch_size"] < share or train["total_batch_size"] % share:
-            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} must be a positive multiple of "
-                              f"world size {self.dist.world_size} x accum_steps {train['accum_steps']}")
-        return train["total_batch_size"] // share
+        train = self.cfg.train
+        if train.accum_steps < 1:
+            raise ConfigError(f"train.accum_steps must be at least 1, got {train.accum_steps}")
+        share = self.dist.world_size * train.accum_steps
+        if train.total_batch_size < share or train.total_batch_size % share:
+            raise ConfigError(f"train.total_batch_size={train.total_batch_size} must be a positive multiple of "
+                              f"world size {self.dist.world_size} x accum_steps {train.accum_steps}")
+        return train.total_batch_size // share
 
     def _loader(self, split: str, training: bool) -> DataLoader:
-        dataset, train = self.datasets[split], self.cfg["train"]
+        dataset, train = self.datasets[split], self.cfg.train
         if training:
             sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                         shuffle=True, seed=train["seed"], drop_last=True)
+                                         shuffle=True, seed=train.seed, drop_last=True)
             batch = self._per_rank_batch()
         else:
             sampler = ShardSampler(len(dataset), self.dist.rank, self.dist.world_size)
-            batch = train["val_batch_size"] or self._per_rank_batch()
+            batch = train.val_batch_size or self._per_rank_batch()
             if batch < 1:
                 raise ConfigError(f"train.val_batch_size must be at least 1, got {batch}")
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train["num_workers"],
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train.num_workers,
                           pin_memory=self.dist.device.type == "cuda", drop_last=training,
                           worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
 
     def _setup_training(self, finetune: Optional[str], resume: Optional[Path], allow_partial: bool) -> None:
-        train = self.cfg["train"]
+        train = self.cfg.train
         self.train_loader = self._loader("train", training=True)
-        self.updates_per_epoch = len(self.train_loader) // train["accum_steps"]
-        if train["max_steps_per_epoch"]:
-            self.updates_per_epoch = min(self.updates_per_epoch, train["max_steps_per_epoch"])
+        self.updates_per_epoch = len(self.train_loader) // train.accum_steps
+        if train.max_steps_per_epoch:
+            self.updates_per_epoch = min(self.updates_per_epoch, train.max_steps_per_epoch)
         if self.updates_per_epoch == 0:
             raise ConfigError(f"dataset.train has {len(self.datasets['train'])} samples: too few for one "
-                              f"update of train.total_batch_size={train['total_batch_size']}")
+                              f"update of train.total_batch_size={train.total_batch_size}")
         eval_split = next((s for s in ("val", "test") if s in self.datasets), None)
         self.eval_loader = self._loader(eval_split, training=False) if eval_split else None
         if finetune and not resume:
             ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
-        self.optimizer = build_optimizer(self.model, self.cfg["optimizer"], train["total_batch_size"])
-        self.scheduler = build_scheduler(self.optimizer, self.cfg["scheduler"], self.updates_per_epoch)
-        if train["ema"]["enable"]:
-            self.ema = ModelEmaV3(self.model, decay=train["ema"]["decay"], use_warmup=train["ema"]["warmup"])
+        self.optimizer = build_optimizer(self.model, self.cfg.optimizer, train.total_batch_size)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.scheduler, self.updates_per_epoch)
+        if train.ema.enable:
+            self.ema = ModelEmaV3(self.model, decay=train.ema.decay, use_warmup=train.ema.warmup)
         if resume:
             self._load_state(resume)
         self.records.rewind(self.global_step)
@@ -169,11 +211,11 @@ class Trainer:
         if self.dist.world_size > 1:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=self.cfg["runtime"]["find_unused_parameters"])
-        if train["compile"]:  # in place, block by block: checkpoints and evaluation are unaffected
-            compile_blocks(self.model, train["compile_mode"])
+                self.model, device_ids=ids, find_unused_parameters=self.cfg.runtime.find_unused_parameters)
+        if train.compile:  # in place, block by block: checkpoints and evaluation are unaffected
+            compile_blocks(self.model, train.compile_mode)
         self.graphed: Optional[GraphedStep] = None
-        if train["cuda_graphs"]:
+        if train.cuda_graphs:
             if self.dist.device.type != "cuda" or self.dist.world_size > 1:
                 raise ConfigError("train.cuda_graphs needs one process on a CUDA device (not CPU, not DDP); "
                                   "use train.compile there")
@@ -205,7 +247,7 @@ class Trainer:
         if self.dist.is_main:
             state = self._state(metrics, rng_states)
             names = ["last.pth"] + (["best.pth"] if is_best else [])
-            every = self.cfg["train"]["save_every"]
+            every = self.cfg.train.save_every
             if every and self.epoch % every == 0:
                 names.append(f"epoch_{self.epoch:04d}.pth")
             ckpt_io.atomic_save(state, self.exp_dir / names[0])
@@ -267,7 +309,7 @@ class Trainer:
     def _update(self, batches: list) -> Dict[str, Any]:
         """One optimizer update over ``accum_steps`` micro-batches; returns the logged values as
         device tensors (read on the host only at log steps)."""
-        train, accum, dev = self.cfg["train"], len(batches), self.dist.device
+        clip, accum, dev = self.cfg.train.clip_grad, len(batches), self.dist.device
         totals: Dict[str, Any] = {"loss": torch.zeros((), device=dev), "lr": self.optimizer.param_groups[0]["lr"]}
         bad = torch.zeros((), device=dev)
         for i, batch in enumerate(batches):
@@ -285,9 +327,9 @@ class Trainer:
             totals["loss"] += loss / accum
             for key, value in info.items():
                 totals[key] = totals.get(key, 0.0) + value / accum
-        if train["clip_grad"] is not None:
+        if clip is not None:
             self.scaler.unscale_(self.optimizer)
-            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), train["clip_grad"])
+            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             bad += (~torch.isfinite(totals["grad_norm"])).float()
         all_reduce_sum(bad)  # every rank skips the same updates
         self._optimizer_step(bad)
@@ -303,7 +345,7 @@ class Trainer:
 
     def _eta(self) -> str:
         """Time left for the run at the speed of this session's steps so far."""
-        total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+        total = self.updates_per_epoch * self.cfg.scheduler.epochs
         done, first_step, started = self.global_step, *self._session_start
         per_step = (time.time() - started) / max(done - first_step, 1)
         return format_eta(per_step * (total - done))
@@ -318,7 +360,7 @@ class Trainer:
         record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
         self.records.write("train", self.global_step, record)
         progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f eta %s", self.epoch + 1,
-                          self.global_step, self.updates_per_epoch * self.cfg["scheduler"]["epochs"],
+                          self.global_step, self.updates_per_epoch * self.cfg.scheduler.epochs,
                           record["loss"], record["lr"], record["samples_per_s"], self._eta())
         return {"epoch": str(self.epoch + 1), "loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
 
@@ -326,7 +368,7 @@ class Trainer:
         """One epoch (each update reported to ``bar``); returns the mean training loss (this rank)."""
         self.ddp_model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
-        accum, log_every = self.cfg["train"]["accum_steps"], self.cfg["train"]["log_every"]
+        accum, log_every = self.cfg.train.accum_steps, self.cfg.train.log_every
         data, window, count, samples, start = iter(self.train_loader), {}, 0, 0, time.time()
         epoch_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for update in range(self.updates_per_epoch):
@@ -345,8 +387,8 @@ class Trainer:
         return epoch_loss.item() / self.updates_per_epoch
 
     @staticmethod
-    def metric_name(cfg: Config) -> str:
-        return TASKS.get(cfg["task"]["NAME"]).metric
+    def metric_name(cfg: ExperimentConfig) -> str:
+        return TASKS.get(cfg.task.NAME).metric
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -367,7 +409,7 @@ class Trainer:
         bar = None
         try:
             self._setup_training(finetune, resume, allow_partial)
-            total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+            total = self.updates_per_epoch * self.cfg.scheduler.epochs
             if self.progress and self.dist.is_main:
                 bar = self.progress(total, "train", initial=self.global_step)
             return self._fit(bar)
@@ -377,7 +419,7 @@ class Trainer:
             self.records.close()
 
     def _fit(self, bar: Optional[Progress]) -> Dict[str, Any]:
-        train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
+        train, epochs = self.cfg.train, self.cfg.scheduler.epochs
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
         while self.epoch < epochs:
@@ -385,7 +427,7 @@ class Trainer:
             self.epoch += 1
             metrics = {"train_loss": train_loss}
             is_best = False
-            if self.eval_loader is not None and (self.epoch % train["val_every"] == 0 or self.epoch == epochs):
+            if self.eval_loader is not None and (self.epoch % train.val_every == 0 or self.epoch == epochs):
                 metrics.update(self.task.evaluate(self.eval_model(), self.eval_loader))
                 is_best = self._improved(metrics[self.task.metric])
                 self.best = metrics[self.task.metric] if is_best else self.best
@@ -423,7 +465,7 @@ class Trainer:
     def load_for_eval(self, path: Path) -> None:
         """Weights for --test / --vote: EMA weights when the config enables EMA and they were saved."""
         state = ckpt_io.load_checkpoint(path)
-        if isinstance(state, Mapping) and self.cfg["train"]["ema"]["enable"] and state.get("ema") is not None:
+        if isinstance(state, Mapping) and self.cfg.train.ema.enable and state.get("ema") is not None:
             weights = {k: v for k, v in state["ema"].items()}
         else:
             weights = ckpt_io.extract_state_dict(state)
@@ -441,14 +483,14 @@ class Trainer:
         return metrics
 
 
-def _eval_splits(cfg: Config) -> tuple:
+def _eval_splits(cfg: ExperimentConfig) -> tuple:
     for split in ("test", "val"):
-        if split in cfg["dataset"]:
+        if split in cfg.dataset:
             return (split,)
     raise ConfigError("--test / --vote need a dataset.test (or dataset.val) section")
 
 
-def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
+def _train_once(cfg: ExperimentConfig, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
                 resume: Optional[Path]) -> Dict[str, Any]:
     trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
     if dist_info.is_main:
@@ -465,16 +507,16 @@ def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]
             section[key] = value
 
 
-def fewshot_fold_config(cfg: Config, fold: int) -> Config:
+def fewshot_fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
     """``cfg`` for one few-shot fold: ``fewshot.way`` / ``shot`` and ``fold`` go into every dataset
     section, ``way`` into ``task.num_classes`` and ``model.cls_dim`` / ``num_classes`` (where the
     builder takes the key), so ``--set fewshot.way=10 fewshot.shot=20`` changes the whole run."""
     fold_cfg = copy.deepcopy(cfg)
-    way, shot = cfg["fewshot"]["way"], cfg["fewshot"]["shot"]
-    for section in fold_cfg["dataset"].values():
+    way, shot = cfg.fewshot.way, cfg.fewshot.shot
+    for section in fold_cfg.dataset.values():
         _set_accepted(section, DATASETS, {"way": way, "shot": shot, "fold": fold})
-    _set_accepted(fold_cfg["task"], TASKS, {"num_classes": way})
-    _set_accepted(fold_cfg["model"], MODELS, {"cls_dim": way, "num_classes": way})
+    _set_accepted(fold_cfg.task, TASKS, {"num_classes": way})
+    _set_accepted(fold_cfg.model, MODELS, {"cls_dim": way, "num_classes": way})
     return fold_cfg
 
 
@@ -487,13 +529,13 @@ def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optiona
     return (None, state["best_metric"]) if state["epoch"] >= epochs else (last, None)
 
 
-def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
+def run_fewshot(cfg: ExperimentConfig, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
     """One finetune per fold (see ``fewshot_fold_config``); mean / std of the best metrics.
 
     With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
     a fold with a checkpoint continues from it, and folds without one start from the beginning.
     """
-    folds, epochs = cfg["fewshot"]["folds"], cfg["scheduler"]["epochs"]
+    folds, epochs = cfg.fewshot.folds, cfg.scheduler.epochs
     if opts.resume:
         raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
                           f"pass --resume without a path")
@@ -517,20 +559,20 @@ def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str,
     finally:
         if bar is not None:
             bar.close()
-    summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
+    summary = {"metric": Trainer.metric_name(cfg), "way": cfg.fewshot.way, "shot": cfg.fewshot.shot,
                "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
     if dist_info.is_main:
         (opts.exp_dir / "fewshot_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
+def run(cfg: ExperimentConfig, opts: RunOptions) -> Dict[str, Any]:
     """Train (or few-shot, test, vote) as the options say; returns the final metrics.
 
     A training run without ``resume`` refuses an experiment folder that holds checkpoints, unless
     ``overwrite`` (then the earlier run is removed first).
     """
-    dist_info = init_distributed(cfg["runtime"]["device"])
+    dist_info = init_distributed(cfg.runtime.device)
     if opts.mode == "train" and opts.resume is None:
         prepare_fresh_start(opts.exp_dir, opts.overwrite, remove=dist_info.is_main)
     if dist_info.is_main:
@@ -544,6 +586,6 @@ def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
             return trainer.test(vote=opts.mode == "vote")
         finally:
             trainer.records.close()
-    if "fewshot" in cfg:
+    if cfg.fewshot is not None:
         return run_fewshot(cfg, opts, dist_info)
     return _train_once(cfg, opts, opts.exp_dir, dist_info, ckpt_io.resolve_resume(opts.resume, opts.exp_dir))
