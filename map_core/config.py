@@ -15,7 +15,8 @@ engine sections become frozen dataclasses, each defined beside the code that rea
 the only copy of its defaults (see :func:`engine_sections`); the open sections (``model``,
 ``task``, ``dataset.<split>``: ``NAME`` plus the registered builder's keyword arguments) stay
 mappings, checked against the builder's signature. Errors name the key path, the file and the
-closest valid key. YAML 1.1 reads ``5e-4`` as a string; this loader reads it as a float.
+closest valid key. The class count is written once, as ``task.num_classes`` (see
+:func:`fill_class_count`). YAML 1.1 reads ``5e-4`` as a string; this loader reads it as a float.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ COMMAND_LINE = "command line"
 SPLITS = ("train", "val", "test")
 NAMED_SECTIONS = ("model", "task", "dataset")
 FREE_SECTIONS = ("vars",)  # free-form values for YAML anchors
+CLASS_COUNT_KEYS = ("num_classes", "cls_dim")  # what model / dataset builders call the class count
 
 
 # ----------------------------------------------------------------------------- typed sections
@@ -447,6 +449,32 @@ def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) ->
             section[key] = _coerce(value, hints[key], _join(path, key), cfg)
 
 
+def fill_class_count(cfg: Config) -> None:
+    """Write the class count once, as ``task.num_classes``: it fills the model's ``num_classes``
+    or ``cls_dim`` and each dataset's ``num_classes``, where their builders take that key. A value
+    given there as well must agree (ConfigError naming both keys and files)."""
+    count = cfg.task.get("num_classes")
+    if count is None:
+        return
+    origin = cfg.source("task.num_classes")
+    targets = [("model", cfg.model, MODELS)] + [(f"dataset.{s}", d, DATASETS) for s, d in cfg.dataset.items()]
+    for path, section, registry in targets:
+        keys = accepted_keys(registry.get(section["NAME"]))
+        if keys is None:  # **kwargs: the key given, else (models: timm's convention) num_classes
+            keys = set(section) | ({"num_classes"} if registry is MODELS else set())
+        key = next((k for k in CLASS_COUNT_KEYS if k in keys), None)
+        if key is None:
+            continue
+        if key in section and section[key] != count:
+            raise ConfigError(
+                f"the class count is given twice: task.num_classes={count} (set in {origin}) and "
+                f"{path}.{key}={section[key]} (set in {cfg.source(f'{path}.{key}')}); give it once, as "
+                f"task.num_classes (the model's and the datasets' class counts follow it)")
+        if key not in section:
+            section[key] = count
+            cfg.provenance[f"{path}.{key}"] = f"{origin}, as task.num_classes"
+
+
 def validate(cfg: Config) -> ExperimentConfig:
     """Check every key (name and type) of a loaded config; returns it typed, defaults filled.
 
@@ -467,6 +495,7 @@ def validate(cfg: Config) -> ExperimentConfig:
             raise _unknown_key(f"dataset.{split}", cfg.source(f"dataset.{split}"), SPLITS)
         _validate_named(section, DATASETS, f"dataset.{split}", cfg)
     cfg["dataset"] = datasets
+    fill_class_count(cfg)
     free = {name: cfg.get(name) or Config() for name in FREE_SECTIONS}
     return ExperimentConfig(model=cfg.model, task=cfg.task, dataset=cfg.dataset, **typed, **free,
                             provenance=dict(cfg.provenance))

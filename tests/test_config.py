@@ -1,5 +1,5 @@
 """Config loading: _base_ inheritance, others, --set, strict validation with provenance, typed
-engine sections."""
+engine sections, the class count written once."""
 import copy
 import dataclasses
 from pathlib import Path
@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from map_core.backends import BackendsConfig
-from map_core.config import ExperimentConfig, dump_config, load_config, validate
+from map_core.config import CLASS_COUNT_KEYS, ExperimentConfig, dump_config, load_config, validate
 from map_core.engine.distributed import RuntimeConfig
 from map_core.engine.optim import OptimizerConfig, SchedulerConfig
 from map_core.engine.trainer import EMAConfig, FewshotConfig, TrainConfig
 from map_core.errors import ConfigError
+from map_core.registry import MODELS
 import tests.engine_toy  # noqa: F401  (registers toy_mlp, toy_blobs, toy_classify)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write(path: Path, text: str) -> Path:
@@ -165,3 +168,42 @@ def test_set_on_typed_fields_coerces_and_checks(tree: Path) -> None:
         validate(load_config(tree, ["train.ema.enable=maybe"]))
     with pytest.raises(ConfigError, match=r"'optimizer.NAME' .* expects one of adamw, sgd, got 'adam'"):
         validate(load_config(tree, ["optimizer.NAME=adam"]))
+
+
+# ----------------------------------------------------------------------------- the class count
+def test_task_num_classes_fills_model_and_datasets(tree: Path) -> None:
+    cfg = validate(load_config(tree, ["task.num_classes=6"]))
+    assert cfg.model.num_classes == 6  # toy_mlp takes num_classes
+    assert cfg.dataset.train.num_classes == 6 and cfg.dataset.val.num_classes == 6  # toy_blobs too
+    assert cfg.source("model.num_classes") == "command line, as task.num_classes"
+    if "toy_cls_dim" not in MODELS:
+        MODELS.register("toy_cls_dim", lambda hidden=8, cls_dim=40: None)
+    cfg = validate(load_config(tree, ["model.NAME=toy_cls_dim"]))
+    assert cfg.model.cls_dim == 4 and "num_classes" not in cfg.model
+    assert validate(load_config(tree, ["model.num_classes=4"])).model.num_classes == 4  # agreeing: fine
+
+
+def test_class_count_given_twice_and_different_is_an_error(tree: Path) -> None:
+    write(tree.parent / "twice.yaml", "_base_: child.yaml\nmodel: {num_classes: 5}\n")
+    with pytest.raises(ConfigError, match=r"class count is given twice: task.num_classes=4 \(set in .*child.yaml\) "
+                                          r"and model.num_classes=5 \(set in .*twice.yaml\)"):
+        validate(load_config(tree.parent / "twice.yaml"))
+    with pytest.raises(ConfigError, match=r"dataset.val.num_classes=3 \(set in command line\)"):
+        validate(load_config(tree, ["dataset.val.num_classes=3"]))
+
+
+def test_repository_configs_validate_and_give_the_class_count_once() -> None:
+    import image, pointcloud  # noqa: F401  (register the builders)
+
+    paths = [p for p in sorted((REPO / "configs").rglob("*.yaml")) if "_base_" not in p.parts]
+    assert len(paths) > 20
+    for path in paths:
+        loaded = load_config(path)
+        if "cells" in loaded:  # a tools/ablate.py grid, not an experiment
+            continue
+        cfg = validate(copy.deepcopy(loaded))
+        if cfg.task.get("num_classes") is None:
+            continue
+        for section in [loaded.model, *loaded.get("dataset", {}).values()]:
+            assert not set(CLASS_COUNT_KEYS) & set(section), f"{path}: class count repeated in {section}"
+        assert cfg.model.get("num_classes", cfg.model.get("cls_dim")) == cfg.task.num_classes, path

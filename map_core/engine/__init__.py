@@ -10,7 +10,8 @@
     fewshot: ...                        # FewshotConfig (trainer.py), optional: one finetune per fold
 
 Each engine section is a dataclass holding its keys and their defaults; an experiment folder's
-``config.yaml`` lists every value its run used.
+``config.yaml`` lists every value its run used. The class count is written once, as
+``task.num_classes``; the model's ``num_classes`` / ``cls_dim`` follows it.
 
 Experiment folder ``<exp-root>/<config stem>/<exp name>/``: ``config.yaml``, ``log.txt``,
 ``metrics.jsonl`` (``type``: train | epoch | test | vote | val), ``tb/``, ``last.pth``,
