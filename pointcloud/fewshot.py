@@ -1,18 +1,19 @@
 """Few-shot ModelNet40 (Point-BERT's protocol) as a config section: ``fewshot: {way, shot, folds}``
 makes a run one finetune per fold (``map_core.engine.run.run_fewshot``, mean and std of the best
-metrics); this module types the section and says what a fold changes in the config."""
+metrics); this module types the section (:class:`FewshotConfig`, read by attribute like the engine
+sections: ``cfg.fewshot.way``) and says what a fold changes in the config."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from map_core.config import Config
+from map_core.config import Config, ExperimentConfig
 from map_core.modalities import register_folds
 from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
 
 
-@dataclass
+@dataclass(frozen=True)
 class FewshotConfig:
     """``fewshot:``; one finetune per fold, mean and std of the best metric reported."""
 
@@ -30,16 +31,16 @@ def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]
             section[key] = value
 
 
-def fewshot_fold_config(cfg: Config, fold: int) -> Config:
+def fewshot_fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
     """``cfg`` for one few-shot fold: ``fewshot.way`` / ``shot`` and ``fold`` go into every dataset
     section, ``way`` into ``task.num_classes`` and ``model.cls_dim`` / ``num_classes`` (where the
     builder takes the key), so ``--set fewshot.way=10 fewshot.shot=20`` changes the whole run."""
     fold_cfg = copy.deepcopy(cfg)
-    way, shot = cfg["fewshot"]["way"], cfg["fewshot"]["shot"]
-    for section in fold_cfg["dataset"].values():
+    way, shot = cfg.fewshot.way, cfg.fewshot.shot
+    for section in fold_cfg.dataset.values():
         _set_accepted(section, DATASETS, {"way": way, "shot": shot, "fold": fold})
-    _set_accepted(fold_cfg["task"], TASKS, {"num_classes": way})
-    _set_accepted(fold_cfg["model"], MODELS, {"cls_dim": way, "num_classes": way})
+    _set_accepted(fold_cfg.task, TASKS, {"num_classes": way})
+    _set_accepted(fold_cfg.model, MODELS, {"cls_dim": way, "num_classes": way})
     return fold_cfg
 
 
