@@ -473,10 +473,11 @@ def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) ->
             section[key] = _coerce(value, hints[key], _join(path, key), cfg)
 
 
-def fill_class_count(cfg: Config) -> None:
+def fill_class_count(cfg: Config | ExperimentConfig) -> None:
     """Write the class count once, as ``task.num_classes``: it fills the model's ``num_classes``
     or ``cls_dim`` and each dataset's ``num_classes``, where their builders take that key. A value
-    given there as well must agree (ConfigError naming both keys and files)."""
+    given there as well must agree (ConfigError naming both keys and files). ``validate`` calls it;
+    so does a modality that changes the class count of a validated config (few-shot folds)."""
     count = cfg.task.get("num_classes")
     if count is None:
         return

@@ -236,6 +236,9 @@ def test_fewshot_section_comes_from_the_point_cloud_modality(tmp_path, monkeypat
     assert modalities.FOLD_CONFIGS["fewshot"] is pointcloud.fewshot.fewshot_fold_config
     fold = pointcloud.fewshot.fewshot_fold_config(cfg, 1)
     assert fold.dataset.train.fold == 1 and fold.task.num_classes == 3 and "fold" not in cfg.dataset.train
+    # the class count written once: fewshot.way as task.num_classes, the model and datasets follow it
+    assert fold.model.num_classes == 3 and fold.dataset.train.num_classes == 3 and cfg.model.num_classes == 4
+    assert fold.source("model.num_classes") == f"{path}, as fewshot.way, as task.num_classes"
     monkeypatch.setattr(config, "OPTIONAL_SCHEMAS", {})  # without the modality, the section is unknown
     with pytest.raises(ConfigError, match="unknown key 'fewshot'"):
         validate(load_config(path))
