@@ -19,14 +19,25 @@ import importlib
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
 log = logging.getLogger(__name__)
 
-OPS = ("scan", "conv", "fps", "knn")
+
+@dataclass(frozen=True)
+class BackendsConfig:
+    """``runtime.backends:``; per op ``auto`` or the name of a registered backend."""
+
+    scan: str = "auto"
+    conv: str = "auto"
+    fps: str = "auto"
+    knn: str = "auto"
+
+
+OPS = tuple(f.name for f in fields(BackendsConfig))
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,17 @@ section last (Mamba3D style)::
     dataset:
       train: {_base_: ../_base_/dataset/shapenet.yaml, others: {subset: train}}
 
-Every leaf key remembers the file that set it (``Config.provenance``), so validation errors name
-the key path, the file and the closest valid key. The engine sections (``optimizer``,
-``scheduler``, ``train``, ``runtime``; optional ones a modality adds, e.g. ``fewshot``) are typed
-by dataclasses; sections with a ``NAME`` (``model``, ``task``, ``dataset.<split>``) are checked
-against the signature of the registered builder. YAML 1.1 reads ``5e-4`` as a string; this loader
-reads it as a float.
+``load_config`` returns the merged mapping (a :class:`Config`); every leaf key remembers the file
+that set it (``Config.provenance``). ``validate`` turns it into an :class:`ExperimentConfig`: the
+engine sections (``optimizer``, ``scheduler``, ``train``, ``runtime``) become frozen dataclasses,
+each defined beside the code that reads it and holding the only copy of its defaults (see
+:func:`engine_sections`); so do the optional top-level sections a modality adds
+(:data:`OPTIONAL_SCHEMAS`, e.g. the point clouds' ``fewshot:``, typed in ``pointcloud/fewshot.py``),
+when a config has them. The open sections (``model``, ``task``, ``dataset.<split>``: ``NAME`` plus
+the registered builder's keyword arguments) stay mappings, checked against the builder's
+signature. Errors name the key path, the file and the closest valid key. The class count is
+written once, as ``task.num_classes`` (see :func:`fill_class_count`). YAML 1.1 reads ``5e-4`` as a
+string; this loader reads it as a float.
 """
 from __future__ import annotations
 
@@ -24,110 +29,61 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
 from map_core.errors import ConfigError
 from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys, closest
 
+if TYPE_CHECKING:
+    from map_core.engine.distributed import RuntimeConfig
+    from map_core.engine.optim import OptimizerConfig, SchedulerConfig
+    from map_core.engine.trainer import TrainConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMAND_LINE = "command line"
 SPLITS = ("train", "val", "test")
+NAMED_SECTIONS = ("model", "task", "dataset")
+FREE_SECTIONS = ("vars",)  # free-form values for YAML anchors
+CLASS_COUNT_KEYS = ("num_classes", "cls_dim")  # what model / dataset builders call the class count
 
 
 # ----------------------------------------------------------------------------- typed sections
-@dataclass
-class OptimizerConfig:
-    """``optimizer:``; ``lr_batch_base: 512`` scales lr by total_batch_size / 512."""
+def engine_sections() -> Dict[str, type]:
+    """Top-level engine section -> its dataclass. Imported when called, not at module level,
+    because the engine modules import this one."""
+    from map_core.engine.distributed import RuntimeConfig
+    from map_core.engine.optim import OptimizerConfig, SchedulerConfig
+    from map_core.engine.trainer import TrainConfig
 
-    NAME: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.9
-    layer_decay: Optional[float] = None
-    lr_batch_base: Optional[int] = None
+    return {"optimizer": OptimizerConfig, "scheduler": SchedulerConfig, "train": TrainConfig,
+            "runtime": RuntimeConfig}
 
 
-@dataclass
-class SchedulerConfig:
-    """``scheduler:``; warm-up then cosine, stepped per optimizer update."""
-
-    NAME: str = "cosine"
-    epochs: int = 300
-    warmup_epochs: float = 10
-    min_lr: float = 1e-6
-    warmup_lr: float = 1e-6
-
-
-@dataclass
-class EmaConfig:
-    enable: bool = False
-    decay: float = 0.9999
-    warmup: bool = False
-
-
-@dataclass
-class TrainConfig:
-    """``train:``; batch sizes are totals over all ranks and accumulation steps."""
-
-    total_batch_size: int = 128
-    val_batch_size: Optional[int] = None
-    accum_steps: int = 1
-    clip_grad: Optional[float] = None
-    precision: str = "auto"
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    num_workers: int = 4
-    log_every: int = 20
-    save_every: int = 0
-    val_every: int = 1
-    seed: int = 0
-    deterministic: bool = False
-    max_steps_per_epoch: Optional[int] = None
-    compile: bool = False  # torch.compile each repeated block (map_core.compile)
-    compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
-    cuda_graphs: bool = False  # replay forward, loss and backward from CUDA graphs (map_core.graphs)
-
-
-@dataclass
-class BackendsConfig:
-    """``runtime.backends:``; per op ``auto`` or a registered name (``map_core.backends``): ``auto``
-    takes the project's Triton kernels on CUDA and the PyTorch references elsewhere."""
-
-    scan: str = "auto"
-    conv: str = "auto"
-    fps: str = "auto"
-    knn: str = "auto"
-
-
-@dataclass
-class RuntimeConfig:
-    """``runtime:``; process-level switches."""
-
-    find_unused_parameters: bool = False
-    device: str = "auto"
-    backends: BackendsConfig = field(default_factory=BackendsConfig)
-
-
-SCHEMAS: Dict[str, type] = {
-    "optimizer": OptimizerConfig,
-    "scheduler": SchedulerConfig,
-    "train": TrainConfig,
-    "runtime": RuntimeConfig,
-}
 # Optional top-level sections a modality adds (``map_core.modalities.register_folds``, e.g. the point
-# clouds' ``fewshot:``): typed like the sections above, validated when a config has them.
+# clouds' ``fewshot:``, typed in pointcloud/fewshot.py): section -> its dataclass, typed like the
+# engine sections when a config has them. map_core never imports a modality; they register here.
 OPTIONAL_SCHEMAS: Dict[str, type] = {}
-NAMED_SECTIONS = ("model", "task", "dataset")
-FREE_SECTIONS = ("vars",)  # free-form values for YAML anchors
-TOP_LEVEL = tuple(SCHEMAS) + NAMED_SECTIONS + FREE_SECTIONS
+
+
+def top_level_keys() -> Tuple[str, ...]:
+    return NAMED_SECTIONS + tuple(engine_sections()) + tuple(OPTIONAL_SCHEMAS) + FREE_SECTIONS
+
+
+def _source(provenance: Mapping[str, str], path: str) -> str:
+    """The file (or 'command line') that set the dotted key ``path`` or the section holding it."""
+    while path:
+        if path in provenance:
+            return provenance[path]
+        path = path.rpartition(".")[0]
+    return "<unknown>"
 
 
 # ----------------------------------------------------------------------------- Config object
 class Config(dict):
-    """A dict with attribute access (nested) and, on the root, per-key provenance."""
+    """A dict with attribute access (nested) and, on the root, per-key provenance: a config as
+    loaded, before :func:`validate`, and the open sections (model, task, dataset) after it."""
 
     def __init__(self, data: Optional[Mapping[str, Any]] = None, provenance: Optional[Dict[str, str]] = None):
         super().__init__()
@@ -152,11 +108,7 @@ class Config(dict):
 
     def source(self, path: str) -> str:
         """The file (or 'command line') that set the dotted key ``path``."""
-        while path:
-            if path in self.provenance:
-                return self.provenance[path]
-            path = path.rpartition(".")[0]
-        return "<unknown>"
+        return _source(self.provenance, path)
 
     def to_dict(self) -> dict:
         """A plain nested dict/list copy (for YAML and checkpoints)."""
@@ -174,11 +126,63 @@ def _wrap(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, ExperimentConfig):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated config, read by attribute: ``cfg.train.ema.enable``, ``cfg.model["NAME"]``.
+
+    ``optional`` holds the optional sections the config has (:data:`OPTIONAL_SCHEMAS`, each its
+    dataclass), read by attribute too: ``cfg.fewshot.way``; ``cfg.fewshot`` is None when the config
+    has no ``fewshot:`` section (then no folds).
+    """
+
+    task: Config
+    model: Config
+    dataset: Config
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    train: TrainConfig
+    runtime: RuntimeConfig
+    optional: Dict[str, Any] = field(default_factory=dict)
+    vars: Config = field(default_factory=Config)
+    provenance: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        """An optional section: its dataclass, or None when the config has none of a registered one."""
+        if name.startswith("__"):  # copy / pickle probing, on instances not yet filled in too
+            raise AttributeError(name)
+        optional = self.__dict__.get("optional", {})
+        if name in optional:
+            return optional[name]
+        if name in OPTIONAL_SCHEMAS:
+            return None
+        raise AttributeError(f"'{type(self).__name__}' has no section '{name}' (optional sections "
+                             f"registered by the modalities: {', '.join(OPTIONAL_SCHEMAS) or 'none'})")
+
+    def source(self, path: str) -> str:
+        """The file (or 'command line') that set the dotted key ``path``."""
+        return _source(self.provenance, path)
+
+    def to_dict(self) -> dict:
+        """Every section as plain dicts / lists, defaults included (for config.yaml and checkpoints)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "optional":
+                out.update((name, _plain(section)) for name, section in value.items())
+            elif f.name != "provenance" and not (f.name in FREE_SECTIONS and not value):
+                out[f.name] = _plain(value)
+        return out
 
 
 # ----------------------------------------------------------------------------- YAML reading
@@ -296,9 +300,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 # ----------------------------------------------------------------------------- overrides
 def _section_keys(cfg: Mapping[str, Any], parts: Sequence[str]) -> Optional[set]:
-    """Keys the schema or builder of the section at ``parts`` accepts (None = anything)."""
+    """Keys the dataclass or builder of the section at ``parts`` accepts (None = anything)."""
     if not parts:
-        return set(TOP_LEVEL) | set(OPTIONAL_SCHEMAS)
+        return set(top_level_keys())
     schema = _schema_at(parts)
     if schema is not None:
         return {f.name for f in dataclasses.fields(schema)}
@@ -311,12 +315,12 @@ def _section_keys(cfg: Mapping[str, Any], parts: Sequence[str]) -> Optional[set]
 
 
 def _schema_at(parts: Sequence[str]) -> Optional[type]:
-    schema = SCHEMAS.get(parts[0]) or OPTIONAL_SCHEMAS.get(parts[0])
+    """The dataclass of the engine or optional section at ``parts`` (e.g. ``train.ema``), or None."""
+    schema = engine_sections().get(parts[0]) or OPTIONAL_SCHEMAS.get(parts[0])
     for part in parts[1:]:
         if schema is None:
             return None
-        hints = typing.get_type_hints(schema)
-        sub = hints.get(part)
+        sub = typing.get_type_hints(schema).get(part)
         schema = sub if dataclasses.is_dataclass(sub) else None
     return schema
 
@@ -380,16 +384,28 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, path: str, cfg: Config) -> Any:
-    """Check ``value`` against type ``tp``; ints become floats, numeric strings become floats."""
+    """Check ``value`` against type ``tp``; ints become floats, numeric strings become floats,
+    lists become tuples of their declared length."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    where = f"'{path}' (set in {cfg.source(path)})"
     if origin is typing.Union:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], path, cfg)
-    if origin in (list, List, tuple) and isinstance(value, (list, tuple)):
+    if origin is typing.Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        hint = closest(str(value), [str(a) for a in args])
+        raise ConfigError(f"{where} expects one of {', '.join(map(str, args))}, got {value!r}"
+                          + (f"; did you mean '{hint}'?" if hint else ""))
+    if origin is tuple and args and args[-1] is not Ellipsis and isinstance(value, (list, tuple)):
+        if len(value) != len(args):
+            raise ConfigError(f"{where} expects {len(args)} values, got {len(value)}: {list(value)!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]", cfg) for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
         item = args[0] if args else Any
-        return [_coerce(v, item, f"{path}[{i}]", cfg) for i, v in enumerate(value)]
+        return origin(_coerce(v, item, f"{path}[{i}]", cfg) for i, v in enumerate(value))
     if tp is Any:
         return value
     if tp is float and not isinstance(value, bool):
@@ -405,32 +421,28 @@ def _coerce(value: Any, tp: Any, path: str, cfg: Config) -> Any:
     if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     expected = _type_name(tp) if origin is None else _type_name(origin)
-    raise ConfigError(
-        f"'{path}' (set in {cfg.source(path)}) expects {expected}, got {value!r} ({type(value).__name__})"
-    )
+    raise ConfigError(f"{where} expects {expected}, got {value!r} ({type(value).__name__})")
 
 
-def _validate_schema(values: Any, schema: type, path: str, cfg: Config) -> dict:
+def _validate_schema(values: Any, schema: type, path: str, cfg: Config) -> Any:
+    """The ``schema`` dataclass built from the mapping ``values``; keys left out keep the
+    dataclass's defaults."""
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"'{path}' (set in {cfg.source(path)}) must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(schema)}
+    fields = [f.name for f in dataclasses.fields(schema)]
     for key in values:
         if key not in fields:
             raise _unknown_key(_join(path, key), cfg.source(_join(path, key)), fields)
     hints = typing.get_type_hints(schema)
-    out = {}
-    for name, f in fields.items():
-        sub_path = _join(path, name)
+    kwargs = {}
+    for name in fields:
         if dataclasses.is_dataclass(hints[name]):
-            out[name] = _validate_schema(values.get(name), hints[name], sub_path, cfg)
+            kwargs[name] = _validate_schema(values.get(name), hints[name], _join(path, name), cfg)
         elif name in values:
-            out[name] = _coerce(values[name], hints[name], sub_path, cfg)
-        else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            out[name] = default
-    return out
+            kwargs[name] = _coerce(values[name], hints[name], _join(path, name), cfg)
+    return schema(**kwargs)
 
 
 def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) -> None:
@@ -461,17 +473,44 @@ def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) ->
             section[key] = _coerce(value, hints[key], _join(path, key), cfg)
 
 
-def validate(cfg: Config) -> Config:
-    """Check every key (name and type) and fill engine defaults in place; returns ``cfg``.
+def fill_class_count(cfg: Config | ExperimentConfig) -> None:
+    """Write the class count once, as ``task.num_classes``: it fills the model's ``num_classes``
+    or ``cls_dim`` and each dataset's ``num_classes``, where their builders take that key. A value
+    given there as well must agree (ConfigError naming both keys and files). ``validate`` calls it;
+    so does a modality that changes the class count of a validated config (few-shot folds)."""
+    count = cfg.task.get("num_classes")
+    if count is None:
+        return
+    origin = cfg.source("task.num_classes")
+    targets = [("model", cfg.model, MODELS)] + [(f"dataset.{s}", d, DATASETS) for s, d in cfg.dataset.items()]
+    for path, section, registry in targets:
+        keys = accepted_keys(registry.get(section["NAME"]))
+        if keys is None:  # **kwargs: the key given, else (models: timm's convention) num_classes
+            keys = set(section) | ({"num_classes"} if registry is MODELS else set())
+        key = next((k for k in CLASS_COUNT_KEYS if k in keys), None)
+        if key is None:
+            continue
+        if key in section and section[key] != count:
+            raise ConfigError(
+                f"the class count is given twice: task.num_classes={count} (set in {origin}) and "
+                f"{path}.{key}={section[key]} (set in {cfg.source(f'{path}.{key}')}); give it once, as "
+                f"task.num_classes (the model's and the datasets' class counts follow it)")
+        if key not in section:
+            section[key] = count
+            cfg.provenance[f"{path}.{key}"] = f"{origin}, as task.num_classes"
+
+
+def validate(cfg: Config) -> ExperimentConfig:
+    """Check every key (name and type) of a loaded config; returns it typed, defaults filled.
 
     Raises ConfigError naming the key path, the file that set it and the closest valid key.
     """
     for key in cfg:
-        if key not in TOP_LEVEL and key not in OPTIONAL_SCHEMAS:
-            raise _unknown_key(key, cfg.source(key), TOP_LEVEL + tuple(OPTIONAL_SCHEMAS))
-    present = {name: schema for name, schema in OPTIONAL_SCHEMAS.items() if name in cfg}
-    for name, schema in {**SCHEMAS, **present}.items():
-        cfg[name] = _validate_schema(cfg.get(name), schema, name, cfg)
+        if key not in top_level_keys():
+            raise _unknown_key(key, cfg.source(key), top_level_keys())
+    typed = {name: _validate_schema(cfg.get(name), schema, name, cfg) for name, schema in engine_sections().items()}
+    optional = {name: _validate_schema(cfg[name], schema, name, cfg) for name, schema in OPTIONAL_SCHEMAS.items()
+                if cfg.get(name) is not None}  # no fewshot: section (or fewshot: null), no folds
     _validate_named(cfg.get("model"), MODELS, "model", cfg)
     _validate_named(cfg.get("task"), TASKS, "task", cfg)
     datasets = cfg.get("dataset") or Config()
@@ -482,7 +521,10 @@ def validate(cfg: Config) -> Config:
             raise _unknown_key(f"dataset.{split}", cfg.source(f"dataset.{split}"), SPLITS)
         _validate_named(section, DATASETS, f"dataset.{split}", cfg)
     cfg["dataset"] = datasets
-    return cfg
+    fill_class_count(cfg)
+    free = {name: cfg.get(name) or Config() for name in FREE_SECTIONS}
+    return ExperimentConfig(model=cfg.model, task=cfg.task, dataset=cfg.dataset, **typed, optional=optional,
+                            **free, provenance=dict(cfg.provenance))
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> List[str]:
@@ -503,6 +545,6 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
     return lines
 
 
-def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
-    """Write the resolved config as YAML (plain types, keys in insertion order)."""
+def dump_config(cfg: ExperimentConfig | Mapping[str, Any], path: str | Path) -> None:
+    """Write the config as YAML (plain types, keys in order; a validated one with every default)."""
     Path(path).write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")

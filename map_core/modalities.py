@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from map_core import config
-from map_core.config import Config
+from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError
 from map_core.registry import MODELS, closest
 
@@ -30,7 +30,7 @@ MODALITY_FILE = "modality.py"
 MODALITY_ENV = "MAP_MODALITIES"  # extra modality modules, comma-separated (packages outside this folder)
 
 Draw = Callable[[Sequence[int], Path], None]  # (dataset indices, PNG path) -> the picture saved there
-FoldConfig = Callable[[Config, int], Config]  # (config, fold k) -> the config of fold k
+FoldConfig = Callable[[ExperimentConfig, int], ExperimentConfig]  # (config, fold k) -> the config of fold k
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,19 @@
 """Few-shot ModelNet40 (Point-BERT's protocol) as a config section: ``fewshot: {way, shot, folds}``
 makes a run one finetune per fold (``map_core.engine.run.run_fewshot``, mean and std of the best
-metrics); this module types the section and says what a fold changes in the config."""
+metrics); this module types the section (:class:`FewshotConfig`, read by attribute like the engine
+sections: ``cfg.fewshot.way``) and says what a fold changes in the config."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from map_core.config import Config
+from map_core.config import CLASS_COUNT_KEYS, Config, ExperimentConfig, fill_class_count
 from map_core.modalities import register_folds
 from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys
 
 
-@dataclass
+@dataclass(frozen=True)
 class FewshotConfig:
     """``fewshot:``; one finetune per fold, mean and std of the best metric reported."""
 
@@ -21,25 +22,42 @@ class FewshotConfig:
     folds: int = 10
 
 
+def _takes(section: Config, registry: Registry, key: str) -> bool:
+    """Whether ``section``'s builder (``registry[section.NAME]``) takes ``key``, or the section already
+    has it (builders with ``**kwargs``)."""
+    return key in (accepted_keys(registry.get(section["NAME"])) or set()) or key in section
+
+
 def _set_accepted(section: Config, registry: Registry, values: Mapping[str, Any]) -> None:
-    """Set each of ``values`` in ``section`` where its builder (``registry[section.NAME]``) takes that
-    key or the section already has it (builders with ``**kwargs``)."""
-    keys = accepted_keys(registry.get(section["NAME"])) or set()
+    """Set each of ``values`` in ``section`` where its builder takes that key (see :func:`_takes`)."""
     for key, value in values.items():
-        if key in keys or key in section:
+        if _takes(section, registry, key):
             section[key] = value
 
 
-def fewshot_fold_config(cfg: Config, fold: int) -> Config:
+def fewshot_fold_config(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
     """``cfg`` for one few-shot fold: ``fewshot.way`` / ``shot`` and ``fold`` go into every dataset
-    section, ``way`` into ``task.num_classes`` and ``model.cls_dim`` / ``num_classes`` (where the
-    builder takes the key), so ``--set fewshot.way=10 fewshot.shot=20`` changes the whole run."""
+    section (where the builder takes the key), and ``way`` is the fold's class count, written once as
+    ``task.num_classes``; ``fill_class_count`` then gives it to ``model.cls_dim`` / ``num_classes``
+    and the datasets' ``num_classes`` as for any config. So ``--set fewshot.way=10 fewshot.shot=20``
+    changes the whole run."""
     fold_cfg = copy.deepcopy(cfg)
-    way, shot = cfg["fewshot"]["way"], cfg["fewshot"]["shot"]
-    for section in fold_cfg["dataset"].values():
+    way, shot = cfg.fewshot.way, cfg.fewshot.shot
+    for section in fold_cfg.dataset.values():
         _set_accepted(section, DATASETS, {"way": way, "shot": shot, "fold": fold})
-    _set_accepted(fold_cfg["task"], TASKS, {"num_classes": way})
-    _set_accepted(fold_cfg["model"], MODELS, {"cls_dim": way, "num_classes": way})
+    if not _takes(fold_cfg.task, TASKS, "num_classes"):  # a task without a class count: set the model's
+        _set_accepted(fold_cfg.model, MODELS, {"cls_dim": way, "num_classes": way})
+        return fold_cfg
+    # the config's class count (and the copies validate made of it) gives way to fewshot.way
+    sections = [("model", fold_cfg.model)] + [(f"dataset.{s}", d) for s, d in fold_cfg.dataset.items()]
+    for path, section in sections:
+        for key in CLASS_COUNT_KEYS:
+            if key in section:
+                del section[key]
+                fold_cfg.provenance.pop(f"{path}.{key}", None)
+    fold_cfg.task["num_classes"] = way
+    fold_cfg.provenance["task.num_classes"] = f"{cfg.source('fewshot.way')}, as fewshot.way"
+    fill_class_count(fold_cfg)
     return fold_cfg
 
 

@@ -7,7 +7,6 @@ from PIL import Image
 
 from tools.train import main
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, drop_path_rate=0.0)
 
 
@@ -29,7 +28,6 @@ def _config(path: Path, data: Path, pretrain: bool) -> Path:
         else dict(MODEL, NAME="map_classifier", num_classes=3, num_cls_tokens=4, cls_reduce=2)
     common = dict(NAME="ImageNet", root=str(data), input_size=32)
     cfg = {
-        "_base_": str(REPO / "configs/_base_/engine.yaml"),
         "task": {"NAME": "pretrain"} if pretrain else {"NAME": "classify", "num_classes": 3},
         "model": model,
         "dataset": {"train": dict(common, split="train", transform="pretrain" if pretrain else "finetune"),

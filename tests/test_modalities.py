@@ -230,12 +230,15 @@ def test_fewshot_section_comes_from_the_point_cloud_modality(tmp_path, monkeypat
     path = tmp_path / "fs.yaml"
     path.write_text(TOY_CONFIG + "fewshot: {way: 3}\n")
     cfg = validate(load_config(path, ["fewshot.shot=4"]))
-    assert dict(cfg["fewshot"]) == {"way": 3, "shot": 4, "folds": 10}  # defaults filled
+    assert cfg.fewshot == pointcloud.fewshot.FewshotConfig(way=3, shot=4, folds=10)  # typed, defaults filled
     with pytest.raises(ConfigError, match="'fewshot.folds' .* expects int, got 'many'"):
         validate(load_config(path, ["fewshot.folds=many"]))
     assert modalities.FOLD_CONFIGS["fewshot"] is pointcloud.fewshot.fewshot_fold_config
     fold = pointcloud.fewshot.fewshot_fold_config(cfg, 1)
-    assert fold["dataset"]["train"]["fold"] == 1 and fold["task"]["num_classes"] == 3 and "fold" not in cfg["dataset"]["train"]
+    assert fold.dataset.train.fold == 1 and fold.task.num_classes == 3 and "fold" not in cfg.dataset.train
+    # the class count written once: fewshot.way as task.num_classes, the model and datasets follow it
+    assert fold.model.num_classes == 3 and fold.dataset.train.num_classes == 3 and cfg.model.num_classes == 4
+    assert fold.source("model.num_classes") == f"{path}, as fewshot.way, as task.num_classes"
     monkeypatch.setattr(config, "OPTIONAL_SCHEMAS", {})  # without the modality, the section is unknown
     with pytest.raises(ConfigError, match="unknown key 'fewshot'"):
         validate(load_config(path))

@@ -103,7 +103,7 @@ def test_objective_is_one_config_key(config, objective):
     cfg = validate(load_config(config, [f"model.objective={objective}"]))
     from map_core.registry import MODELS as REGISTRY
 
-    model = REGISTRY.build(cfg["model"])
+    model = REGISTRY.build(cfg.model)
     assert model.objective.name == objective
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from map_core.config import Config
 from map_core.engine.checkpoint import atomic_save
 from map_core.errors import ConfigError
 from map_core.registry import DATASETS, MODELS
@@ -319,12 +320,13 @@ def test_miou_against_hand_computed_values():
 
 def test_task_checks_model_sizes_against_the_dataset(tiny: Path):
     dataset = {"NAME": "ShapeNetPart", "root": str(tiny), "split": "test"}
-    task = PointPartSegTask({"model": {"NAME": "pointmap_partseg", **TINY_MODEL, "num_parts": 40},
-                             "dataset": {"val": dataset}})
+    task = PointPartSegTask(Config({"model": {"NAME": "pointmap_partseg", **TINY_MODEL, "num_parts": 40},
+                                    "dataset": {"val": dataset}}))
     assert task.build_dataset("val").category_parts[15] == [47, 48, 49]
     with pytest.raises(ConfigError, match="num_parts=40, but the dataset has 16 categories and part labels up to 49"):
         task.build_model()
-    task = PointPartSegTask({"dataset": {"val": {"NAME": "ShapeNet", "data_path": str(tiny), "pc_path": str(tiny)}}})
+    task = PointPartSegTask(Config({"dataset": {"val": {"NAME": "ShapeNet", "data_path": str(tiny),
+                                                        "pc_path": str(tiny)}}}))
     (tiny / "train.txt").write_text("02691156-a0.npy\n")
     with pytest.raises(ConfigError, match="needs a part-segmentation dataset .* got ShapeNet"):
         task.build_dataset("val")

@@ -346,11 +346,10 @@ def count_steps(job: Job) -> int:
     task = build_task(cfg)
     if not task.trains:
         return 0
-    train_cfg = cfg["train"]
-    per_epoch = len(task.build_dataset("train")) // train_cfg["total_batch_size"]
-    if train_cfg["max_steps_per_epoch"]:
-        per_epoch = min(per_epoch, train_cfg["max_steps_per_epoch"])
-    return per_epoch * cfg["scheduler"]["epochs"]
+    per_epoch = len(task.build_dataset("train")) // cfg.train.total_batch_size
+    if cfg.train.max_steps_per_epoch:
+        per_epoch = min(per_epoch, cfg.train.max_steps_per_epoch)
+    return per_epoch * cfg.scheduler.epochs
 
 
 def estimate(jobs: List[Job], sec_per_step: float, sec_per_job: float, slots: int) -> str:

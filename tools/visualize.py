@@ -67,7 +67,7 @@ def load_all_weights(model: torch.nn.Module, path: Path, cfg) -> None:
 
 def pick_split(cfg, split: Optional[str]) -> str:
     """``split`` if the config has it, else the first of val, test, train it has."""
-    present = list(cfg["dataset"])
+    present = list(cfg.dataset)
     if split is None:
         split = next((s for s in ("val", "test", "train") if s in present), None)
     if split not in present:
@@ -100,8 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         task = build_task(cfg)
         model = task.build_model()
         dataset = task.build_dataset(pick_split(cfg, args.split))
-        modality = modality_of(cfg["model"]["NAME"])
-        drawer(model, dataset, modality, f"{config}: model.NAME '{cfg['model']['NAME']}'")  # before loading
+        modality = modality_of(cfg.model.NAME)
+        drawer(model, dataset, modality, f"{config}: model.NAME '{cfg.model.NAME}'")  # before loading
         load_all_weights(model, ckpt, cfg)
         print(visualize(model, dataset, Path(args.out), args.num, modality=modality))
     except USER_ERRORS as err:

@@ -1,4 +1,4 @@
-"""Process-group setup under ``torchrun`` and the few collectives the engine needs.
+"""Process-group setup under ``torchrun``, the few collectives the engine needs, and ``runtime:``.
 
 Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs in one process and the
 collectives are no-ops. No hand-written launcher: start several processes with ``torchrun``.
@@ -7,16 +7,28 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from map_core.backends import BackendsConfig
 from map_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """``runtime:``; process-level switches. ``device``: auto (CUDA when available), cpu or cuda;
+    ``find_unused_parameters`` is passed to DistributedDataParallel; ``backends`` picks the
+    implementation of each fast op (``map_core.backends``)."""
+
+    device: str = "auto"
+    find_unused_parameters: bool = False
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
-from map_core.config import config_diff
+from map_core.config import ExperimentConfig, config_diff
 from map_core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -89,21 +89,21 @@ def saved_config(ckpt: str | Path, default_name: str) -> Tuple[Path, Path, Path]
     return config, folder, path
 
 
-def config_hint(saved: Optional[Mapping[str, Any]], cfg: Mapping[str, Any], section: str, fix: str) -> str:
+def config_hint(saved: Optional[Mapping[str, Any]], cfg: ExperimentConfig, section: str, fix: str) -> str:
     """A sentence listing how ``section`` of a checkpoint's saved config differs from ``cfg`` (or '')."""
     if not isinstance(saved, Mapping) or section not in saved:
         return ""
-    diffs = config_diff(saved[section], cfg[section], section)
+    diffs = config_diff(saved[section], cfg.to_dict()[section], section)
     if not diffs:
         return ""
     return f"; it was made with another {section} config (checkpoint -> now: {'; '.join(diffs)}). {fix}"
 
 
-def check_same_optimizer(saved: Optional[Mapping[str, Any]], cfg: Mapping[str, Any], path: Path) -> None:
+def check_same_optimizer(saved: Optional[Mapping[str, Any]], cfg: ExperimentConfig, path: Path) -> None:
     """``--resume`` needs the optimizer the checkpoint's state belongs to."""
     if not isinstance(saved, Mapping) or "optimizer" not in saved:
         return
-    old, new = saved["optimizer"].get("NAME"), cfg["optimizer"]["NAME"]
+    old, new = saved["optimizer"].get("NAME"), cfg.optimizer.NAME
     if old != new:
         raise ConfigError(f"--resume: '{path}' holds the state of optimizer '{old}', but optimizer.NAME is now "
                           f"'{new}'; resume with optimizer.NAME={old}, or start a new run (--exp-name)")

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from the ``optimizer`` / ``scheduler`` config sections.
+"""Optimizer and learning-rate schedule, and their config sections (``optimizer:``, ``scheduler:``).
 
 Weight decay is off for parameters with ndim <= 1, for position / cls / mask / register tokens,
 for the Mamba ``A_log`` / ``A_b_log`` / ``D`` / ``D_b`` parameters and for the model's own
@@ -7,7 +7,8 @@ for the Mamba ``A_log`` / ``A_b_log`` / ``D`` / ``D_b`` parameters and for the m
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Mapping
+from dataclasses import dataclass
+from typing import List, Literal, Optional, Tuple
 
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
@@ -17,6 +18,34 @@ from torch import nn
 from map_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """``optimizer:``. ``lr_batch_base: 512`` scales ``lr`` by total_batch_size / 512; ``layer_decay``
+    (e.g. 0.75) scales each layer's lr by timm's BEiT-style groups; ``betas`` / ``eps`` are AdamW's,
+    ``momentum`` SGD's (Nesterov)."""
+
+    NAME: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    layer_decay: Optional[float] = None
+    lr_batch_base: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """``scheduler:``; linear warm-up from ``warmup_lr`` then cosine to ``min_lr``, stepped per
+    optimizer update. ``epochs`` is the length of the run."""
+
+    NAME: Literal["cosine"] = "cosine"
+    epochs: int = 300
+    warmup_epochs: float = 10.0
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
 
 NO_DECAY_PATTERNS = (
     "*pos_embed*", "*cls_token*", "*mask_token*", "*register*",
@@ -30,42 +59,42 @@ def no_weight_decay_names(model: nn.Module) -> List[str]:
     return list(NO_DECAY_PATTERNS) + sorted(own)
 
 
-def scaled_lr(opt_cfg: Mapping[str, Any], total_batch_size: int) -> float:
+def scaled_lr(opt_cfg: OptimizerConfig, total_batch_size: int) -> float:
     """``lr * total_batch_size / lr_batch_base`` when ``lr_batch_base`` is set, else ``lr``."""
-    base = opt_cfg["lr_batch_base"]
-    return opt_cfg["lr"] * total_batch_size / base if base else opt_cfg["lr"]
+    base = opt_cfg.lr_batch_base
+    return opt_cfg.lr * total_batch_size / base if base else opt_cfg.lr
 
 
-def build_optimizer(model: nn.Module, opt_cfg: Mapping[str, Any], total_batch_size: int) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, opt_cfg: OptimizerConfig, total_batch_size: int) -> torch.optim.Optimizer:
     """AdamW / SGD over weight-decay (and optional layer-decay) parameter groups."""
     lr = scaled_lr(opt_cfg, total_batch_size)
     skip = no_weight_decay_names(model)
-    if opt_cfg["layer_decay"] is not None:
-        groups = param_groups_layer_decay(model, weight_decay=opt_cfg["weight_decay"],
-                                          no_weight_decay_list=skip, layer_decay=opt_cfg["layer_decay"])
+    if opt_cfg.layer_decay is not None:
+        groups = param_groups_layer_decay(model, weight_decay=opt_cfg.weight_decay,
+                                          no_weight_decay_list=skip, layer_decay=opt_cfg.layer_decay)
     else:
-        groups = param_groups_weight_decay(model, weight_decay=opt_cfg["weight_decay"], no_weight_decay_list=skip)
-    name = opt_cfg["NAME"].lower()
-    log.info("optimizer %s, lr %.3g (total batch %d), %d param groups", name, lr, total_batch_size, len(groups))
+        groups = param_groups_weight_decay(model, weight_decay=opt_cfg.weight_decay, no_weight_decay_list=skip)
+    log.info("optimizer %s, lr %.3g (total batch %d), %d param groups", opt_cfg.NAME, lr, total_batch_size,
+             len(groups))
     # fused: one kernel per step, and it can skip a non-finite update on the device (found_inf)
     fused = all(p.is_cuda for p in model.parameters())
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"], fused=fused)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=opt_cfg["momentum"], nesterov=True, fused=fused)
-    raise ConfigError(f"optimizer.NAME: unknown optimizer '{opt_cfg['NAME']}' (choose adamw or sgd)")
+    if opt_cfg.NAME == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=opt_cfg.betas, eps=opt_cfg.eps, fused=fused)
+    if opt_cfg.NAME == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=opt_cfg.momentum, nesterov=True, fused=fused)
+    raise ConfigError(f"optimizer.NAME: unknown optimizer '{opt_cfg.NAME}' (choose adamw or sgd)")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Mapping[str, Any],
+def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: SchedulerConfig,
                     updates_per_epoch: int) -> CosineLRScheduler:
     """Linear warm-up then cosine to ``min_lr``, stepped per optimizer update (``step_update``)."""
-    if sched_cfg["NAME"] != "cosine":
-        raise ConfigError(f"scheduler.NAME: unknown scheduler '{sched_cfg['NAME']}' (only 'cosine')")
+    if sched_cfg.NAME != "cosine":
+        raise ConfigError(f"scheduler.NAME: unknown scheduler '{sched_cfg.NAME}' (only 'cosine')")
     return CosineLRScheduler(
         optimizer,
-        t_initial=max(1, sched_cfg["epochs"] * updates_per_epoch),
-        lr_min=sched_cfg["min_lr"],
-        warmup_t=int(sched_cfg["warmup_epochs"] * updates_per_epoch),
-        warmup_lr_init=sched_cfg["warmup_lr"],
+        t_initial=max(1, sched_cfg.epochs * updates_per_epoch),
+        lr_min=sched_cfg.min_lr,
+        warmup_t=int(sched_cfg.warmup_epochs * updates_per_epoch),
+        warmup_lr_init=sched_cfg.warmup_lr,
         t_in_epochs=False,
     )

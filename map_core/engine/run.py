@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from map_core.config import Config, dump_config
+from map_core.config import ExperimentConfig, dump_config
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import DistInfo, barrier, init_distributed
@@ -38,14 +38,14 @@ class RunOptions:
     allow_partial_load: bool = False  # accept a --finetune checkpoint that fills under half of the encoder
 
 
-def _eval_splits(cfg: Config) -> tuple:
+def _eval_splits(cfg: ExperimentConfig) -> tuple:
     for split in ("test", "val"):
-        if split in cfg["dataset"]:
+        if split in cfg.dataset:
             return (split,)
     raise ConfigError("--test / --vote need a dataset.test (or dataset.val) section")
 
 
-def _train_once(cfg: Config, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
+def _train_once(cfg: ExperimentConfig, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
                 resume: Optional[Path]) -> Dict[str, Any]:
     trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
     if dist_info.is_main:
@@ -62,14 +62,14 @@ def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optiona
     return (None, state["best_metric"]) if state["epoch"] >= epochs else (last, None)
 
 
-def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
+def run_fewshot(cfg: ExperimentConfig, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
     """One finetune per fold; mean / std of the best metrics. Fold k's config is ``fold_config(cfg, k)``
     of the modality that registered the ``fewshot`` section (``map_core.modalities.register_folds``).
 
     With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
     a fold with a checkpoint continues from it, and folds without one start from the beginning.
     """
-    folds, epochs = cfg["fewshot"]["folds"], cfg["scheduler"]["epochs"]
+    folds, epochs = cfg.fewshot.folds, cfg.scheduler.epochs
     fold_config = FOLD_CONFIGS["fewshot"]
     if opts.resume:
         raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
@@ -94,20 +94,20 @@ def run_fewshot(cfg: Config, opts: RunOptions, dist_info: DistInfo) -> Dict[str,
     finally:
         if bar is not None:
             bar.close()
-    summary = {"metric": Trainer.metric_name(cfg), "way": cfg["fewshot"]["way"], "shot": cfg["fewshot"]["shot"],
+    summary = {"metric": Trainer.metric_name(cfg), "way": cfg.fewshot.way, "shot": cfg.fewshot.shot,
                "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
     if dist_info.is_main:
         (opts.exp_dir / "fewshot_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
+def run(cfg: ExperimentConfig, opts: RunOptions) -> Dict[str, Any]:
     """Train (or few-shot, test, vote) as the options say; returns the final metrics.
 
     A training run without ``resume`` refuses an experiment folder that holds checkpoints, unless
     ``overwrite`` (then the earlier run is removed first).
     """
-    dist_info = init_distributed(cfg["runtime"]["device"])
+    dist_info = init_distributed(cfg.runtime.device)
     if opts.mode == "train" and opts.resume is None:
         prepare_fresh_start(opts.exp_dir, opts.overwrite, remove=dist_info.is_main)
     if dist_info.is_main:
@@ -121,6 +121,6 @@ def run(cfg: Config, opts: RunOptions) -> Dict[str, Any]:
             return trainer.test(vote=opts.mode == "vote")
         finally:
             trainer.records.close()
-    if "fewshot" in cfg:
+    if "fewshot" in cfg.optional:  # the config has a fewshot: section (the point-cloud modality's)
         return run_fewshot(cfg, opts, dist_info)
     return _train_once(cfg, opts, opts.exp_dir, dist_info, ckpt_io.resolve_resume(opts.resume, opts.exp_dir))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError, UserError
 from map_core.registry import DATASETS, MODELS, TASKS, check_kwargs
 from map_core.engine.distributed import all_gather_objects, all_reduce_sum
@@ -50,9 +51,9 @@ def _build(registry: Any, section: Mapping[str, Any], where: str, **extra: Any) 
         raise ConfigError(f"{where} ({section.get('NAME')}): {err}") from err
 
 
-def build_task(cfg: Mapping[str, Any]) -> "Task":
+def build_task(cfg: ExperimentConfig) -> "Task":
     """The task named by ``cfg.task.NAME``, given the whole config and its other ``task`` keys."""
-    section = cfg["task"]
+    section = cfg.task
     try:
         builder = TASKS.get(section["NAME"])
         options = {k: v for k, v in section.items() if k != "NAME"}
@@ -70,7 +71,7 @@ class Task:
     trains: bool = True  # False: no training loop; the engine calls fit() then evaluate()
     progress: Optional[ProgressFactory] = None  # set by the engine on the main rank
 
-    def __init__(self, cfg: Mapping[str, Any]):
+    def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.device = torch.device("cpu")
         self.amp_dtype: Optional[torch.dtype] = None
@@ -87,10 +88,10 @@ class Task:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     def build_model(self) -> nn.Module:
-        return _build(MODELS, self.cfg["model"], "model")
+        return _build(MODELS, self.cfg.model, "model")
 
     def build_dataset(self, split: str) -> Dataset:
-        return _build(DATASETS, self.cfg["dataset"][split], f"dataset.{split}")
+        return _build(DATASETS, self.cfg.dataset[split], f"dataset.{split}")
 
     def preprocess(self, batch: Any, training: bool) -> Any:
         """Runs on the device after transfer; identity by default."""
@@ -158,7 +159,7 @@ class ClassifyTask(Task):
     metric = "top1"
     higher_is_better = True
 
-    def __init__(self, cfg: Mapping[str, Any], num_classes: Optional[int] = None,
+    def __init__(self, cfg: ExperimentConfig, num_classes: Optional[int] = None,
                  label_smoothing: float = 0.0, mixup: Optional[Dict[str, Any]] = None):
         super().__init__(cfg)
         self.label_smoothing = label_smoothing
@@ -243,7 +244,7 @@ class LinearSVMTask(Task):
     higher_is_better = True
     trains = False
 
-    def __init__(self, cfg: Mapping[str, Any], C: float = 0.01, max_iter: int = 10000):
+    def __init__(self, cfg: ExperimentConfig, C: float = 0.01, max_iter: int = 10000):
         super().__init__(cfg)
         self.C, self.max_iter = C, max_iter
         self.classifier: Any = None

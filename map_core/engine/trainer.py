@@ -10,8 +10,9 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Literal, Mapping, Optional
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from map_core import backends
 from map_core.compile import compile_blocks
 from map_core.graphs import GraphedStep
-from map_core.config import Config
+from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
@@ -42,6 +43,40 @@ progress_log = logging.getLogger("map_core.engine.progress")
 
 class NonFiniteLossError(UserError):
     """The loss became NaN / inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """``train.ema:``; an exponential moving average of the weights (timm ``ModelEmaV3``), which
+    then is what validation, ``--test`` and ``--vote`` evaluate."""
+
+    enable: bool = False
+    decay: float = 0.9999
+    warmup: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train:``; batch sizes are totals over all ranks and accumulation steps. ``precision: auto``
+    is bf16 autocast on CUDA, fp32 on CPU. ``save_every`` N keeps ``epoch_XXXX.pth`` every N epochs
+    (0: only last / best); ``max_steps_per_epoch`` caps the updates of an epoch."""
+
+    total_batch_size: int = 128
+    val_batch_size: Optional[int] = None
+    accum_steps: int = 1
+    clip_grad: Optional[float] = None
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    num_workers: int = 4
+    log_every: int = 20
+    save_every: int = 0
+    val_every: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    max_steps_per_epoch: Optional[int] = None
+    compile: bool = False  # torch.compile each repeated block (map_core.compile)
+    compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
+    cuda_graphs: bool = False  # replay forward, loss and backward from CUDA graphs (map_core.graphs)
 
 
 def amp_settings(precision: str, device: torch.device) -> tuple:
@@ -78,21 +113,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 class Trainer:
     """Builds everything from the config (datasets first, so data errors come before step 1)."""
 
-    def __init__(self, cfg: Config, exp_dir: Path, dist_info: Optional[DistInfo] = None,
+    def __init__(self, cfg: ExperimentConfig, exp_dir: Path, dist_info: Optional[DistInfo] = None,
                  progress: Optional[ProgressFactory] = None, splits: Optional[tuple] = None):
         self.cfg, self.exp_dir, self.progress = cfg, Path(exp_dir), progress
-        self.dist = dist_info or init_distributed(cfg["runtime"]["device"])
-        train = cfg["train"]
-        seed_everything(train["seed"] + self.dist.rank, train["deterministic"])
+        self.dist = dist_info or init_distributed(cfg.runtime.device)
+        seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
         try:
-            backends.configure(dict(cfg["runtime"]["backends"]))
+            backends.configure(asdict(cfg.runtime.backends))
         except (ValueError, ImportError) as err:
             raise ConfigError(str(err)) from None
         self.task: Task = build_task(cfg)
-        self.amp_dtype, use_scaler = amp_settings(train["precision"], self.dist.device)
+        self.amp_dtype, use_scaler = amp_settings(cfg.train.precision, self.dist.device)
         self.task.bind(self.dist.device, self.amp_dtype)
         self.task.progress = progress if self.dist.is_main else None
-        self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg["dataset"])}
+        self.datasets: Dict[str, Dataset] = {s: self.task.build_dataset(s) for s in (splits or cfg.dataset)}
         self.model = self.task.build_model().to(self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.records = ExperimentLogger(self.exp_dir, self.dist.is_main)
@@ -103,47 +137,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _per_rank_batch(self) -> int:
-        train = self.cfg["train"]
-        if train["accum_steps"] < 1:
-            raise ConfigError(f"train.accum_steps must be at least 1, got {train['accum_steps']}")
-        share = self.dist.world_size * train["accum_steps"]
-        if train["total_batch_size"] < share or train["total_batch_size"] % share:
-            raise ConfigError(f"train.total_batch_size={train['total_batch_size']} must be a positive multiple of "
-                              f"world size {self.dist.world_size} x accum_steps {train['accum_steps']}")
-        return train["total_batch_size"] // share
+        train = self.cfg.train
+        if train.accum_steps < 1:
+            raise ConfigError(f"train.accum_steps must be at least 1, got {train.accum_steps}")
+        share = self.dist.world_size * train.accum_steps
+        if train.total_batch_size < share or train.total_batch_size % share:
+            raise ConfigError(f"train.total_batch_size={train.total_batch_size} must be a positive multiple of "
+                              f"world size {self.dist.world_size} x accum_steps {train.accum_steps}")
+        return train.total_batch_size // share
 
     def _loader(self, split: str, training: bool) -> DataLoader:
-        dataset, train = self.datasets[split], self.cfg["train"]
+        dataset, train = self.datasets[split], self.cfg.train
         if training:
             sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                         shuffle=True, seed=train["seed"], drop_last=True)
+                                         shuffle=True, seed=train.seed, drop_last=True)
             batch = self._per_rank_batch()
         else:
             sampler = ShardSampler(len(dataset), self.dist.rank, self.dist.world_size)
-            batch = train["val_batch_size"] or self._per_rank_batch()
+            batch = train.val_batch_size or self._per_rank_batch()
             if batch < 1:
                 raise ConfigError(f"train.val_batch_size must be at least 1, got {batch}")
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train["num_workers"],
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train.num_workers,
                           pin_memory=self.dist.device.type == "cuda", drop_last=training,
                           worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
 
     def _setup_training(self, finetune: Optional[str], resume: Optional[Path], allow_partial: bool) -> None:
-        train = self.cfg["train"]
+        train = self.cfg.train
         self.train_loader = self._loader("train", training=True)
-        self.updates_per_epoch = len(self.train_loader) // train["accum_steps"]
-        if train["max_steps_per_epoch"]:
-            self.updates_per_epoch = min(self.updates_per_epoch, train["max_steps_per_epoch"])
+        self.updates_per_epoch = len(self.train_loader) // train.accum_steps
+        if train.max_steps_per_epoch:
+            self.updates_per_epoch = min(self.updates_per_epoch, train.max_steps_per_epoch)
         if self.updates_per_epoch == 0:
             raise ConfigError(f"dataset.train has {len(self.datasets['train'])} samples: too few for one "
-                              f"update of train.total_batch_size={train['total_batch_size']}")
+                              f"update of train.total_batch_size={train.total_batch_size}")
         eval_split = next((s for s in ("val", "test") if s in self.datasets), None)
         self.eval_loader = self._loader(eval_split, training=False) if eval_split else None
         if finetune and not resume:
             ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
-        self.optimizer = build_optimizer(self.model, self.cfg["optimizer"], train["total_batch_size"])
-        self.scheduler = build_scheduler(self.optimizer, self.cfg["scheduler"], self.updates_per_epoch)
-        if train["ema"]["enable"]:
-            self.ema = ModelEmaV3(self.model, decay=train["ema"]["decay"], use_warmup=train["ema"]["warmup"])
+        self.optimizer = build_optimizer(self.model, self.cfg.optimizer, train.total_batch_size)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.scheduler, self.updates_per_epoch)
+        if train.ema.enable:
+            self.ema = ModelEmaV3(self.model, decay=train.ema.decay, use_warmup=train.ema.warmup)
         if resume:
             self._load_state(resume)
         self.records.rewind(self.global_step)
@@ -152,11 +186,11 @@ class Trainer:
         if self.dist.world_size > 1:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=self.cfg["runtime"]["find_unused_parameters"])
-        if train["compile"]:  # in place, block by block: checkpoints and evaluation are unaffected
-            compile_blocks(self.model, train["compile_mode"])
+                self.model, device_ids=ids, find_unused_parameters=self.cfg.runtime.find_unused_parameters)
+        if train.compile:  # in place, block by block: checkpoints and evaluation are unaffected
+            compile_blocks(self.model, train.compile_mode)
         self.graphed: Optional[GraphedStep] = None
-        if train["cuda_graphs"]:
+        if train.cuda_graphs:
             if self.dist.device.type != "cuda" or self.dist.world_size > 1:
                 raise ConfigError("train.cuda_graphs needs one process on a CUDA device (not CPU, not DDP); "
                                   "use train.compile there")
@@ -188,7 +222,7 @@ class Trainer:
         if self.dist.is_main:
             state = self._state(metrics, rng_states)
             names = ["last.pth"] + (["best.pth"] if is_best else [])
-            every = self.cfg["train"]["save_every"]
+            every = self.cfg.train.save_every
             if every and self.epoch % every == 0:
                 names.append(f"epoch_{self.epoch:04d}.pth")
             ckpt_io.atomic_save(state, self.exp_dir / names[0])
@@ -250,7 +284,7 @@ class Trainer:
     def _update(self, batches: list) -> Dict[str, Any]:
         """One optimizer update over ``accum_steps`` micro-batches; returns the logged values as
         device tensors (read on the host only at log steps)."""
-        train, accum, dev = self.cfg["train"], len(batches), self.dist.device
+        clip, accum, dev = self.cfg.train.clip_grad, len(batches), self.dist.device
         totals: Dict[str, Any] = {"loss": torch.zeros((), device=dev), "lr": self.optimizer.param_groups[0]["lr"]}
         bad = torch.zeros((), device=dev)
         for i, batch in enumerate(batches):
@@ -268,9 +302,9 @@ class Trainer:
             totals["loss"] += loss / accum
             for key, value in info.items():
                 totals[key] = totals.get(key, 0.0) + value / accum
-        if train["clip_grad"] is not None:
+        if clip is not None:
             self.scaler.unscale_(self.optimizer)
-            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), train["clip_grad"])
+            totals["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             bad += (~torch.isfinite(totals["grad_norm"])).float()
         all_reduce_sum(bad)  # every rank skips the same updates
         self._optimizer_step(bad)
@@ -286,7 +320,7 @@ class Trainer:
 
     def _eta(self) -> str:
         """Time left for the run at the speed of this session's steps so far."""
-        total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+        total = self.updates_per_epoch * self.cfg.scheduler.epochs
         done, first_step, started = self.global_step, *self._session_start
         per_step = (time.time() - started) / max(done - first_step, 1)
         return format_eta(per_step * (total - done))
@@ -301,7 +335,7 @@ class Trainer:
         record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
         self.records.write("train", self.global_step, record)
         progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f eta %s", self.epoch + 1,
-                          self.global_step, self.updates_per_epoch * self.cfg["scheduler"]["epochs"],
+                          self.global_step, self.updates_per_epoch * self.cfg.scheduler.epochs,
                           record["loss"], record["lr"], record["samples_per_s"], self._eta())
         return {"epoch": str(self.epoch + 1), "loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
 
@@ -309,7 +343,7 @@ class Trainer:
         """One epoch (each update reported to ``bar``); returns the mean training loss (this rank)."""
         self.ddp_model.train()
         self.train_loader.sampler.set_epoch(self.epoch)
-        accum, log_every = self.cfg["train"]["accum_steps"], self.cfg["train"]["log_every"]
+        accum, log_every = self.cfg.train.accum_steps, self.cfg.train.log_every
         data, window, count, samples, start = iter(self.train_loader), {}, 0, 0, time.time()
         epoch_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
         for update in range(self.updates_per_epoch):
@@ -328,8 +362,8 @@ class Trainer:
         return epoch_loss.item() / self.updates_per_epoch
 
     @staticmethod
-    def metric_name(cfg: Config) -> str:
-        return TASKS.get(cfg["task"]["NAME"]).metric
+    def metric_name(cfg: ExperimentConfig) -> str:
+        return TASKS.get(cfg.task.NAME).metric
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -350,7 +384,7 @@ class Trainer:
         bar = None
         try:
             self._setup_training(finetune, resume, allow_partial)
-            total = self.updates_per_epoch * self.cfg["scheduler"]["epochs"]
+            total = self.updates_per_epoch * self.cfg.scheduler.epochs
             if self.progress and self.dist.is_main:
                 bar = self.progress(total, "train", initial=self.global_step)
             return self._fit(bar)
@@ -360,7 +394,7 @@ class Trainer:
             self.records.close()
 
     def _fit(self, bar: Optional[Progress]) -> Dict[str, Any]:
-        train, epochs = self.cfg["train"], self.cfg["scheduler"]["epochs"]
+        train, epochs = self.cfg.train, self.cfg.scheduler.epochs
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
         while self.epoch < epochs:
@@ -368,7 +402,7 @@ class Trainer:
             self.epoch += 1
             metrics = {"train_loss": train_loss}
             is_best = False
-            if self.eval_loader is not None and (self.epoch % train["val_every"] == 0 or self.epoch == epochs):
+            if self.eval_loader is not None and (self.epoch % train.val_every == 0 or self.epoch == epochs):
                 metrics.update(self.task.evaluate(self.eval_model(), self.eval_loader))
                 is_best = self._improved(metrics[self.task.metric])
                 self.best = metrics[self.task.metric] if is_best else self.best
@@ -400,7 +434,7 @@ class Trainer:
     def load_for_eval(self, path: Path) -> None:
         """Weights for --test / --vote: EMA weights when the config enables EMA and they were saved."""
         state = ckpt_io.load_checkpoint(path)
-        if isinstance(state, Mapping) and self.cfg["train"]["ema"]["enable"] and state.get("ema") is not None:
+        if isinstance(state, Mapping) and self.cfg.train.ema.enable and state.get("ema") is not None:
             weights = {k: v for k, v in state["ema"].items()}
         else:
             weights = extract_state_dict(state, source=f"'{path}'")
