@@ -40,24 +40,33 @@ def point_panels(model, pts: torch.Tensor, mask: Optional[torch.Tensor] = None
     return out
 
 
-def save_point_figure(panels, path: Path) -> None:
+def save_cloud_grid(rows: Sequence[Sequence[Tuple[np.ndarray, np.ndarray, str]]], path: Path, **scatter) -> None:
+    """Save rows of 3D scatter plots, each cell (cloud (N, 3), colour values (N,), title), y up (the
+    ShapeNet / ScanObjectNN convention), one view for all; ``scatter``: matplotlib scatter options."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(9, 3 * len(panels)))
-    titles = ("visible groups", "reconstruction", "ground truth")
-    for r, triple in enumerate(panels):
-        for c, (cloud, title) in enumerate(zip(triple, titles)):
-            ax = fig.add_subplot(len(panels), 3, 3 * r + c + 1, projection="3d")
-            # y is up in ShapeNet / ScanObjectNN conventions
-            ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=1, c=cloud[:, 1], cmap="viridis")
+    cols = max(len(row) for row in rows)
+    fig = plt.figure(figsize=(3 * cols, 3 * len(rows)))
+    for r, row in enumerate(rows):
+        for c, (cloud, colour, title) in enumerate(row):
+            ax = fig.add_subplot(len(rows), cols, cols * r + c + 1, projection="3d")
+            ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], c=colour, **scatter)
             ax.view_init(elev=15, azim=-70)
             ax.set_axis_off()
             ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_point_figure(panels, path: Path) -> None:
+    """Rows of [visible groups, reconstruction, ground truth] coloured by height, and .ply files of
+    each when open3d is installed."""
+    titles = ("visible groups", "reconstruction", "ground truth")
+    save_cloud_grid([[(cloud, cloud[:, 1], title) for cloud, title in zip(triple, titles)] for triple in panels],
+                    path, s=1, cmap="viridis")
     try:
         import open3d as o3d
     except ImportError:
@@ -91,24 +100,11 @@ def partseg_panels(model, pts: torch.Tensor, category: torch.Tensor, target: tor
 
 
 def save_partseg_figure(panels, path: Path, names: Optional[Sequence[str]] = None) -> None:
-    """Rows of [predicted parts, true parts], points coloured by part label."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(6, 3 * len(panels)))
-    for r, (cloud, pred, truth, miou) in enumerate(panels):
-        name = f"{names[r]}: " if names else ""
-        for c, (labels, title) in enumerate(((pred, f"{name}predicted (mIoU {miou:.1f}%)"), (truth, "true parts"))):
-            ax = fig.add_subplot(len(panels), 2, 2 * r + c + 1, projection="3d")
-            # y is up; one colour per part of the category, the same in both panels
-            ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=2, c=labels, cmap="tab10", vmin=0, vmax=9)
-            ax.view_init(elev=15, azim=-70)
-            ax.set_axis_off()
-            ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Rows of [predicted parts, true parts], points coloured by part label (one colour per part of
+    the category, the same in both panels)."""
+    rows = [[(cloud, pred, f"{names[r] + ': ' if names else ''}predicted (mIoU {miou:.1f}%)"),
+             (cloud, truth, "true parts")] for r, (cloud, pred, truth, miou) in enumerate(panels)]
+    save_cloud_grid(rows, path, s=2, cmap="tab10", vmin=0, vmax=9)
 
 
 def visualize_partseg(model, dataset, picks: Sequence[int], out: Path) -> Path:
