@@ -354,8 +354,9 @@ def count_steps(job: Job) -> int:
 
 def estimate(jobs: List[Job], sec_per_step: float, sec_per_job: float, slots: int) -> str:
     """A few lines: jobs and updates per kind, serial device-seconds and wall time over ``slots``."""
-    import image  # noqa: F401  (register models and datasets)
-    import pointcloud  # noqa: F401
+    from map_core.modalities import load_modalities
+
+    load_modalities()  # every modality's models and datasets, for counting the updates
 
     cache: Dict[Tuple[str, Tuple[str, ...]], int] = {}
     by_kind: Dict[str, List[int]] = {}
