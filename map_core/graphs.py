@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, Dict[str, Any]]]
 
 
+class GraphCaptureError(RuntimeError):
+    """The step could not be captured; the message says what a captured step may not do."""
+
+
 class _Bound(nn.Module):
     """``model`` called with fixed keyword arguments; shares the model's parameters."""
 
@@ -82,8 +86,18 @@ class GraphedStep:
                 self._run(static, buffers, structure)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self._run(static, buffers, structure)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                outputs = self._run(static, buffers, structure)
+        except Exception as err:  # noqa: BLE001  (CUDA reports capture errors as several types)
+            raise GraphCaptureError(
+                f"capturing the training step as a CUDA graph failed for {key}: "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
+                "Inside a captured step nothing may copy from the host or wait for the GPU (.item(), "
+                "torch.tensor(...) on the device, Python branches on device values), and no autograd graph "
+                "of an earlier eager step may still be alive (a live loss keeps gradient accumulation on the "
+                "default stream). This process's CUDA state may be unusable now: start again without "
+                "train.cuda_graphs to run the same step eagerly.") from err
         with torch.no_grad():  # undo the warm-up and capture passes
             for p, g in zip((p for p in self.model.parameters() if p.grad is not None), saved):
                 p.grad.copy_(g)

@@ -1,4 +1,6 @@
 """CUDA-graph training steps replay exactly what the eager step computes (GPU only)."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -100,3 +102,31 @@ def test_image_classifier_step_is_capturable():
     torch.testing.assert_close(loss, want_loss.detach())
     for p, g in zip(model.parameters(), want):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_a_step_that_reads_the_device_fails_to_capture_with_a_clear_error():
+    """A host read inside the step breaks the capture; the error says why and what to do. Run in a
+    child process: a failed capture can leave CUDA's random generator unusable for the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch, torch.nn as nn
+        from map_core.graphs import GraphCaptureError, GraphedStep
+        model = nn.Linear(4, 1).cuda()
+        def step(net, batch):
+            loss = net(batch[0]).pow(2).mean()
+            if loss.item() > -1:  # a host read of a device value
+                pass
+            return loss, {}
+        graphed = GraphedStep(model, step, lambda: torch.autocast("cuda", enabled=False))
+        try:
+            graphed((torch.randn(3, 4, device="cuda"),), torch.tensor(1.0, device="cuda"))
+        except GraphCaptureError as err:
+            print("CAUGHT", err)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert "CAUGHT capturing the training step as a CUDA graph failed" in out.stdout, out.stdout + out.stderr
+    assert ".item()" in out.stdout and "without train.cuda_graphs" in out.stdout
