@@ -126,20 +126,18 @@ class MAPClassifier(LoadsPretrained, nn.Module):
             self._index_cache[key] = (torch.tensor(order, device=device), torch.tensor(positions, device=device))
         return self._index_cache[key]
 
-    def sequence(self, imgs: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
-        """imgs -> (encoder input (B, P + n, D) with cls tokens placed, cls positions)."""
+    def sequence(self, imgs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """imgs -> (encoder input (B, P + n, D) with cls tokens placed, cls positions (n,))."""
         x, pos = self.tokenizer.embed(imgs)
         b = x.shape[0]
         cls = self.cls_token.expand(b, -1, -1) + self.pos_embed_cls
-        grid = self.tokenizer.grid_of(imgs)
-        index, _ = self._register_indices(grid, x.device)
-        return torch.cat([x + pos, cls], dim=1).index_select(1, index), get_cls_idx(*grid, self.num_cls_tokens)[1]
+        order, positions = self._register_indices(self.tokenizer.grid_of(imgs), x.device)
+        return torch.cat([x + pos, cls], dim=1).index_select(1, order), positions
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (B, C, H, W) -> pooled features (B, n * d / cls_reduce)."""
-        seq, _ = self.sequence(imgs)
-        out = self.encoder(seq)
-        cls = out.index_select(1, self._register_indices(self.tokenizer.grid_of(imgs), out.device)[1])  # (B, n, D)
+        seq, positions = self.sequence(imgs)
+        cls = self.encoder(seq).index_select(1, positions)  # (B, n, D)
         return self.norm_neck(self.neck(cls).flatten(1))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -270,7 +270,7 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec,
         "precision": precision, "compile": compile_mode or "none", "cuda_graphs": cuda_graphs,
-        "backends": {op: backends.resolve(op, device).name for op in ("scan", "conv", "fps", "knn")
+        "backends": {op: backends.resolve(op, device).name for op in backends.OPS
                      if backends._REGISTRY[op]},
         "ms_per_step": round(ms, 2), "samples_per_s": round(1000 * batch / ms, 1),
         "model_flop_per_step": int(flops), "achieved_tflops": round(achieved, 1),
@@ -554,7 +554,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="torch.compile every repeated block (default mode, or e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
-    for op in ("scan", "conv", "fps", "knn"):
+    for op in backends.OPS:
         p.add_argument(f"--{op}", default="auto", help=f"{op} backend (auto, torch, triton, ...)")
     p.add_argument("--profile", action="store_true", help="also profile one step (kernels, host syncs)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay forward + backward from CUDA graphs")
@@ -570,7 +570,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as err:
         return report_error(err, args.debug)
     try:
-        backends.configure({op: getattr(args, op) for op in ("scan", "conv", "fps", "knn")}, where="--")
+        backends.configure({op: getattr(args, op) for op in backends.OPS}, where="--")
     except (ValueError, ImportError) as err:  # an unknown or uninstalled backend
         return report_error(ConfigError(str(err)), args.debug)
     try:
