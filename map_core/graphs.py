@@ -17,8 +17,10 @@ them before the next replay).
 Requirements: one process on a CUDA device (no DDP); a forward with no host reads of device values
 and no data-dependent Python control flow; random numbers from the CUDA generator (they differ at
 every replay); gradients zeroed in place (``zero_grad(set_to_none=False)``) between steps; autocast
-entered with ``cache_enabled=False``. Capturing runs the step three times more (BatchNorm
-statistics see those batches; their gradients are zeroed).
+entered with ``cache_enabled=False``. Capturing runs the step ``warmup_iters`` more times for the
+first graph and once more for each later one (BatchNorm statistics see those batches; their
+gradients are zeroed). MAP 2D's truncated-normal mask ratio gives one graph per mask count (80 for
+MAP-Base at 224 px), each captured the first time its count is drawn.
 """
 from __future__ import annotations
 
@@ -81,8 +83,8 @@ class GraphedStep:
         saved = [p.grad.clone() for p in self.model.parameters() if p.grad is not None]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup_iters):
+        with torch.cuda.stream(side):  # lazy set-up (handles, kernels of new shapes) before capture
+            for _ in range(self.warmup_iters if not self.graphs else 1):
                 self._run(static, buffers, structure)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -101,7 +103,8 @@ class GraphedStep:
         with torch.no_grad():  # undo the warm-up and capture passes
             for p, g in zip((p for p in self.model.parameters() if p.grad is not None), saved):
                 p.grad.copy_(g)
-        log.info("captured a CUDA graph of the training step for %s (%d graphs)", key, len(self.graphs) + 1)
+        log.log(logging.INFO if not self.graphs else logging.DEBUG,
+                "captured a CUDA graph of the training step for %s (%d graphs)", key, len(self.graphs) + 1)
         return graph, outputs
 
     def __call__(self, batch: Any, scale: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:

@@ -109,7 +109,7 @@ def selective_scan_ref(
 
 def _flip_time(*tensors: Optional[torch.Tensor]):
     """Reverse every (B, ., L) tensor along L; (D, N) / (D,) tensors and None pass through."""
-    return tuple(t.flip(-1) if t is not None and t.dim() == 3 else t for t in tensors)
+    return tuple([t.flip(-1) if t is not None and t.dim() == 3 else t for t in tensors])
 
 
 def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

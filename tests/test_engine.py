@@ -13,10 +13,11 @@ from typing import List
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import tests.engine_toy as toy
 from map_core.engine.checkpoint import load_checkpoint
-from map_core.errors import UserError
+from map_core.errors import ConfigError, UserError
 from map_core.weights import extract_state_dict
 from tools.train import main
 
@@ -207,8 +208,8 @@ def test_stale_temp_files_are_cleaned_and_best_is_a_copy(tmp_path: Path) -> None
 def test_cuda_graph_training_matches_eager(config: Path, tmp_path: Path) -> None:
     root = tmp_path / "exp"
     common = ["--set", "runtime.device=cuda", "train.precision=fp32", "model.dropout=0.0"]
-    assert train(config, root, "--exp-name", "eager", *common) == 0
-    assert train(config, root, "--exp-name", "graphs", *common, "train.cuda_graphs=true") == 0
+    assert train(config, root, "--exp-name", "eager", *common, "train.cuda_graphs=false", "train.compile=false") == 0
+    assert train(config, root, "--exp-name", "graphs", *common) == 0  # auto: graphs on one CUDA process
     eager, graphs = (load_checkpoint(root / f"toy/{n}/last.pth")["model"] for n in ("eager", "graphs"))
     for key, value in eager.items():
         torch.testing.assert_close(graphs[key], value, rtol=1e-4, atol=1e-5, msg=key)
@@ -217,3 +218,52 @@ def test_cuda_graph_training_matches_eager(config: Path, tmp_path: Path) -> None
 def test_cuda_graphs_on_cpu_is_a_config_error(config: Path, tmp_path: Path, capsys) -> None:
     assert train(config, tmp_path / "exp", "--set", "runtime.device=cpu", "train.cuda_graphs=true") == 2
     assert "train.cuda_graphs needs one process on a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compile_, graphs, device, world, capturable, want", [
+    ("auto", "auto", "cpu", 1, True, (False, False, "CPU")),
+    ("auto", "auto", "cuda", 1, True, (False, True, "auto: one CUDA process")),
+    ("auto", "auto", "cuda", 2, True, (True, False, "auto: several processes (DDP)")),
+    ("auto", "auto", "cuda", 1, False, (True, False, "auto: this task's step cannot be captured")),
+    (False, False, "cuda", 1, True, (False, False, "as configured")),
+    (True, "auto", "cuda", 1, True, (True, True, "auto: one CUDA process")),
+    (True, False, "cpu", 1, True, (True, False, "as configured")),
+])
+def test_the_step_path_is_chosen_by_device_processes_and_task(compile_, graphs, device, world, capturable, want):
+    from map_core.engine.trainer import TrainConfig, choose_step_path
+
+    path = choose_step_path(TrainConfig(compile=compile_, cuda_graphs=graphs), torch.device(device), world,
+                            capturable)
+    assert (path.compile, path.cuda_graphs, path.why) == want
+    assert path.describe().startswith("training step: ")
+
+
+@pytest.mark.parametrize("device, world, capturable, message", [
+    ("cpu", 1, True, "needs one process on a CUDA device"),
+    ("cuda", 2, True, "needs one process on a CUDA device"),
+    ("cuda", 1, False, "cannot be captured"),
+])
+def test_graphs_asked_for_where_they_cannot_run_are_a_config_error(device, world, capturable, message):
+    from map_core.engine.trainer import TrainConfig, choose_step_path
+
+    with pytest.raises(ConfigError, match=message):
+        choose_step_path(TrainConfig(cuda_graphs=True), torch.device(device), world, capturable)
+
+
+def test_mixup_is_applied_before_the_step_and_the_step_takes_soft_targets() -> None:
+    """Mixup / CutMix draws on the host, so it runs in preprocess (outside a captured step); the step's
+    loss on the soft targets is the soft cross-entropy computed by hand."""
+    from map_core.engine.tasks import ClassifyTask
+
+    torch.manual_seed(0)
+    task = ClassifyTask({}, num_classes=4, mixup={"mixup_alpha": 1.0, "cutmix_alpha": 0.0})
+    images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    mixed, soft = task.preprocess((images.clone(), labels), training=True)
+    assert soft.shape == (6, 4) and torch.allclose(soft.sum(-1), torch.ones(6))
+    lam = soft[0, 0].item()  # sample 0 (class 0) is mixed with the flipped batch's sample 5 (class 1)
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images.flip(0), atol=1e-6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 4))
+    loss, _ = task.train_step(model, (mixed, soft))
+    want = -(soft * torch.log_softmax(model(mixed), -1)).sum(-1).mean()
+    assert torch.allclose(loss, want)
+    assert task.preprocess((images, labels), training=False)[1] is labels  # evaluation: untouched

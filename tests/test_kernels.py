@@ -150,13 +150,65 @@ def test_mixer_on_triton_kernels_matches_reference(direction):
         assert rel_err(g, grads_r[name]) < 1e-4, name
 
 
-def test_mixer_compiles_without_graph_breaks():
+def _meta(t):
+    return None if t is None else (tuple(t.shape), t.stride() if t.numel() else None, t.dtype)
+
+
+def _fake_matches_real(op, args):
+    """The custom op's fake kernel gives its real kernel's shapes, strides and dtypes (what
+    torch.compile's inductor asserts at run time)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = op(*args)
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    real, fake = (r if isinstance(r, (tuple, list)) else (r,) for r in (real, fake))
+    assert [_meta(t) for t in fake] == [_meta(t) for t in real]
+
+
+@pytest.mark.parametrize("time_major,var_bc,use,reverse", [
+    (True, True, ("D", "z", "delta_bias"), False), (True, False, ("D", "z", "delta_bias"), True),
+    (False, True, (), False), (False, False, ("z",), True), (True, True, ("D",), True),
+])
+def test_scan_fake_kernels_give_the_real_layouts(time_major, var_bc, use, reverse):
+    from map_core.kernels import selective_scan as ks
+
+    x = scan_inputs(2, 5, 3, 7, time_major=time_major, var_bc=var_bc)
+    args = [x[k] if k not in ("D", "z", "delta_bias") or k in use else None for k in SCAN_ARGS]
+    for last in (False, True):
+        _fake_matches_real(ks._scan_fwd_op, (*args, True, reverse, True, last))
+    out, ckpt, y, _ = ks._scan_fwd_op(*args, True, reverse, True, False)
+    dout = torch.randn_like(out)
+    dlast = torch.randn(2, 5, 3, device=DEVICE)
+    for dl in (None, dlast):
+        _fake_matches_real(ks._scan_bwd_op, (dout, *args, ckpt, y if "z" in use else None, dl, True, reverse))
+
+
+@pytest.mark.parametrize("time_major,bias", [(True, True), (False, False)])
+def test_conv_fake_kernels_give_the_real_layouts(time_major, bias):
+    from map_core.kernels import causal_conv1d as kc
+
+    x = torch.randn(2, 9, 6, device=DEVICE).transpose(1, 2) if time_major else torch.randn(2, 6, 9, device=DEVICE)
+    w, b = torch.randn(6, 4, device=DEVICE), torch.randn(6, device=DEVICE) if bias else None
+    _fake_matches_real(kc._conv_op, (x, w, b, False))
+    _fake_matches_real(kc._conv_bwd_op, (torch.randn_like(x), x, w, b, True))
+
+
+@pytest.mark.parametrize("direction", ["sequence", pytest.param("channel", marks=pytest.mark.slow)])
+def test_mixer_compiled_by_inductor_matches_eager(direction):
+    """The whole mixer through inductor (fullgraph: a break is an error), forward and every gradient;
+    inductor checks the custom ops' outputs against their fake kernels."""
     torch.manual_seed(0)
-    mixer = MambaMixer(8, d_state=4, bidirectional="sequence").to(DEVICE)
-    x = torch.randn(1, 9, 8, device=DEVICE, requires_grad=True)
+    mixer = MambaMixer(8, d_state=4, bidirectional=direction).to(DEVICE)
+    x = torch.randn(2, 9, 8, device=DEVICE, requires_grad=True)
     with backends.using(scan="triton", conv="triton"):
         eager = mixer(x)
-        compiled = torch.compile(mixer, backend="aot_eager", fullgraph=True)(x)  # fullgraph: a break is an error
-        compiled.sum().backward()
-    assert rel_err(compiled, eager) < 1e-6
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+        (eager * eager).sum().backward()
+        want = [x.grad.clone()] + [p.grad.clone() for p in mixer.parameters()]
+        mixer.zero_grad()
+        x.grad = None
+        compiled = torch.compile(mixer, backend="inductor", fullgraph=True, dynamic=True)(x)
+        (compiled * compiled).sum().backward()
+    assert rel_err(compiled, eager) < 1e-5
+    for got, ref in zip([x.grad] + [p.grad for p in mixer.parameters()], want):
+        assert rel_err(got, ref) < 1e-4

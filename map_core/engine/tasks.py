@@ -69,6 +69,9 @@ class Task:
     metric: str = "loss"
     higher_is_better: bool = False
     trains: bool = True  # False: no training loop; the engine calls fit() then evaluate()
+    # whether train_step can be captured as a CUDA graph: no host reads of device values and shapes
+    # fixed by the batch's shapes (and the model's graph_static_args); False: compiled, not replayed
+    capturable: bool = True
     progress: Optional[ProgressFactory] = None  # set by the engine on the main rank
 
     def __init__(self, cfg: ExperimentConfig):
@@ -94,7 +97,7 @@ class Task:
         return _build(DATASETS, self.cfg.dataset[split], f"dataset.{split}")
 
     def preprocess(self, batch: Any, training: bool) -> Any:
-        """Runs on the device after transfer; identity by default."""
+        """Runs on the device after transfer, outside a captured step; identity by default."""
         return batch
 
     def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -181,14 +184,20 @@ class ClassifyTask(Task):
         out = model(inputs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    def preprocess(self, batch: Any, training: bool) -> Any:
+        """Training batches get Mixup / CutMix here, before the step (its mixing is drawn on the
+        host, so it stays outside a captured step): labels become soft targets (B, classes)."""
+        if training and self.mixup is not None:
+            inputs, soft = self.mixup(batch[0], batch[1])
+            return (inputs, soft, *batch[2:])
+        return batch
+
     def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
         inputs, labels = batch[0], batch[1]
-        if self.mixup is not None:
-            inputs, soft = self.mixup(inputs, labels)
-            logits = self.logits(model, inputs)
-            loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-            return loss, {}
         logits = self.logits(model, inputs)
+        if labels.is_floating_point():  # soft targets from Mixup / CutMix (preprocess)
+            loss = torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            return loss, {}
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(-1) == labels).float().mean() * 100  # a device tensor: no host sync per step
         return loss, {"acc": acc}

@@ -74,9 +74,50 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     max_steps_per_epoch: Optional[int] = None
-    compile: bool = False  # torch.compile each repeated block (map_core.compile)
+    # the training step's path (see choose_step_path): each true, false or auto
+    compile: Literal["auto", True, False] = "auto"  # torch.compile each repeated block (map_core.compile)
     compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
-    cuda_graphs: bool = False  # replay forward, loss and backward from CUDA graphs (map_core.graphs)
+    cuda_graphs: Literal["auto", True, False] = "auto"  # replay forward, loss, backward (map_core.graphs)
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """How the training step runs, and why (logged once at the start)."""
+
+    compile: bool
+    cuda_graphs: bool
+    why: str
+
+    def describe(self) -> str:
+        parts = (["compiled blocks"] if self.compile else []) + (["CUDA graphs"] if self.cuda_graphs else [])
+        return f"training step: {' + '.join(parts) or 'eager'} ({self.why})"
+
+
+def choose_step_path(train: TrainConfig, device: torch.device, world_size: int, capturable: bool) -> StepPath:
+    """Resolve ``train.compile`` / ``train.cuda_graphs`` (each true, false or auto).
+
+    ``auto`` gives the fastest correct step: on one CUDA process, forward, loss and backward replayed
+    from CUDA graphs (MAP 2D's per-step mask ratio gets one graph per mask count); under DDP, or
+    for a task whose step cannot be captured (``Task.capturable``), compiled blocks instead; on a
+    CPU, the eager step. An explicit true that cannot run is a ConfigError.
+    """
+    cuda, single = device.type == "cuda", world_size == 1
+    if train.cuda_graphs is True:
+        if not (cuda and single):
+            raise ConfigError("train.cuda_graphs needs one process on a CUDA device (not CPU, not DDP); "
+                              "use train.compile there")
+        if not capturable:
+            raise ConfigError("train.cuda_graphs: this task's step cannot be captured (it has data-dependent "
+                              "shapes); use train.compile")
+    graphs = train.cuda_graphs is True or (train.cuda_graphs == "auto" and cuda and single and capturable)
+    compile_ = train.compile is True or (train.compile == "auto" and cuda and not graphs)
+    if not cuda:
+        why = "CPU" if "auto" in (train.compile, train.cuda_graphs) else "as configured"
+    elif train.cuda_graphs == "auto" and not graphs:
+        why = "auto: " + ("several processes (DDP)" if not single else "this task's step cannot be captured")
+    else:
+        why = "auto: one CUDA process" if "auto" in (train.compile, train.cuda_graphs) else "as configured"
+    return StepPath(compile_, graphs, why)
 
 
 def amp_settings(precision: str, device: torch.device) -> tuple:
@@ -187,16 +228,12 @@ class Trainer:
             ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=self.cfg.runtime.find_unused_parameters)
-        if train.compile:  # in place, block by block: checkpoints and evaluation are unaffected
+        path = choose_step_path(train, self.dist.device, self.dist.world_size, self.task.capturable)
+        log.info(path.describe())
+        if path.compile:  # in place, block by block: checkpoints and evaluation are unaffected
             compile_blocks(self.model, train.compile_mode)
         self.graphed: Optional[GraphedStep] = None
-        if train.cuda_graphs:
-            if self.dist.device.type != "cuda" or self.dist.world_size > 1:
-                raise ConfigError("train.cuda_graphs needs one process on a CUDA device (not CPU, not DDP); "
-                                  "use train.compile there")
-            if getattr(self.task, "mixup", None) is not None:
-                raise ConfigError("train.cuda_graphs cannot capture task.mixup (it draws its mixing on the "
-                                  "host, so a graph would replay one draw); use train.compile with mixup")
+        if path.cuda_graphs:
             self.graphed = GraphedStep(self.model, self.task.train_step, self.task.autocast)
         self.nonfinite = torch.zeros((), device=self.dist.device)  # non-finite updates since the last check
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.dist.device)

@@ -406,8 +406,10 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, sof
         BLOCK_D=BWD_BLOCK_D, HAS_DLAST=dlast is not None, num_warps=BWD_WARPS,
         **_flags(D, z, delta_bias, B, C, softplus, reverse, n),
     )
-    return (du, ddelta, dA.sum(0).t().to(A.dtype), (dB.sum(1) if var_b else dB.sum(0).t()).to(B.dtype),
-            (dC.sum(1) if var_c else dC.sum(0).t()).to(C.dtype),
+    # every result contiguous except du / ddelta / dz (u's layout): the fake kernels say so too
+    return (du, ddelta, dA.sum(0).t().contiguous().to(A.dtype),
+            (dB.sum(1) if var_b else dB.sum(0).t().contiguous()).to(B.dtype),
+            (dC.sum(1) if var_c else dC.sum(0).t().contiguous()).to(C.dtype),
             dD.sum(0).to(D.dtype) if D is not None else None, dz,
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None)
 
@@ -470,8 +472,10 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, softplus, rever
     def opt(t):
         return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else A.new_empty(_NONE)
 
-    return (du, like_du(delta.dtype), torch.empty_like(A), torch.empty_like(B, memory_format=torch.contiguous_format),
-            torch.empty_like(C, memory_format=torch.contiguous_format), opt(D),
+    contiguous = torch.contiguous_format
+    return (du, like_du(delta.dtype), torch.empty_like(A, memory_format=contiguous),
+            torch.empty_like(B, memory_format=contiguous),
+            torch.empty_like(C, memory_format=contiguous), opt(D),
             like_du(z.dtype) if z is not None else A.new_empty(_NONE), opt(delta_bias))
 
 
