@@ -16,10 +16,9 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath
 
 from .errors import ConfigError
-from .layers import MambaLayer, TransformerBlock, make_norm
+from .layers import MambaLayer, TransformerBlock, make_drop_path, make_norm
 from .mixers import MambaMixer
 from .objective import row_causal_mask
 
@@ -112,6 +111,7 @@ class HybridEncoder(nn.Module):
                 dim,
                 MambaMixer(dim, d_state=d_state, expand=expand, bidirectional=bidirectional),
                 norm=norm, eps=norm_eps, drop_path=rate, residual_in_fp32=residual_in_fp32,
+                in_schedule=drop_path > 0,
             )
             for rate in rates
         )
@@ -120,7 +120,7 @@ class HybridEncoder(nn.Module):
             for _ in range(self.layout.count("T"))
         )
         self.norm_f = make_norm(norm, dim, norm_eps)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = make_drop_path(drop_path)
 
     def forward(
         self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, coords: Optional[torch.Tensor] = None,

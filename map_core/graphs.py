@@ -89,7 +89,9 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: the DataLoader's pin-memory thread allocates pinned host memory while we
+            # capture, which the default ("global") mode counts as an error that ends the capture
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 outputs = self._run(static, buffers, structure)
         except Exception as err:  # noqa: BLE001  (CUDA reports capture errors as several types)
             raise GraphCaptureError(

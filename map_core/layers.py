@@ -12,10 +12,41 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 
 from .compile import repeated_block
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample, as timm's ``DropPath`` (drop a sample's branch with probability
+    ``drop_prob``, scale the kept ones by 1 / keep), with the rate held in a tensor buffer
+    (non-persistent: state dicts are unchanged). ``torch.compile`` then makes one graph for the
+    layers of a drop-path schedule instead of one per rate (a float attribute is a guard: 24
+    Mamba layers of 24 rates were 24 compilations, past dynamo's cache limit)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {drop_prob}")
+        self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
+        keep.bernoulli_(self.keep_prob)
+        return x * (keep / self.keep_prob)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={1.0 - float(self.keep_prob):.3f}"
+
+
+def make_drop_path(rate: float, in_schedule: bool = False) -> nn.Module:
+    """:class:`DropPath` for a positive rate, else the identity. ``in_schedule``: the layer is one of
+    a schedule with some positive rate; it keeps a DropPath even at rate 0, so that every layer of
+    the schedule traces the same graph under ``torch.compile``."""
+    return DropPath(rate) if rate > 0 or in_schedule else nn.Identity()
 
 
 def xavier_init(m: nn.Module, layer_norms: bool = False) -> None:
@@ -56,11 +87,12 @@ class MambaLayer(nn.Module):
         eps: float = 1e-5,
         drop_path: float = 0.0,
         residual_in_fp32: bool = True,
+        in_schedule: bool = False,
     ):
         super().__init__()
         self.mixer = mixer
         self.norm = make_norm(norm, dim, eps)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = make_drop_path(drop_path, in_schedule)
         self.residual_in_fp32 = residual_in_fp32
 
     def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None, causal: bool = False):
@@ -91,11 +123,17 @@ class DualNormAttention(nn.Module):
 
     def forward(self, q_in, kv_in, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, c = q_in.shape
-        h = self.num_heads
-        q = self.q(q_in).view(b, n, h, c // h).transpose(1, 2)
-        k, v = self.kv(kv_in).view(b, kv_in.shape[1], 2, h, c // h).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+        h, head = self.num_heads, c // self.num_heads
+        q = self.q(q_in).view(b, n, h, head).transpose(1, 2)
+        k, v = self.kv(kv_in).view(b, kv_in.shape[1], 2, h, head).permute(2, 0, 3, 1, 4)
+        # The fused SDPA kernels need a head size divisible by 8 (MAP 2D's decoder has 192 / 16 = 12);
+        # otherwise SDPA falls back to its math path, in fp32. Zero columns change neither q.k nor
+        # the first ``head`` columns of attn @ v; the scale stays that of the true head size.
+        pad = -head % 8
+        if pad:
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=head ** -0.5)
+        return self.proj(y[..., :head].transpose(1, 2).reshape(b, n, c))
 
 
 @repeated_block
@@ -119,6 +157,7 @@ class TransformerBlock(Block):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         super().__init__(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path,
                          norm_layer=partial(nn.LayerNorm, eps=norm_eps))
+        self.drop_path1, self.drop_path2 = make_drop_path(drop_path), make_drop_path(drop_path)
 
 
 @repeated_block
@@ -138,7 +177,7 @@ class DualNormBlock(nn.Module):
         self.attn2 = DualNormAttention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = make_drop_path(drop_path)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn2(self.norm2_1(x), self.norm2_2(x), attn_mask))

@@ -17,11 +17,10 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
 
 from map_core.compile import repeated_block
 from map_core.encoder import layout_steps, matched_layout, official_layout, parse_layout
-from map_core.layers import TransformerBlock
+from map_core.layers import TransformerBlock, make_drop_path
 from map_core.masking import gather_tokens
 from map_core.mixers import MambaMixer
 from map_core.objective import row_causal_mask
@@ -123,7 +122,7 @@ class Mamba3DBlock(nn.Module):
     """
 
     def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, mixer: str = "M",
-                 num_heads: int = 6):
+                 num_heads: int = 6, in_schedule: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.lfa = LocalNormPool(dim, center_local_k)
@@ -134,7 +133,7 @@ class Mamba3DBlock(nn.Module):
             self.mixer = TransformerBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=0.0)
         else:
             raise ValueError(f"mixer must be a layout letter, 'M' (Mamba) or 'T' (Transformer), got {mixer!r}")
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = make_drop_path(drop_path, in_schedule)
 
     def forward(self, x: torch.Tensor, center: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
         """``causal_row_len``: the output at row r depends on rows <= r only (LNP neighbours and std
@@ -152,8 +151,9 @@ class Mamba3DBlock(nn.Module):
 class Trans3DBlock(Mamba3DBlock):
     """The Trans3D block: a Mamba3D block whose mixer is a Transformer block (qkv_bias False, mlp 4)."""
 
-    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, num_heads: int = 6):
-        super().__init__(dim, center_local_k, drop_path, "T", num_heads)
+    def __init__(self, dim: int, center_local_k: int = 4, drop_path: float = 0.0, num_heads: int = 6,
+                 in_schedule: bool = False):
+        super().__init__(dim, center_local_k, drop_path, "T", num_heads, in_schedule)
 
 
 class PointMAPBlocks(nn.Module):
@@ -174,9 +174,9 @@ class PointMAPBlocks(nn.Module):
         n_mamba, n_trans = self.layout.count("M"), self.layout.count("T")
         dpr = torch.linspace(0, drop_path, max(n_mamba, n_trans), device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            Mamba3DBlock(dim, center_local_k, dpr[i], "M", num_heads) for i in range(n_mamba))
+            Mamba3DBlock(dim, center_local_k, dpr[i], "M", num_heads, drop_path > 0) for i in range(n_mamba))
         self.blocks_vit = nn.ModuleList(
-            Trans3DBlock(dim, center_local_k, dpr[j], num_heads) for j in range(n_trans))
+            Trans3DBlock(dim, center_local_k, dpr[j], num_heads, drop_path > 0) for j in range(n_trans))
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor,
                 causal_row_len: Optional[int] = None,

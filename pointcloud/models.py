@@ -16,6 +16,7 @@ from typing import List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from map_core.decoder import ARDecoder
@@ -54,7 +55,7 @@ class TokenConvHead(nn.Conv1d):
         super().__init__(in_dim, out_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return F.linear(x, self.weight.squeeze(-1), self.bias)  # the 1x1 conv as the Linear it is
 
 
 class GroupChamfer(nn.Module):

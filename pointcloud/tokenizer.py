@@ -9,6 +9,7 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from map_core.masking import gather_tokens
 from map_core.pretrain import Tokens
@@ -44,12 +45,27 @@ class MiniPointNet(nn.Module):
             nn.Conv1d(4 * width, 4 * width, 1), nn.BatchNorm1d(4 * width), nn.ReLU(inplace=True),
             nn.Conv1d(4 * width, out_dim, 1))
 
+    @staticmethod
+    def _pointwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """The official Conv1d(k=1) / BatchNorm1d / ReLU stack on channels-last points x: (P, C_in).
+
+        A 1x1 conv is a Linear with the conv's weight, and BatchNorm1d normalises the channels of an
+        (N, C) batch as those of (N, C, K): the same function and parameters, but GEMMs instead of
+        cuDNN convolutions (whose weight gradients were the costliest kernels of a PointMAP step).
+        """
+        for layer in layers:
+            if isinstance(layer, nn.Conv1d):
+                x = F.linear(x, layer.weight.squeeze(-1), layer.bias)
+            else:
+                x = layer(x)
+        return x
+
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         b, g, k, _ = groups.shape
-        feat = self.first_conv(groups.reshape(b * g, k, 3).transpose(1, 2))  # (BG, 2w, K)
-        feat_global = feat.max(dim=2, keepdim=True).values
-        feat = torch.cat([feat_global.expand(-1, -1, k), feat], dim=1)  # (BG, 4w, K)
-        feat = self.second_conv(feat).max(dim=2).values
+        feat = self._pointwise(self.first_conv, groups.reshape(b * g * k, 3)).view(b * g, k, -1)  # (BG, K, 2w)
+        feat_global = feat.max(dim=1, keepdim=True).values
+        feat = torch.cat([feat_global.expand(-1, k, -1), feat], dim=2).view(b * g * k, -1)  # (BGK, 4w)
+        feat = self._pointwise(self.second_conv, feat).view(b * g, k, -1).max(dim=1).values
         return feat.reshape(b, g, self.out_dim)
 
 

@@ -20,9 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_L = 16
-BLOCK_D = 64
-NUM_WARPS = 4
+# Tile shapes (steps x channels, warps), the fastest of a sweep on an H200 at MAP-Base and PointMAP
+# shapes (B 64 x D 1536 x L 98 / 196, B 128 x D 768 x L 129; .lab notes in BENCHMARKS.md): the
+# forward wants wide channel tiles, the backward small ones (its per-tile partial sums of dw).
+FWD_BLOCK_L, FWD_BLOCK_D, FWD_WARPS = 16, 128, 4
+BWD_BLOCK_L, BWD_BLOCK_D, BWD_WARPS = 32, 32, 1
 
 
 @triton.jit
@@ -105,23 +107,23 @@ def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
     b, d, length = x.shape
     y = _empty_like_layout(x)
-    grid = (b, triton.cdiv(length, BLOCK_L), triton.cdiv(d, BLOCK_D))
+    grid = (b, triton.cdiv(length, FWD_BLOCK_L), triton.cdiv(d, FWD_BLOCK_D))
     _conv_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, length, d, *x.stride(), *y.stride(),
                            K=weight.shape[1], HAS_BIAS=bias is not None, REVERSE=reverse,
-                           BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS)
+                           BLOCK_L=FWD_BLOCK_L, BLOCK_D=FWD_BLOCK_D, num_warps=FWD_WARPS)
     return y
 
 
 def conv_backward(dy, x, weight, bias, reverse: bool):
     b, d, length = x.shape
-    n_lblocks = triton.cdiv(length, BLOCK_L)
+    n_lblocks = triton.cdiv(length, BWD_BLOCK_L)
     dx = _empty_like_layout(x)
     dw = torch.empty(b * n_lblocks, d, weight.shape[1], device=x.device, dtype=torch.float32)
     db = torch.empty(b * n_lblocks, d, device=x.device, dtype=torch.float32) if bias is not None else dw
-    _conv_bwd_kernel[(b, n_lblocks, triton.cdiv(d, BLOCK_D))](
+    _conv_bwd_kernel[(b, n_lblocks, triton.cdiv(d, BWD_BLOCK_D))](
         x, weight, bias if bias is not None else weight, dy, dx, dw, db, length, d, n_lblocks,
         *x.stride(), *dy.stride(), *dx.stride(), K=weight.shape[1], HAS_BIAS=bias is not None,
-        REVERSE=reverse, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS)
+        REVERSE=reverse, BLOCK_L=BWD_BLOCK_L, BLOCK_D=BWD_BLOCK_D, num_warps=BWD_WARPS)
     return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(bias.dtype) if bias is not None else None
 
 
