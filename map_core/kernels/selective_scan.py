@@ -157,7 +157,7 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, y_ptr, ckpt_ptr, dlast_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, DIM, NSTATE, N_CHUNKS, N_DBLOCKS, s_ad, s_an,
+    L, DIM, NSTATE, N_CHUNKS, BATCH, s_ad, s_an,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
     s_gb, s_gd, s_gl, s_yb, s_yd, s_yl, s_xb, s_xd, s_xl,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
@@ -166,7 +166,7 @@ def _scan_bwd_kernel(
 ):
     """Gradients. dout: strides s_g*; y (the forward's output before the gate): s_y*; du, ddelta,
     dz: one layout, strides s_x*. dA, dD, dbias: fp32 per batch row ((B, N, D), (B, D), (B, D)),
-    summed by the caller; dB, dC: fp32 (B, N_DBLOCKS, N, L) partials when time-varying, else
+    summed by the caller; dB, dC: fp32 (D blocks, B, N, L) partials when time-varying, else
     (B, N, D)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -204,7 +204,7 @@ def _scan_bwd_kernel(
     b_col = B_ptr + pid_b * s_bb + offs_n * s_bn
     c_col = C_ptr + pid_b * s_cb + offs_n * s_cn
     ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * NSTATE * DIM + nd_offs
-    part = (pid_b * N_DBLOCKS + pid_d) * NSTATE * L + offs_n * L
+    part = (pid_d * BATCH + pid_b) * NSTATE * L + offs_n * L
 
     for i in range(0, N_CHUNKS):
         c = N_CHUNKS - 1 - i
@@ -392,15 +392,17 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, sof
     ddelta = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=delta.dtype)
     dz = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=z.dtype) if z is not None else None
     dA = torch.empty(b, n, d, device=dev, dtype=f32)
-    dB = torch.empty((b, n_dblocks, n, length) if var_b else (b, n, d), device=dev, dtype=f32)
-    dC = torch.empty((b, n_dblocks, n, length) if var_c else (b, n, d), device=dev, dtype=f32)
+    # partials summed over their leading dimension afterwards (an outer-dimension reduction, which
+    # is one streaming pass; a middle one was ~2 ms of reduction kernels per MAP-Base step)
+    dB = torch.empty((n_dblocks, b, n, length) if var_b else (b, n, d), device=dev, dtype=f32)
+    dC = torch.empty((n_dblocks, b, n, length) if var_c else (b, n, d), device=dev, dtype=f32)
     dD = torch.empty(b, d, device=dev, dtype=f32) if D is not None else None
     dbias = torch.empty(b, d, device=dev, dtype=f32) if delta_bias is not None else None
     dlast_k = dlast.transpose(1, 2).contiguous() if dlast is not None else None
     _scan_bwd_kernel[(b, n_dblocks)](
         u, delta, A32, B, C, _or(D, A32), _or(z, u), _or(delta_bias, A32), dout, _or(y, u), ckpt, _or(dlast_k, A32),
         du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA),
-        length, d, n, n_chunks, n_dblocks, *A32.stride(),
+        length, d, n, n_chunks, b, *A32.stride(),
         *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C),
         *_strides(z), *dout.stride(), *_strides(y), *du.stride(),
         BLOCK_D=BWD_BLOCK_D, HAS_DLAST=dlast is not None, num_warps=BWD_WARPS,
@@ -408,8 +410,8 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, sof
     )
     # every result contiguous except du / ddelta / dz (u's layout): the fake kernels say so too
     return (du, ddelta, dA.sum(0).t().contiguous().to(A.dtype),
-            (dB.sum(1) if var_b else dB.sum(0).t().contiguous()).to(B.dtype),
-            (dC.sum(1) if var_c else dC.sum(0).t().contiguous()).to(C.dtype),
+            (dB.sum(0) if var_b else dB.sum(0).t().contiguous()).to(B.dtype),
+            (dC.sum(0) if var_c else dC.sum(0).t().contiguous()).to(C.dtype),
             dD.sum(0).to(D.dtype) if D is not None else None, dz,
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None)
 
