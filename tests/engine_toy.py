@@ -13,11 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from map_core.engine.tasks import ClassifyTask  # noqa: E402
-from map_core.errors import UserError  # noqa: E402
-from map_core.registry import DATASETS, MODELS, TASKS  # noqa: E402
+from map_core.engine.tasks import ClassifyTask
+from map_core.errors import UserError
+from map_core.registry import DATASETS, MODELS, TASKS
 
 
 class ToyMLP(nn.Module):

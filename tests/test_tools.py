@@ -1,19 +1,13 @@
 """The small command-line tools: benchmark and visualize run end to end on tiny inputs."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import benchmark  # noqa: E402  (tools/benchmark.py)
-import diagnose  # noqa: E402  (tools/diagnose.py)
-import visualize  # noqa: E402  (tools/visualize.py)
-from map_core.engine.checkpoint import atomic_save  # noqa: E402
-from map_core.registry import MODELS  # noqa: E402
+from map_core.engine.checkpoint import atomic_save
+from map_core.registry import MODELS
+from tools import benchmark, diagnose, visualize
 
 TINY_IMAGE = dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, decoder_dim=32,
                   decoder_depth=1, decoder_heads=4)
