@@ -18,10 +18,6 @@ from map_core.safe_pickle import restricted_load
 
 PathLike = Union[str, Path]
 
-# what unpickling an empty, truncated or garbled file raises (a refused global is an UnpicklingError)
-_BAD_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError)
-
-
 def require(path: PathLike, what: str, layout: str) -> Path:
     """Return ``path`` if it exists, else raise a DataError showing the expected ``layout``."""
     path = Path(path)
@@ -34,14 +30,15 @@ def require(path: PathLike, what: str, layout: str) -> Path:
 def read_pickle(path: Path) -> Any:
     """A third-party data pickle, loaded with the restricted unpickler (Python 2 pickles included).
 
-    Raises DataError naming the file when it is empty, truncated, not a pickle, or asks for code.
+    Raises DataError naming the file when it is empty, truncated, not a pickle, asks for code, or
+    asks to build more than its size allows (``map_core.safe_pickle``).
     """
     try:
         return restricted_load(path, encoding="latin1")
-    except _BAD_PICKLE as err:
-        reason = str(err).replace(f"{path}: ", "") or type(err).__name__
+    except pickle.UnpicklingError as err:
+        reason = str(err).replace(f"{path}: ", "")
         raise DataError(f"{path}: cannot be read as a data pickle (empty, truncated or not plain data: "
-                        f"{type(err).__name__}: {reason})") from None
+                        f"{reason})") from None
 
 
 def check_labels(labels: Sequence[int], num_classes: int, source: str) -> np.ndarray:
