@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import sys
 from pathlib import Path, PurePath
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from map_core.config import ExperimentConfig, config_diff
+from map_core.engine.checkpoint import process_alive
 from map_core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,6 @@ def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> 
 
 
 # ----------------------------------------------------------------------------- the lock
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
-
-
 def _owner_text() -> str:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                        "start": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -200,7 +189,7 @@ def experiment_lock(exp_dir: Path) -> Iterator[Path]:
         except FileExistsError:
             text, owner = _read_owner(lock)
             here, pid = owner.get("host") == socket.gethostname(), owner.get("pid")
-            if not (here and isinstance(pid, int) and not _alive(pid)):
+            if not (here and isinstance(pid, int) and not process_alive(pid)):
                 who = _describe(owner) if owner else f"its lock '{lock}' is unreadable"
                 unsure = "" if here else f"; if that run is no longer alive, delete '{lock}'"
                 raise ExperimentLockedError(f"experiment folder '{exp_dir}' is in use by another run ({who}); "
