@@ -22,22 +22,11 @@ import pytest
 import torch
 
 from map_core.engine.checkpoint import load_checkpoint
-from tests.engine_toy import register
+from tests.test_engine import config  # noqa: F401  (the toy config, a fixture)
 from tools.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-# 32 samples, global batch 16: 2 updates per epoch, 2 epochs
-CONFIG = """
-task: {NAME: toy_classify, num_classes: 4}
-model: {NAME: toy_mlp}
-dataset:
-  train: {NAME: toy_blobs, size: 32}
-  val: {NAME: toy_blobs, size: 16, seed: 1}
-optimizer: {lr: 1e-2}
-scheduler: {epochs: 2, warmup_epochs: 1}
-train: {total_batch_size: 16, num_workers: 0, log_every: 1}
-runtime: {device: cpu}
-"""
+SMALL = ["dataset.train.size=32", "dataset.val.size=16", "runtime.device=cpu"]  # batch 16: 2 updates an epoch
 UPDATES = 4
 DETERMINISTIC = ["model.dropout=0", "dataset.train.noise=0", "dataset.val.noise=0"]  # no per-rank randomness
 
@@ -50,10 +39,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(config: Path, root: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(config: Path, root: Path, name: str, *sets: str, resume: bool = False,
+             timeout: float = 240) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=2 tools/train.py`` with the toy parts registered (tests/engine_toy.py)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "tests" / "engine_toy.py"), "--config", str(config), "--exp-root", str(root), *args]
+           str(REPO / "tests" / "engine_toy.py"), "--config", str(config), "--exp-root", str(root), "--exp-name", name,
+           *(["--resume"] if resume else []), "--set", *SMALL, *sets]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -62,21 +53,12 @@ def train_rows(exp: Path) -> List[dict]:
     return [r for r in map(json.loads, (exp / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Path:
-    register()
-    path = tmp_path / "toy.yaml"
-    path.write_text(CONFIG)
-    return path
-
-
 def test_two_ranks_follow_one_process_with_one_reduction_per_update(config: Path, tmp_path: Path) -> None:
     root, dump = tmp_path / "exp", tmp_path / "dump"
     dump.mkdir()
     assert train_main(["--config", str(config), "--exp-root", str(root), "--exp-name", "one",
-                       "--set", *DETERMINISTIC]) == 0
-    result = torchrun(config, root, "--exp-name", "two", "--set", *DETERMINISTIC, "train.accum_steps=2",
-                      f"task.dump_params={dump}")
+                       "--set", *SMALL, *DETERMINISTIC]) == 0
+    result = torchrun(config, root, "two", *DETERMINISTIC, "train.accum_steps=2", f"task.dump_params={dump}")
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = train_rows(root / "toy" / "one"), train_rows(root / "toy" / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, UPDATES + 1))
@@ -98,17 +80,17 @@ def test_two_ranks_follow_one_process_with_one_reduction_per_update(config: Path
 
 def test_a_dead_rank_ends_the_job_and_resume_restores_exactly(config: Path, tmp_path: Path) -> None:
     root = tmp_path / "exp"
-    full = torchrun(config, root, "--exp-name", "full")  # dropout and data noise on: RNG states matter
+    full = torchrun(config, root, "full")  # dropout and data noise on: RNG states matter
     assert full.returncode == 0, full.stderr[-3000:]
     # rank 1 is killed at its 3rd step (the first of epoch 2, after the epoch-1 checkpoint)
     start = time.time()
-    killed = torchrun(config, root, "--exp-name", "split", "--set", "task.die_at_step=3", "task.die_rank=1")
+    killed = torchrun(config, root, "split", "task.die_at_step=3", "task.die_rank=1")
     assert killed.returncode != 0 and time.time() - start < 200
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", killed.stderr) and "SIGKILL" in killed.stderr, \
         killed.stderr[-3000:]
     split = root / "toy" / "split"
     assert load_checkpoint(split / "last.pth")["epoch"] == 1
-    resumed = torchrun(config, root, "--exp-name", "split", "--resume")  # its lock is a dead process's: taken over
+    resumed = torchrun(config, root, "split", resume=True)  # the lock left by the killed run is taken over
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = load_checkpoint(root / "toy" / "full" / "last.pth"), load_checkpoint(split / "last.pth")
     assert a["global_step"] == b["global_step"] == UPDATES

@@ -21,20 +21,13 @@ import tests.engine_toy  # noqa: F401  (registers the toy task, model and datase
 from map_core.engine import checkpoint
 from map_core.engine.checkpoint import load_checkpoint
 from map_core.engine.experiment import LOCK_FILE, ExperimentLockedError, experiment_lock, remove_run
-from tests.test_engine import TOY_CONFIG
+from tests.test_engine import config  # noqa: F401  (the toy config, a fixture)
 from tests.test_workflows import one_error_line
 from tools import diagnose, visualize
 from tools.train import main as train_main
 
 TINY_IMAGE = ("model: {NAME: map_pretrain, img_size: 16, patch_size: 4, embed_dim: 32, depth: 3, num_heads: 4, "
               "decoder_dim: 32, decoder_depth: 1, decoder_heads: 4}\ntask: {NAME: pretrain}\n")
-
-
-@pytest.fixture
-def toy(tmp_path: Path) -> Path:
-    path = tmp_path / "toy.yaml"
-    path.write_text(TOY_CONFIG)
-    return path
 
 
 def train(config: Path, root: Path, *extra: str) -> int:
@@ -44,19 +37,19 @@ def train(config: Path, root: Path, *extra: str) -> int:
 # ------------------------------------------------------------------ 1. names and --overwrite
 
 @pytest.mark.parametrize("name", ["../../precious", "a/../../b", "/abs/precious", ".", ""])
-def test_experiment_name_stays_inside_the_root(toy: Path, tmp_path: Path, capsys, name: str) -> None:
+def test_experiment_name_stays_inside_the_root(config: Path, tmp_path: Path, capsys, name: str) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "official_weights.pth").write_bytes(b"user data")
-    assert train(toy, tmp_path / "root" / "exp", "--exp-name", name, "--overwrite") == 2
+    assert train(config, tmp_path / "root" / "exp", "--exp-name", name, "--overwrite") == 2
     assert f"--exp-name '{name}': expected a folder name inside the experiment root" in one_error_line(capsys)
     assert (precious / "official_weights.pth").read_bytes() == b"user data"
     assert not (tmp_path / "root").exists()
 
 
-def test_overwrite_removes_only_the_projects_files(toy: Path, tmp_path: Path, capsys, caplog) -> None:
+def test_overwrite_removes_only_the_projects_files(config: Path, tmp_path: Path, capsys, caplog) -> None:
     root = tmp_path / "exp"
-    assert train(toy, root, "--set", "scheduler.epochs=1") == 0
+    assert train(config, root, "--set", "scheduler.epochs=1") == 0
     exp = root / "toy" / "default"
 
     def files() -> list:  # TensorBoard's event files as one name (theirs change per run)
@@ -69,9 +62,9 @@ def test_overwrite_removes_only_the_projects_files(toy: Path, tmp_path: Path, ca
         (exp / name).parent.mkdir(exist_ok=True)
         (exp / name).write_bytes(data)
     (exp / ".last.pth.99999999.tmp").write_bytes(b"left by a killed save")
-    assert train(toy, root, "--set", "scheduler.epochs=1") == 2  # refused without --overwrite
+    assert train(config, root, "--set", "scheduler.epochs=1") == 2  # refused without --overwrite
     assert "--overwrite" in one_error_line(capsys)
-    assert train(toy, root, "--set", "scheduler.epochs=1", "--overwrite") == 0
+    assert train(config, root, "--set", "scheduler.epochs=1", "--overwrite") == 0
     assert all((exp / name).read_bytes() == data for name, data in user.items())
     assert not (exp / ".last.pth.99999999.tmp").exists()
     kept = next(r.getMessage() for r in caplog.records if "did not write" in r.getMessage())
@@ -89,12 +82,12 @@ def lock_of(exp: Path, pid: int, host: str) -> None:
                                              "command": "python tools/train.py --config toy.yaml"}))
 
 
-def test_a_live_run_owns_its_folder(toy: Path, tmp_path: Path, capsys) -> None:
+def test_a_live_run_owns_its_folder(config: Path, tmp_path: Path, capsys) -> None:
     exp = tmp_path / "exp" / "toy" / "default"
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock_of(exp, owner.pid, socket.gethostname())
-        assert train(toy, tmp_path / "exp") == 2
+        assert train(config, tmp_path / "exp") == 2
         message = one_error_line(capsys)
         assert f"'{exp}' is in use by another run (pid {owner.pid} on host {socket.gethostname()}, started " \
                f"2025-01-02T03:04:05: python tools/train.py --config toy.yaml)" in message
@@ -104,16 +97,16 @@ def test_a_live_run_owns_its_folder(toy: Path, tmp_path: Path, capsys) -> None:
     assert not (exp / "metrics.jsonl").exists()
     # the same process starting a second run into a folder it owns (two runs a second apart)
     with experiment_lock(tmp_path / "exp" / "toy" / "other"):
-        assert train(toy, tmp_path / "exp", "--exp-name", "other") == 2
+        assert train(config, tmp_path / "exp", "--exp-name", "other") == 2
         assert "is in use by another run (pid" in one_error_line(capsys)
 
 
-def test_a_dead_runs_lock_is_taken_over(toy: Path, tmp_path: Path, caplog) -> None:
+def test_a_dead_runs_lock_is_taken_over(config: Path, tmp_path: Path, caplog) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     exp = tmp_path / "exp" / "toy" / "default"
     lock_of(exp, dead.pid, socket.gethostname())
-    assert train(toy, tmp_path / "exp", "--set", "scheduler.epochs=1") == 0
+    assert train(config, tmp_path / "exp", "--set", "scheduler.epochs=1") == 0
     assert any(f"taking over the lock of pid {dead.pid}" in r.getMessage() for r in caplog.records)
     assert not (exp / LOCK_FILE).exists()  # released at the end of the run
 
@@ -150,7 +143,7 @@ CHECKPOINT_ERRORS = {"truncated": r"is not a readable checkpoint \(truncated, or
                      "text": r"is not a readable checkpoint", "text2": r"is not a readable checkpoint"}
 
 
-def test_unreadable_checkpoint_is_one_line_everywhere(toy: Path, tmp_path: Path, capsys, bad_checkpoints) -> None:
+def test_unreadable_checkpoint_is_one_line_everywhere(config: Path, tmp_path: Path, capsys, bad_checkpoints) -> None:
     images = tmp_path / "img"
     for split in ("train", "val"):
         for c in range(2):
@@ -160,15 +153,15 @@ def test_unreadable_checkpoint_is_one_line_everywhere(toy: Path, tmp_path: Path,
     image_cfg.write_text(TINY_IMAGE + f"dataset: {{val: {{NAME: ImageNet, root: {images}, split: val, "
                                       f"input_size: 16, crop_pct: 1.0}}}}\n")
     root = tmp_path / "exp"
-    assert train(toy, root, "--set", "scheduler.epochs=1") == 0
+    assert train(config, root, "--set", "scheduler.epochs=1") == 0
     for name, path in bad_checkpoints.items():
         resume = root / "toy" / "resumed"
         resume.mkdir(parents=True, exist_ok=True)
         (resume / "last.pth").write_bytes(path.read_bytes())
         commands = {  # command -> (run it, the file it reads)
-            "--finetune": (lambda: train(toy, root, "--exp-name", f"ft_{name}", "--finetune", str(path)), path),
-            "--resume": (lambda: train(toy, root, "--exp-name", "resumed", "--resume"), resume / "last.pth"),
-            "--test": (lambda: train(toy, root, "--test", "--ckpt", str(path)), path),
+            "--finetune": (lambda: train(config, root, "--exp-name", f"ft_{name}", "--finetune", str(path)), path),
+            "--resume": (lambda: train(config, root, "--exp-name", "resumed", "--resume"), resume / "last.pth"),
+            "--test": (lambda: train(config, root, "--test", "--ckpt", str(path)), path),
             "visualize": (lambda: visualize.main(["--config", str(image_cfg), "--ckpt", str(path), "--out",
                                                   str(tmp_path / "x.png")]), path),
             "diagnose": (lambda: diagnose.main(["--config", str(image_cfg), "--ckpt", str(path)]), path),
@@ -205,7 +198,7 @@ class FullDisk:
         self.file.close()
 
 
-def test_disk_full_keeps_the_last_checkpoint(toy: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_disk_full_keeps_the_last_checkpoint(config: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     opened = []
 
     def open_binary(path: Path):
@@ -214,7 +207,7 @@ def test_disk_full_keeps_the_last_checkpoint(toy: Path, tmp_path: Path, capsys, 
 
     monkeypatch.setattr(checkpoint, "_open_binary", open_binary)
     root = tmp_path / "exp"
-    assert train(toy, root) == 2
+    assert train(config, root) == 2
     exp = root / "toy" / "default"
     assert one_error_line(capsys).strip() == (f"error: no space left on device writing '{exp / 'last.pth'}'; "
                                               f"the checkpoint of epoch 1 is kept")
