@@ -1,7 +1,6 @@
 """Modalities as plug-ins: a third modality, registered here, reaches benchmark and visualize with no
 tool edit; packages are discovered by their modality.py; the engine's dataset and fold hooks."""
 import json
-import sys
 import textwrap
 from pathlib import Path
 from typing import List, Tuple

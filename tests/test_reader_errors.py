@@ -21,7 +21,7 @@ from map_core.engine.logger import ExperimentLogger
 from map_core.errors import DataError
 from map_core.safe_pickle import PickleLimitError, restricted_load
 from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet
-from tests.test_point_data import CLASSES, cloud, write_h5, write_modelnet, write_shapenet
+from tests.test_point_data import cloud, write_h5, write_modelnet, write_shapenet
 
 DAT = "ModelNet/modelnet40_normal_resampled/modelnet40_train_16pts_fps.dat"
 SCAN = "ScanObjectNN/main_split/training_objectdataset_augmentedrot_scale75.h5"

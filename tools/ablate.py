@@ -303,8 +303,9 @@ def make_slots(gpus: Sequence[str], jobs_per_gpu: int, cpu_jobs: int) -> List[Sl
         return [Slot("cpu", cpu, {**base, "CUDA_VISIBLE_DEVICES": ""}) for _ in range(cpu_jobs)]
     import torch
 
-    return [Slot(f"cuda:{g}", torch.cuda.get_device_name(i), {**base, "CUDA_VISIBLE_DEVICES": g})
-            for i, g in enumerate(gpus) for _ in range(jobs_per_gpu)]
+    names = {g: torch.cuda.get_device_name(i) for i, g in enumerate(visible_gpus())}
+    return [Slot(f"cuda:{g}", names.get(g, f"GPU {g}"), {**base, "CUDA_VISIBLE_DEVICES": g})
+            for g in gpus for _ in range(jobs_per_gpu)]
 
 
 def visible_gpus() -> List[str]:

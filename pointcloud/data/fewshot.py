@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
