@@ -99,6 +99,7 @@ def test_diagnose_refuses_a_finetune_config(capsys) -> None:
                            "MAPClassifier; diagnose needs a pretraining config (a MAP pretraining model)")
 
 
+@pytest.mark.slow  # a process of its own, which imports torch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the kernel benchmark runs on a GPU")
 def test_kernel_benchmark_without_a_gpu_is_one_error_line(capfd) -> None:
     assert benchmark.main(["--kernels"]) == 2  # benchmark.py hands --kernels to benchmark_kernels.py

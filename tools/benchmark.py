@@ -364,8 +364,8 @@ def run_benchmarks(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         p.error("give --model, --suite or --kernels")
     for model, batch, spec, kwargs, mode, graphs in runs:
         try:
-            row = bench_step(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode, args.profile,
-                        graphs and device.type == "cuda")
+            row = bench_step(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode,
+                             args.profile, graphs and device.type == "cuda")
         except torch.cuda.OutOfMemoryError as err:
             row = {"model": model, "batch": batch, "input": spec, "compile": mode or "none",
                    "error": f"out of memory: {str(err).splitlines()[0]}"}
