@@ -11,7 +11,6 @@ Each torchrun takes several seconds to start its processes: the tests are marked
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 from map_core.engine.checkpoint import load_checkpoint
-from tests.test_engine import config  # noqa: F401  (the toy config, a fixture)
+from tests.test_engine import config, free_port  # noqa: F401  (config: the toy config, a fixture)
 from tools.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +30,6 @@ UPDATES = 4
 DETERMINISTIC = ["model.dropout=0", "dataset.train.noise=0", "dataset.val.noise=0"]  # no per-rank randomness
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(config: Path, root: Path, name: str, *sets: str, resume: bool = False,

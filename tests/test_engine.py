@@ -136,6 +136,14 @@ def test_atomic_save_survives_sigkill(tmp_path: Path) -> None:
         assert w.numel() == 4_000_000 and bool((w == float(ckpt["epoch"])).all())
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Evil:
     def __init__(self, target: Path):
         self.target = target
