@@ -37,7 +37,7 @@ test: $(STAMP)
 ABLATE ?= --jobs-per-gpu 16 --set train.cuda_graphs=true
 ablation: $(STAMP)
 	$(PY) datasets/demo_digits.py --out .cache/demo_digits
-	$(PY) tools/ablate.py --grid configs/ablation/grid.yaml $(ABLATE)
+	$(PY) tools/ablate.py --grid configs/ablation/grid.yaml --doc docs/ablation.md --plot docs/ablation.png $(ABLATE)
 
 clean:
 	rm -rf $(VENV) experiments .pytest_cache

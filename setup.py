@@ -12,7 +12,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["map_core*", "image*", "pointcloud*"]),
+    packages=find_packages(include=["map_core*", "image*", "pointcloud*"]) + ["map_tools"],
+    package_dir={"map_tools": "tools"},  # tools/*.py, importable as map_tools.* once installed
     install_requires=[
         "torch>=2.3",
         "torchvision>=0.18",  # DatasetFolder's allow_empty (image.data)
@@ -31,5 +32,16 @@ setup(
         "vis": ["open3d"],
         "test": ["pytest"],
         "fast": ["mamba-ssm", "causal-conv1d"],
+    },
+    entry_points={
+        "console_scripts": [
+            "map-train = map_tools.train:main",
+            "map-demo = map_tools.demo:main",
+            "map-visualize = map_tools.visualize:main",
+            "map-benchmark = map_tools.benchmark:main",
+            "map-benchmark-kernels = map_tools.benchmark_kernels:main",
+            "map-ablate = map_tools.ablate:main",
+            "map-diagnose = map_tools.diagnose:main",
+        ],
     },
 )

@@ -17,14 +17,16 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from image.data import ImageNet  # noqa: E402
-from map_core.errors import DataError, UserError  # noqa: E402
-from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet, ShapeNetPart  # noqa: E402
-from pointcloud.data.scanobjectnn import VARIANTS  # noqa: E402
-from tools.cli import add_debug_flag, report_error  # noqa: E402
+try:
+    from image.data import ImageNet
+    from map_core.engine.console import add_debug_flag, report_error
+    from map_core.errors import DataError, UserError
+    from pointcloud.data import ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet, ShapeNetPart
+    from pointcloud.data.scanobjectnn import VARIANTS
+except ModuleNotFoundError as err:  # a checkout that is not installed
+    if err.name not in ("image", "map_core", "pointcloud"):
+        raise
+    sys.exit("error: the map packages are not installed; run `pip install -e .` in the repository root")
 
 Problems = List[str]
 

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 from functools import lru_cache
 from itertools import groupby, islice
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as T
-from torchvision.datasets.folder import DatasetFolder, make_dataset, pil_loader
+from torchvision.datasets.folder import DatasetFolder, pil_loader
 
 from map_core.errors import DataError
 from map_core.registry import DATASETS
@@ -109,6 +110,32 @@ def _is_image_file(path: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in image_extensions()
 
 
+def scan_class_folder(folder: str, is_valid_file: Callable[[str], bool]) -> List[str]:
+    """The valid files under ``folder`` in torchvision's order (sorted folders, sorted names), symlinks
+    followed; a link to a folder above (a loop) or to one already read is skipped with a warning, so
+    a loop cannot make the scan endless."""
+    real = os.path.realpath(folder)
+    seen = {_folder_id(up) for up in [real, *map(str, Path(real).parents)]}
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()  # of two links to one folder, the first by name is read
+        for name in list(dirs):
+            key = _folder_id(os.path.join(root, name))
+            if key in seen:
+                dirs.remove(name)
+                logger.warning("skipping '%s': a link to a folder above it or already read (a symlink loop?)",
+                               os.path.join(root, name))
+            seen.add(key)
+        found.append((root, sorted(f for f in files if is_valid_file(os.path.join(root, f)))))
+    return [os.path.join(root, name) for root, names in sorted(found) for name in names]
+
+
+def _folder_id(path: str) -> Tuple[int, int]:
+    """(device, inode) of the folder ``path`` leads to."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 @DATASETS.register("ImageNet")
 class ImageNet(DatasetFolder):
     """ImageNet-style image folder -> (image (3, input_size, input_size) float, label int).
@@ -179,9 +206,12 @@ class ImageNet(DatasetFolder):
     def make_dataset(self, directory: str, class_to_idx: Dict[str, int], extensions=None,
                      is_valid_file: Optional[Callable[[str], bool]] = None,
                      allow_empty: bool = False) -> List[Tuple[str, int]]:
-        """torchvision's scan, then the first ``max_per_class`` files of each class. A class folder
-        without images is logged, not an error (``allow_empty`` is ignored)."""
-        samples = make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty=True)
+        """The image files of every class folder (:func:`scan_class_folder`), then the first
+        ``max_per_class`` of each class. A class folder without images is logged, not an error
+        (``allow_empty`` is ignored)."""
+        samples = [(path, index) for name, index in sorted(class_to_idx.items())
+                   if os.path.isdir(os.path.join(directory, name))
+                   for path in scan_class_folder(os.path.join(directory, name), is_valid_file or _is_image_file)]
         samples = [s for _, group in groupby(samples, key=lambda s: s[1]) for s in islice(group, self.max_per_class)]
         split_classes = _subfolders(directory)
         if not samples:

@@ -5,19 +5,21 @@ runs ``tools/train.py``'s ``main`` (used for subprocess and torchrun tests).
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from map_core.engine.tasks import ClassifyTask  # noqa: E402
-from map_core.errors import UserError  # noqa: E402
-from map_core.registry import DATASETS, MODELS, TASKS  # noqa: E402
+from map_core.engine.tasks import ClassifyTask
+from map_core.errors import UserError
+from map_core.registry import DATASETS, MODELS, TASKS
 
 
 class ToyMLP(nn.Module):
@@ -61,27 +63,48 @@ class ToyBlobs(Dataset):
 
 
 class ToyClassifyTask(ClassifyTask):
-    """Classification whose loss turns NaN at train_step call ``nan_at_step`` (1-based)."""
+    """Classification with faults and probes for engine tests (train_step calls count from 1):
+
+    - ``nan_at_step``: the loss of that call turns NaN;
+    - ``die_at_step`` / ``die_rank``: that rank kills itself (SIGKILL) at that call, as a lost worker;
+    - ``dump_params``: a folder where each evaluation writes this rank's parameter checksum and its
+      counts so far: train_step calls, gradient reductions (a DDP comm hook counts them) and buckets.
+    """
 
     def __init__(self, cfg: Mapping[str, Any], num_classes: Optional[int] = None, label_smoothing: float = 0.0,
                  mixup: Optional[Dict[str, Any]] = None, nan_at_step: Optional[int] = None,
-                 dump_params: Optional[str] = None):
+                 dump_params: Optional[str] = None, die_at_step: Optional[int] = None, die_rank: int = 1):
         super().__init__(cfg, num_classes, label_smoothing, mixup)
         self.nan_at_step, self.calls, self.dump_params = nan_at_step, 0, dump_params
+        self.die_at_step, self.die_rank = die_at_step, die_rank
+        self.reductions, self.buckets, self.hooked = 0, set(), False
+        self.rank = int(os.environ.get("RANK", "0"))
 
     def evaluate(self, model: nn.Module, loader: Any) -> Dict[str, float]:
-        """Also writes this rank's parameter checksum when ``dump_params`` names a folder."""
+        """Also writes this rank's parameter checksum and counts when ``dump_params`` names a folder."""
         if self.dump_params:
-            import os
-
             total = sum(p.double().sum().item() * (i + 1) for i, p in enumerate(model.parameters()))
-            rank = os.environ.get("RANK", "0")
-            Path(self.dump_params, f"rank{rank}.txt").write_text(repr(total))
+            Path(self.dump_params, f"rank{self.rank}.txt").write_text(repr(total))
+            Path(self.dump_params, f"rank{self.rank}.json").write_text(json.dumps(
+                {"train_steps": self.calls, "reductions": self.reductions, "buckets": len(self.buckets)}))
         return super().evaluate(model, loader)
 
+    def _count_reduction(self, state, bucket):  # no annotations: DDP checks them against its own types
+        """A DDP comm hook: count, then all-reduce as DDP does by default."""
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        self.reductions += 1
+        self.buckets.add(bucket.index())
+        return default_hooks.allreduce_hook(state, bucket)
+
     def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
-        loss, info = super().train_step(model, batch)
+        if isinstance(model, DistributedDataParallel) and not self.hooked:
+            model.register_comm_hook(None, self._count_reduction)
+            self.hooked = True
         self.calls += 1
+        if self.calls == self.die_at_step and self.rank == self.die_rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        loss, info = super().train_step(model, batch)
         if self.calls == self.nan_at_step:
             loss = loss * float("nan")
         return loss, info

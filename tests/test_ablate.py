@@ -1,17 +1,12 @@
 """tools/ablate.py on a tiny grid of real tools/train.py jobs (CPU, a few seconds each)."""
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import ablate  # noqa: E402  (tools/ablate.py)
-import demo  # noqa: E402  (tools/demo.py: the demo data builder)
+from tools import ablate, demo
 
 TINY = ["scheduler.epochs=1", "scheduler.warmup_epochs=0", "train.max_steps_per_epoch=1", "train.total_batch_size=8"]
 

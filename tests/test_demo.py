@@ -1,11 +1,5 @@
 """The demo pipeline end to end on a sliver of the bundled digits (the real run is `make demo`)."""
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import demo  # noqa: E402  (tools/demo.py)
+from tools import demo
 
 
 def test_demo_quick(tmp_path):

@@ -1,7 +1,6 @@
 """Modalities as plug-ins: a third modality, registered here, reaches benchmark and visualize with no
 tool edit; packages are discovered by their modality.py; the engine's dataset and fold hooks."""
 import json
-import sys
 import textwrap
 from pathlib import Path
 from typing import List, Tuple
@@ -21,13 +20,10 @@ from map_core.errors import ConfigError
 from map_core.modalities import Modality, load_modalities, modality_modules, modality_of, register_modality
 from map_core.registry import DATASETS, MODELS
 from tests.test_engine import TOY_CONFIG
+from tools import benchmark, visualize
 from tools.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import benchmark  # noqa: E402  (tools/benchmark.py)
-import visualize  # noqa: E402  (tools/visualize.py)
 
 SEEN: List[Tuple[int, ...]] = []  # input shapes the toy depth model was called with
 

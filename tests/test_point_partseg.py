@@ -376,11 +376,10 @@ def test_two_epochs_finetune_from_pointmap_then_test(tmp_path: Path, capsys):
 
 
 def test_visualize_predicted_next_to_true_parts(tiny: Path, tmp_path: Path):
-    sys.path.insert(0, str(REPO / "tools"))
-    import visualize  # tools/visualize.py
     from PIL import Image
 
     from pointcloud.visualize import partseg_panels
+    from tools import visualize
 
     torch.manual_seed(0)
     model = pointmap_partseg(**TINY_MODEL)

@@ -26,17 +26,12 @@ import tests.engine_toy as toy
 from map_core.engine.checkpoint import atomic_save, load_finetune_weights
 from map_core.registry import MODELS
 from map_core.weights import PartialLoadError
-import tools.train
+from map_core.engine import cli, console
+from tests.test_engine import TOY_CONFIG as TOY
+from tools import benchmark, visualize
 from tools.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import benchmark  # noqa: E402  (tools/benchmark.py)
-import cli  # noqa: E402  (tools/cli.py)
-import visualize  # noqa: E402  (tools/visualize.py)
-
-from tests.test_engine import TOY_CONFIG as TOY  # noqa: E402
 POINTS = ["model.trans_dim=48", "model.encoder_dims=48", "model.depth=3", "model.num_group=16",
           "model.group_size=8", "train.num_workers=0", "train.total_batch_size=4",
           "scheduler.epochs=1", "scheduler.warmup_epochs=0", "runtime.device=cpu"]
@@ -318,7 +313,7 @@ def test_user_errors_are_one_line(toy_config: Path, tmp_path: Path, capsys, monk
     # --debug shows the traceback; a program bug keeps its traceback (it is not caught)
     assert run_train(toy_config, root, "--set", "train.total_batch_size=0", "--debug") == 2
     assert "Traceback" in capsys.readouterr().err
-    monkeypatch.setattr(tools.train, "run", lambda cfg, opts: 1 / 0)
+    monkeypatch.setattr(cli, "run", lambda cfg, opts: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         run_train(toy_config, root, "--exp-name", "bug")
 
@@ -360,7 +355,7 @@ def test_visualize_default_split_on_pretrain_config(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ 8. progress everywhere, no collisions
 
 def test_progress_lines_without_a_terminal(toy_config: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv(cli.PROGRESS_SECONDS_ENV, "0")
+    monkeypatch.setenv(console.PROGRESS_SECONDS_ENV, "0")
     root = tmp_path / "exp"
     assert run_train(toy_config, root) == 0
     out = capsys.readouterr().out
@@ -403,9 +398,9 @@ def test_vote_reports_progress_and_log_lines_do_not_collide_with_bars(monkeypatc
     # on a terminal, log lines go through tqdm.write: the bar is cleared, the line stands alone
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    bar = cli.TqdmProgress(10, "train")
+    bar = console.TqdmProgress(10, "train")
     bar.update(3, {"loss": "0.5"})
-    handler = cli.BarSafeHandler(stream)
+    handler = console.BarSafeHandler(stream)
     handler.emit(logging.LogRecord("x", logging.INFO, __file__, 1, "epoch 1: top1 50.0", None, None))
     bar.close()
     assert "epoch 1: top1 50.0" in stream.getvalue().replace("\r", "\n").splitlines()

@@ -4,6 +4,7 @@
     python tools/ablate.py --grid configs/ablation/grid.yaml --gpus 0,1,2,3 --jobs-per-gpu 4
     python tools/ablate.py --grid configs/ablation/grid.yaml --dry-run         # jobs and time estimate
     python tools/ablate.py --grid configs/ablation/grid.yaml --report-only     # table + plot from results
+    python tools/ablate.py --grid ... --doc docs/ablation.md --plot docs/ablation.png   # into the docs
 
 The grid file (see ``configs/ablation/grid.yaml``) names, per modality, a pretraining config and the
 evaluation configs (e.g. a low-label finetune and a linear SVM on frozen features), the seeds, and
@@ -15,22 +16,28 @@ evaluations start from random weights.
 
 For every (modality, cell, seed) one pretraining job runs, then each evaluation starts from its
 ``last.pth`` (``--finetune``). Jobs run in parallel: one process per slot, ``--jobs-per-gpu`` slots
-per GPU (``CUDA_VISIBLE_DEVICES`` set per process), or ``--jobs`` CPU processes without a GPU.
-Each finished job appends one JSON line to ``<out>/results.jsonl``; a second run skips the jobs
-listed there, so an interrupted grid resumes (an unfinished job starts again from scratch). At the
-end (and with ``--report-only``) the table goes between the markers of ``--doc`` (created if
-missing; text outside the markers is kept) and the plot to ``--plot``.
+on every visible GPU (or those of ``--gpus``; ``CUDA_VISIBLE_DEVICES`` set per process, each new job
+on the GPU running the fewest), or ``--jobs`` CPU processes without a GPU. Each finished job
+appends one JSON line to ``<out>/results.jsonl``; a second run skips the jobs listed there, so an
+interrupted grid resumes (an unfinished job starts again from scratch). Ctrl-C or SIGTERM stops
+the running jobs (each job's process group) and ends with one line. At the end (and with
+``--report-only``) the table goes between the markers of ``--doc`` (default ``<out>/ablation.md``,
+created if missing; text outside the markers is kept) and the plot to ``--plot`` (default
+``<out>/ablation.png``); the repository's ``docs/`` are written only when named. A malformed grid
+or argument ends with one 'error: ...' line and exit code 2. Installed, this is also the command
+`map-ablate`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import itertools
 import json
 import os
 import platform
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,19 +48,35 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
+try:
+    from map_core.engine.console import USER_ERRORS, add_debug_flag, positive_int, report_error
+    from map_core.engine.experiment import experiment_dir, remove_run
+    from map_core.errors import ConfigError
+except ModuleNotFoundError as err:  # a checkout that is not installed
+    if err.name != "map_core":
+        raise
+    sys.exit("error: the map_core package is not installed; run `pip install -e .` in the repository root")
 
-import train  # noqa: E402  (tools/train.py: experiment folders)
-
+ROOT = Path(__file__).resolve().parents[1]  # grid and config paths are relative to the checkout
+TRAIN = Path(__file__).with_name("train.py")  # what every job runs
 BEGIN, END = "<!-- ablate:begin -->", "<!-- ablate:end -->"
 SCRATCH = "scratch"
 PRETRAIN = "pretrain"
+KINDS = (PRETRAIN, "evaluate")  # the job kinds that ``sets`` and ``axes`` give overrides to
+LOG_NAME = "ablate_job.log"  # a job's command line and output, in its experiment folder
+STOP_SECONDS = 10.0  # how long stopped jobs get to end after SIGTERM before SIGKILL
 
 
-class GridError(ValueError):
+class GridError(ConfigError):
     """The grid file is malformed; the message names the file and the key."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT (``signum``) reached this process; ``stopped`` running jobs were ended."""
+
+    def __init__(self, signum: int, stopped: int = 0):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.stopped = signum, stopped
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -88,8 +111,7 @@ class Job:
 
     @property
     def exp_dir(self) -> Path:
-        return train.experiment_dir(train.parse_args(["--config", self.config, "--exp-root", str(self.exp_root),
-                                                      "--exp-name", self.kind]))
+        return experiment_dir(self.config, self.exp_root, self.kind)
 
     def argv(self, checkpoint: Optional[Path]) -> List[str]:
         args = ["--config", self.config, "--exp-root", str(self.exp_root), "--exp-name", self.kind,
@@ -108,29 +130,76 @@ class Grid:
     axes: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
 
 
+def _typed(value: Any, kind: type, expected: str, where: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise GridError(f"{where}: expected {expected}, got {value!r}")
+    return value
+
+
 def _require(mapping: Any, key: str, where: str) -> Any:
     if not isinstance(mapping, Mapping) or key not in mapping:
         raise GridError(f"{where}: missing key '{key}'")
     return mapping[key]
 
 
+def _templates(value: Any, where: str) -> List[str]:
+    """A list of ``--set`` templates (``{}`` stands for the cell's value), each checked to format."""
+    for i, template in enumerate(_typed(value, list, "a list of KEY=VALUE strings", where)):
+        _typed(template, str, "a KEY=VALUE string", f"{where}[{i}]")
+        try:
+            template.format("x")
+        except (IndexError, KeyError, ValueError) as err:
+            raise GridError(f"{where}[{i}]: '{template}' is not a template with one {{}} ({err})") from None
+    return value
+
+
+def _overrides(value: Any, where: str) -> Dict[str, List[str]]:
+    """``{pretrain: [...], evaluate: [...]}`` (either may be left out)."""
+    for kind, templates in _typed(value or {}, Mapping, f"a mapping with keys {' / '.join(KINDS)}", where).items():
+        if kind not in KINDS:
+            raise GridError(f"{where}.{kind}: unknown job kind (expected {' or '.join(KINDS)})")
+        _templates(templates, f"{where}.{kind}")
+    return dict(value or {})
+
+
+def _check_modality(spec: Any, where: str) -> None:
+    _typed(spec, Mapping, "a mapping with 'pretrain' and 'evaluate'", where)
+    evaluate = _typed(_require(spec, "evaluate", where), Mapping, "a mapping of evaluation name -> config",
+                      f"{where}.evaluate")
+    if not evaluate:
+        raise GridError(f"{where}.evaluate: name at least one evaluation config")
+    configs = {f"{where}.pretrain": _require(spec, PRETRAIN, where),
+               **{f"{where}.evaluate.{name}": config for name, config in evaluate.items()}}
+    for key, config in configs.items():
+        if not isinstance(config, str) or not ((ROOT / config).is_file() or Path(config).is_file()):
+            raise GridError(f"{key}: config '{config}' not found")
+    _overrides(spec.get("sets"), f"{where}.sets")
+    for axis, overrides in _typed(spec.get("axes") or {}, Mapping, "a mapping", f"{where}.axes").items():
+        _overrides(overrides, f"{where}.axes.{axis}")
+
+
 def load_grid(path: str | Path) -> Grid:
-    """Read and check a grid file (see ``configs/ablation/grid.yaml``)."""
+    """Read and check a grid file (see ``configs/ablation/grid.yaml``); GridError names the key at fault."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
-    seeds = _require(data, "seeds", str(path))
-    modalities = _require(data, "modalities", str(path))
-    axes = data.get("axes") or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise GridError(f"{path}: not a readable YAML file ({err})") from None
+    data = _typed(data, Mapping, "a mapping with seeds, modalities and cells", str(path))
+    seeds = _typed(_require(data, "seeds", str(path)), list, "a list of integer seeds, e.g. [0, 1, 2]",
+                   f"{path}: seeds")
+    for i, seed in enumerate(seeds):
+        _typed(seed, int, "an integer seed", f"{path}: seeds[{i}]")
+    modalities = _typed(_require(data, "modalities", str(path)), Mapping,
+                        "a mapping of modality name -> its configs", f"{path}: modalities")
+    axes = _typed(data.get("axes") or {}, Mapping, "a mapping of axis name -> overrides", f"{path}: axes")
+    for axis, overrides in axes.items():
+        _overrides(overrides, f"{path}: axes.{axis}")
     for name, spec in modalities.items():
-        where = f"{path}: modalities.{name}"
-        _require(spec, PRETRAIN, where)
-        if not _require(spec, "evaluate", where):
-            raise GridError(f"{where}.evaluate: name at least one evaluation config")
-        for config in [spec[PRETRAIN], *spec["evaluate"].values()]:
-            if not (ROOT / config).is_file() and not Path(config).is_file():
-                raise GridError(f"{where}: config '{config}' not found")
+        _check_modality(spec, f"{path}: modalities.{name}")
     cells: List[Cell] = []
-    for i, entry in enumerate(_require(data, "cells", str(path))):
+    entries = _typed(_require(data, "cells", str(path)), list, "a list of cells", f"{path}: cells")
+    for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or "objective" not in entry:
             raise GridError(f"{path}: cells[{i}] must be a mapping with at least 'objective'")
         for key in entry:
@@ -148,13 +217,13 @@ def load_grid(path: str | Path) -> Grid:
 def cell_sets(grid: Grid, modality: str, cell: Cell, kind: str) -> List[str]:
     """``--set`` overrides of a job of ``kind`` ("pretrain" or "evaluate"): the modality's own
     ``sets`` for that kind, then those of the cell's axis values."""
-    sets = list(grid.modalities[modality].get("sets", {}).get(kind, []))
+    sets = list((grid.modalities[modality].get("sets") or {}).get(kind, []))
     for key, value in cell.values:
         if key == "objective":
             if kind == PRETRAIN:
                 sets.append(f"model.objective={value}")
             continue
-        spec = grid.modalities[modality].get("axes", {}).get(key, grid.axes[key])
+        spec = (grid.modalities[modality].get("axes") or {}).get(key, grid.axes[key])
         sets += [template.format(value) for template in spec.get(kind, [])]
     return sets
 
@@ -202,9 +271,9 @@ def append_result(path: Path, record: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def job_metrics(stdout: str) -> Dict[str, Any]:
-    """The metrics JSON that ``tools/train.py`` prints as its last line."""
-    for line in reversed(stdout.strip().splitlines()):
+def job_metrics(output: str) -> Dict[str, Any]:
+    """The metrics JSON that ``tools/train.py`` prints as its last line (of ``output``)."""
+    for line in reversed(output.strip().splitlines()):
         try:
             value = json.loads(line)
         except ValueError:
@@ -222,36 +291,45 @@ class Slot:
     env: Dict[str, str]
 
 
-def make_slots(gpus: str, jobs_per_gpu: int, cpu_jobs: int) -> List[Slot]:
-    """One slot per concurrent job: ``jobs_per_gpu`` per id in ``gpus`` ("0,1"), or ``cpu_jobs`` CPU
-    slots when ``gpus`` is empty. Threads per process = CPU cores / slots."""
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    count = len(ids) * jobs_per_gpu if ids else cpu_jobs
+def make_slots(gpus: Sequence[str], jobs_per_gpu: int, cpu_jobs: int) -> List[Slot]:
+    """One slot per concurrent job: ``jobs_per_gpu`` per GPU id in ``gpus`` (as ``CUDA_VISIBLE_DEVICES``
+    names them), or ``cpu_jobs`` CPU slots when ``gpus`` is empty. Threads per process = CPU
+    cores / slots."""
+    count = len(gpus) * jobs_per_gpu if gpus else cpu_jobs
     threads = str(max(1, (os.cpu_count() or 1) // count))
     base = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    if not ids:
+    if not gpus:
         cpu = f"{platform.machine()} CPU, {os.cpu_count()} cores"
         return [Slot("cpu", cpu, {**base, "CUDA_VISIBLE_DEVICES": ""}) for _ in range(cpu_jobs)]
     import torch
 
-    return [Slot(f"cuda:{g}", torch.cuda.get_device_name(int(g)), {**base, "CUDA_VISIBLE_DEVICES": g})
-            for g in ids for _ in range(jobs_per_gpu)]
+    names = {g: torch.cuda.get_device_name(i) for i, g in enumerate(visible_gpus())}
+    return [Slot(f"cuda:{g}", names.get(g, f"GPU {g}"), {**base, "CUDA_VISIBLE_DEVICES": g})
+            for g in gpus for _ in range(jobs_per_gpu)]
 
 
-def visible_gpus() -> str:
-    """"0,1,..." for every visible CUDA device ("" without one)."""
+def visible_gpus() -> List[str]:
+    """The ids of every GPU this process sees, as a child's ``CUDA_VISIBLE_DEVICES`` names them (the
+    entries of this process's own ``CUDA_VISIBLE_DEVICES`` when it is set); [] without a GPU."""
     import torch
 
-    return ",".join(str(i) for i in range(torch.cuda.device_count()))
+    count = torch.cuda.device_count()
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
 
 
 class Runner:
-    """Runs the jobs that are not in the results yet, ``len(slots)`` at a time, and prints progress."""
+    """Runs the jobs that are not in the results yet, ``len(slots)`` at a time, and prints progress.
+
+    Each job is a process group of its own, so that stopping the grid (:meth:`stop`, on Ctrl-C or
+    SIGTERM) ends every process a job started.
+    """
 
     def __init__(self, jobs: List[Job], slots: List[Slot], results: Path, command: str = ""):
         self.jobs, self.slots, self.results_path, self.command = jobs, slots, results, command
         self.done = read_results(results)
         self.failed: Dict[str, str] = {}
+        self.running: Dict[int, Tuple[Job, subprocess.Popen, Any, float]] = {}  # slot index -> job
 
     def _ready(self, job: Job) -> bool:
         return job.after is None or job.after in self.done
@@ -259,61 +337,92 @@ class Runner:
     def _blocked(self, job: Job) -> bool:
         return job.after is not None and job.after in self.failed
 
+    def command_of(self, job: Job) -> List[str]:
+        """The command line of ``job``: ``tools/train.py`` with its arguments."""
+        checkpoint = Path(self.done[job.after]["checkpoint"]) if job.after is not None else None
+        return [sys.executable, str(TRAIN), *job.argv(checkpoint)]
+
+    def _free_slot(self) -> Optional[int]:
+        """A free slot on the device that runs the fewest jobs now (the lowest index among equals)."""
+        busy: Dict[str, int] = {}
+        for i in self.running:
+            busy[self.slots[i].name] = busy.get(self.slots[i].name, 0) + 1
+        free = [i for i in range(len(self.slots)) if i not in self.running]
+        return min(free, key=lambda i: (busy.get(self.slots[i].name, 0), i)) if free else None
+
     def _start(self, job: Job, slot: Slot) -> Tuple[subprocess.Popen, Any, float]:
-        if job.exp_dir.exists():  # a previous, unfinished attempt
-            shutil.rmtree(job.exp_dir)
-        job.exp_dir.mkdir(parents=True)
-        checkpoint = None
-        if job.after is not None:
-            checkpoint = Path(self.done[job.after]["checkpoint"])
-        cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *job.argv(checkpoint)]
-        log = open(job.exp_dir / "ablate_job.log", "w")
+        remove_run(job.exp_dir)  # what a previous, unfinished attempt wrote
+        job.exp_dir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command_of(job)
+        log = open(job.exp_dir / LOG_NAME, "w")
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **slot.env}, stdout=subprocess.PIPE,
-                                stderr=log, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **slot.env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         return proc, log, time.time()
 
+    def stop(self) -> int:
+        """End every running job's process group (SIGTERM, SIGKILL after ``STOP_SECONDS``); returns
+        how many jobs were running."""
+        jobs = list(self.running.values())
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            for _, proc, _, _ in jobs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signum)
+            deadline = time.time() + STOP_SECONDS
+            for _, proc, _, _ in jobs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.time()))
+        for _, _, log, _ in jobs:
+            log.close()
+        self.running.clear()
+        return len(jobs)
+
     def run(self) -> int:
+        """Run every job; 0 when all succeeded, 1 when some failed. On Ctrl-C or SIGTERM the running
+        jobs are stopped and Interrupted says how many."""
+        try:
+            return self._run()
+        except (KeyboardInterrupt, Interrupted) as stop:
+            raise Interrupted(getattr(stop, "signum", signal.SIGINT), self.stop()) from None
+
+    def _run(self) -> int:
         todo = [j for j in self.jobs if j.id not in self.done]
         total, finished = len(self.jobs), len(self.jobs) - len(todo)
         self._print(f"{finished} of {total} jobs already done; {len(todo)} to run on {len(self.slots)} "
                     f"slot(s) ({', '.join(sorted({s.name for s in self.slots}))})")
-        running: Dict[int, Tuple[Job, subprocess.Popen, Any, float]] = {}
         durations: List[float] = []
-        while todo or running:
+        while todo or self.running:
             for job in [j for j in todo if self._blocked(j)]:
                 todo.remove(job)
                 self.failed[job.id] = f"skipped: {job.after} failed"
                 self._print(f"skip  {job.id} ({job.after} failed)")
-            free = [i for i in range(len(self.slots)) if i not in running]
-            for i in free:
+            while (i := self._free_slot()) is not None:
                 job = next((j for j in todo if self._ready(j)), None)
                 if job is None:
                     break
                 todo.remove(job)
-                running[i] = (job, *self._start(job, self.slots[i]))
+                self.running[i] = (job, *self._start(job, self.slots[i]))
             time.sleep(0.2)
-            for i, (job, proc, log, start) in list(running.items()):
+            for i, (job, proc, log, start) in list(self.running.items()):
                 if proc.poll() is None:
                     continue
-                stdout = proc.stdout.read()
-                log.write(stdout)
                 log.close()
-                del running[i]
+                del self.running[i]
                 seconds = time.time() - start
                 finished += 1
                 if proc.returncode != 0:
-                    self.failed[job.id] = f"exit code {proc.returncode}, see {job.exp_dir / 'ablate_job.log'}"
+                    self.failed[job.id] = f"exit code {proc.returncode}, see {job.exp_dir / LOG_NAME}"
                     self._print(f"[{finished}/{total}] FAIL {job.id}: {self.failed[job.id]}")
                     continue
-                record = self._record(job, self.slots[i], stdout, seconds)
+                record = self._record(job, self.slots[i], (job.exp_dir / LOG_NAME).read_text(errors="replace"),
+                                      seconds)
                 append_result(self.results_path, record)
                 self.done[job.id] = record
                 durations.append(seconds)
-                eta = np.mean(durations) * (len(todo) + len(running)) / len(self.slots) / 60
+                eta = np.mean(durations) * (len(todo) + len(self.running)) / len(self.slots) / 60
                 self._print(f"[{finished}/{total}] ok   {job.id}: {record['metric']} {record['value']:.4g} "
-                            f"({seconds:.0f} s; {len(running)} running, ~{eta:.1f} min left)")
+                            f"({seconds:.0f} s; {len(self.running)} running, ~{eta:.1f} min left)")
         if self.failed:
             self._print(f"{len(self.failed)} job(s) failed or were skipped:")
             for job_id, why in self.failed.items():
@@ -329,8 +438,7 @@ class Runner:
                 "kind": job.kind, "metric": name, "value": value, "seconds": seconds, "finished": time.time(),
                 "device": f"{slot.device} ({slot.name})",
                 "checkpoint": str(job.exp_dir / "last.pth"), "ablate": self.command,
-                "command": "python tools/train.py " + shlex.join(job.argv(
-                    Path(self.done[job.after]["checkpoint"]) if job.after else None))}
+                "command": "python tools/train.py " + shlex.join(self.command_of(job)[2:])}
 
     def _print(self, text: str) -> None:
         print(f"{datetime.datetime.now():%H:%M:%S} {text}", flush=True)
@@ -363,7 +471,10 @@ def estimate(jobs: List[Job], sec_per_step: float, sec_per_job: float, slots: in
     for job in jobs:
         key = (job.config, tuple(s for s in job.sets if not s.startswith(("model.", "train.seed"))))
         if key not in cache:
-            cache[key] = count_steps(job)
+            try:
+                cache[key] = count_steps(job)
+            except USER_ERRORS as err:
+                raise ConfigError(f"job {job.id} ({job.config} --set {' '.join(job.sets)}): {err}") from None
         job.steps = cache[key]
         by_kind.setdefault(f"{job.modality} {job.kind}", []).append(job.steps)
     lines = [f"{'jobs':>6} {'updates each':>13}  kind"]
@@ -480,17 +591,31 @@ def busy_seconds(records: Sequence[Mapping[str, Any]]) -> float:
 
 
 # ----------------------------------------------------------------------------- main
+def seed_list(text: str) -> List[int]:
+    """argparse type of ``--seeds``: comma-separated integers."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds (e.g. 0,1,2), got {text!r}") \
+            from None
+
+
+def gpu_list(text: str) -> List[str]:
+    """argparse type of ``--gpus``: comma-separated GPU ids ('' for none)."""
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True, help="grid YAML (see configs/ablation/grid.yaml)")
-    p.add_argument("--out", default="experiments/ablation", help="runs and results.jsonl go here")
-    p.add_argument("--gpus", default=None,
+    p.add_argument("--out", default="experiments/ablation", help="runs, results.jsonl and the report go here")
+    p.add_argument("--gpus", default=None, type=gpu_list,
                    help="comma-separated GPU ids (default: every visible GPU; '' = CPU only)")
-    p.add_argument("--jobs-per-gpu", type=int, default=2, help="concurrent jobs on each GPU")
-    p.add_argument("--jobs", type=int, default=1, help="concurrent jobs when there is no GPU")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")
-    p.add_argument("--doc", default="docs/ablation.md", help="markdown file the table is written into")
-    p.add_argument("--plot", default="docs/ablation.png", help="PNG of the results")
+    p.add_argument("--jobs-per-gpu", type=positive_int, default=2, help="concurrent jobs on each GPU")
+    p.add_argument("--jobs", type=positive_int, default=1, help="concurrent jobs when there is no GPU")
+    p.add_argument("--seeds", default=None, type=seed_list, help="comma-separated seeds instead of the grid's")
+    p.add_argument("--doc", default=None, help="markdown file the table is written into (default: <out>/ablation.md)")
+    p.add_argument("--plot", default=None, help="PNG of the results (default: <out>/ablation.png)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides added to every job (e.g. train.cuda_graphs=true on GPUs)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and estimate the device time")
@@ -498,18 +623,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--sec-per-step", type=float, default=0.1,
                    help="for the estimate: seconds per update (the demo: ~0.1 on one H100)")
     p.add_argument("--sec-per-job", type=float, default=5.0, help="for the estimate: start-up seconds per job")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        grid = load_grid(args.grid)
-    except (GridError, OSError, yaml.YAMLError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def run_grid(args: argparse.Namespace, command: str) -> int:
+    """Dry run, or run the grid's jobs and write the report; returns the exit code."""
+    grid = load_grid(args.grid)
     if args.seeds:
-        grid.seeds = [int(s) for s in args.seeds.split(",")]
+        grid.seeds = args.seeds
     out = Path(args.out)
     jobs = expand(grid, out.resolve(), args.set)
     slots = make_slots(visible_gpus() if args.gpus is None else args.gpus, args.jobs_per_gpu, args.jobs)
@@ -521,7 +647,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    command = "python tools/ablate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     code = 0 if args.report_only else Runner(jobs, slots, results, command).run()
     ids = {j.id for j in jobs}
     records = [r for r in read_results(results).values() if r["job"] in ids]
@@ -533,12 +658,30 @@ def main(argv: Optional[List[str]] = None) -> int:
             "jobs": str(len(records)),
             "job_minutes": f"{sum(r['seconds'] for r in records) / 60:.1f}",
             "wall": f"{busy_seconds(records) / 60:.1f} minutes"}
-    picture = Path(args.plot) if records else None
+    doc = Path(args.doc) if args.doc else out / "ablation.md"
+    picture = (Path(args.plot) if args.plot else out / "ablation.png") if records else None
     if picture is not None:
         plot(grid, records, picture)
-    write_doc(Path(args.doc), report_markdown(grid, records, meta), picture)
-    print(f"wrote {args.doc}" + (f" and {picture}" if picture else ""))
+    write_doc(doc, report_markdown(grid, records, meta), picture)
+    print(f"wrote {doc}" + (f" and {picture}" if picture else ""))
     return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    command = "python tools/ablate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return run_grid(args, command)
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
+    except (KeyboardInterrupt, Interrupted) as stop:
+        stop = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"interrupted by {stop}: stopped {stop.stopped} running job(s); the same command continues "
+              f"the grid", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training-step and kernel benchmarks: time, throughput, memory and model-FLOP utilisation.
+"""Training-step benchmark: time, throughput, memory and model-FLOP utilisation of one step.
 
     # one model: forward + backward + AdamW step
     python tools/benchmark.py --model map_tiny_patch16_224 --batch 64 --input image:224 [--compile]
@@ -7,15 +7,17 @@
     # the whole comparison of BENCHMARKS.md: MAP sizes, PointMAP, a timm MAE ViT-B step, scaling,
     # each eager, with torch.compile (--compile) or replayed from CUDA graphs (--cuda-graphs)
     python tools/benchmark.py --suite
-    # the kernels against their references and their floors (bytes / bandwidth, exp / SFU rate)
+    # the kernels against their references and their floors: tools/benchmark_kernels.py, also run by
     python tools/benchmark.py --kernels [--sweep]
 
 Prints one JSON line per measurement. ``model_flop_per_step`` counts the matmul/conv/attention FLOPs of
 one step (forward + backward, at the mean mask ratio) with ``torch.utils.flop_counter.FlopCounterMode``; ``mfu`` divides
 the achieved rate by the device's dense bf16 peak (H100 / H200 SXM: 989 TFLOP/s, datasheet).
 The step times are CUDA-event medians after warm-up. Results worth keeping go to BENCHMARKS.md.
-An unknown model, key or backend, or sizes the model refuses, end with one 'error: ...' line and
-exit code 2 (``--debug`` shows the traceback).
+One function per measured thing (``bench_step``; ``profile_step``, ``step_flops``), the suite as a
+table (``SUITE``). An unknown model, key or backend, or sizes the model refuses, end with one
+'error: ...' line and exit code 2 (``--debug`` shows the traceback). Installed, this is also the
+command `map-benchmark`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,18 +35,20 @@ import torch
 import torch.nn as nn
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    from map_core import backends
+    from map_core.compile import compile_blocks
+    from map_core.engine.console import USER_ERRORS, add_debug_flag, positive_int, report_error
+    from map_core.errors import ConfigError
+    from map_core.graphs import GraphedStep
+    from map_core.modalities import get_modality, load_modalities, modality_of
+    from map_core.registry import MODELS, check_kwargs
+except ModuleNotFoundError as err:  # a checkout that is not installed
+    if err.name != "map_core":
+        raise
+    sys.exit("error: the map_core package is not installed; run `pip install -e .` in the repository root")
 
-from map_core import backends  # noqa: E402
-from map_core.compile import compile_blocks  # noqa: E402
-from map_core.errors import ConfigError  # noqa: E402
-from map_core.graphs import GraphedStep  # noqa: E402
-from map_core.modalities import get_modality, load_modalities, modality_of  # noqa: E402
-from map_core.masking import gather_tokens  # noqa: E402
-from map_core.registry import MODELS, check_kwargs  # noqa: E402
-from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
-from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402
-
+KERNELS = Path(__file__).with_name("benchmark_kernels.py")  # what --kernels runs
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
@@ -209,7 +214,12 @@ def profile_step(step: Callable[[], None], device: torch.device, top: int = 15) 
             "top_kernels": [(e.key[:80], e.count, round(e.device_time_total / 1000, 3)) for e in events[:top]]}
 
 
-def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: int, warmup: int,
+def chosen_backends(device: torch.device) -> Dict[str, str]:
+    """op -> the backend a step on ``device`` runs, for every op with registered backends."""
+    return {op: backends.resolve(op, device).name for op in backends.OPS if backends.names(op)[1:]}
+
+
+def bench_step(model_name: str, batch: int, input_spec: str, precision: str, steps: int, warmup: int,
           device: torch.device, model_kwargs: Optional[dict] = None, compile_mode: Optional[str] = None,
           profile: bool = False, cuda_graphs: bool = False) -> dict:
     """Median training-step time (forward, backward, fused AdamW step) and what follows from it."""
@@ -270,8 +280,7 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec,
         "precision": precision, "compile": compile_mode or "none", "cuda_graphs": cuda_graphs,
-        "backends": {op: backends.resolve(op, device).name for op in backends.OPS
-                     if backends._REGISTRY[op]},
+        "backends": chosen_backends(device),
         "ms_per_step": round(ms, 2), "samples_per_s": round(1000 * batch / ms, 1),
         "model_flop_per_step": int(flops), "achieved_tflops": round(achieved, 1),
         "mfu": round(achieved / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
@@ -298,258 +307,15 @@ SUITE = [  # (model, batch, input, model kwargs, step modes): the rows of BENCHM
 ]
 
 
-# ----------------------------------------------------------------------------- kernels
-def _median_ms(fn: Callable[[], None], device: torch.device, reps: int = 50, graph: bool = True) -> float:
-    """Median device time of ``fn``. With ``graph``, the calls are replayed from a CUDA graph, so the
-    host's launch overhead (measured apart in ``host_overhead``) is left out."""
-    if device.type == "cuda":
-        import triton.testing
-
-        if graph:
-            try:
-                return float(triton.testing.do_bench_cudagraph(fn, rep=reps * 4, return_mode="median"))
-            except RuntimeError as err:  # not capturable: time launches as they come
-                print(json.dumps({"kind": "note", "cudagraph_failed": str(err).splitlines()[0]}), flush=True)
-        return float(triton.testing.do_bench(fn, warmup=25, rep=reps * 4, return_mode="median"))
-    return statistics.median(cuda_times_ms(fn, max(3, reps // 10), device))
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes per second of a large device-to-device copy (read + write)."""
-    src = torch.empty(1 << 29, dtype=torch.uint8, device=device)  # 512 MiB
-    dst = torch.empty_like(src)
-    ms = _median_ms(lambda: dst.copy_(src), device, graph=False)
-    return 2 * src.numel() / (ms / 1000)
-
-
-def exp_rate(device: torch.device) -> Optional[float]:
-    """exp2 evaluations per second of the special-function units (a register-bound Triton loop)."""
-    if device.type != "cuda":
-        return None
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def chain(out_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
-        x = tl.arange(0, BLOCK).to(tl.float32) * 1e-7 + tl.program_id(0) * 1e-9
-        y = x
-        for _ in range(ITERS):
-            x = tl.exp2(x) * -0.5
-            y += x
-        tl.store(out_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), y)
-
-    programs, block, iters = 132 * 64, 1024, 256
-    out = torch.empty(programs * block, device=device)
-    ms = _median_ms(lambda: chain[(programs,)](out, ITERS=iters, BLOCK=block, num_warps=8), device, graph=False)
-    return programs * block * iters / (ms / 1000)
-
-
-def _scan_case(b: int, d: int, n: int, length: int, device: torch.device, dtype=torch.bfloat16):
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def bld(scale=1.0):  # time-major, as the mixers pass them
-        return (torch.randn(b, length, d, generator=g) * scale).to(device, dtype).transpose(1, 2)
-
-    x = dict(u=bld(), delta=bld(0.5), A=-(torch.rand(d, n, generator=g) * 3 + 0.1).to(device),
-             B=torch.randn(b, length, n, generator=g).to(device, dtype).transpose(1, 2),
-             C=torch.randn(b, length, n, generator=g).to(device, dtype).transpose(1, 2),
-             D=torch.randn(d, generator=g).to(device), z=bld(),
-             delta_bias=(torch.randn(d, generator=g) * 0.1).to(device))
-    return x
-
-
-def _scan_fwd_bwd(x: dict, backend: str, grad_out: torch.Tensor):
-    leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
-    out = selective_scan(*leaves.values(), delta_softplus=True, backend=backend)
-    grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
-    return out, dict(zip(leaves, grads))
-
-
-def _scan_kernel_ms(x: dict, dy: torch.Tensor, device: torch.device) -> tuple:
-    """Device time of the training forward (with what it saves) and of the backward kernels."""
-    from map_core.kernels import selective_scan as ks
-
-    args = list(x.values())
-    fwd = round(_median_ms(lambda: ks.scan_forward(*args, True, False, True, False), device), 4)
-    _, ckpt, y, _ = ks.scan_forward(*args, True, False, True, False)
-    bwd = round(_median_ms(lambda: ks.scan_backward(dy, *args, ckpt, y, None, True, False), device), 4)
-    return fwd, bwd
-
-
-def scan_floor(b: int, d: int, n: int, length: int, itemsize: int = 2) -> Dict[str, float]:
-    """Fewest bytes (fwd: read u, delta, z, B, C, write y; bwd: read those and dy, write du,
-    ddelta, dz, dB, dC) and exponentials (exp(delta A) once forward, once in the recomputation)."""
-    bdl, bnl = b * d * length * itemsize, b * n * length * itemsize
-    return {"bytes": (3 * bdl + 2 * bnl + bdl) + (4 * bdl + 2 * bnl + 3 * bdl + 2 * bnl),
-            "exps": 2.0 * b * d * n * length}
-
-
-def host_overhead(device: torch.device) -> List[dict]:
-    """Microseconds of host time per call at a tiny shape (the launch cost, not the kernel's)."""
-    from map_core.kernels import causal_conv1d as kc
-    from map_core.kernels import selective_scan as ks
-
-    rows = []
-    x = _scan_case(1, 32, 16, 8, device)
-    dy = torch.randn(1, 32, 8, device=device, dtype=torch.bfloat16)
-    xc = torch.randn(1, 8, 32, device=device, dtype=torch.bfloat16).transpose(1, 2)
-    w, b = torch.randn(32, 4, device=device), torch.randn(32, device=device)
-
-    def conv_fb():
-        leaves = [xc.detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_()]
-        torch.autograd.grad(causal_conv1d(*leaves, backend="triton"), leaves, dy)
-
-    for flag in (True, False):
-        ks.EAGER_FUNCTION = kc.EAGER_FUNCTION = flag
-        for name, fn in (("scan_fwd_bwd", lambda: _scan_fwd_bwd(x, "triton", dy)), ("conv_fwd_bwd", conv_fb)):
-            for _ in range(20):
-                fn()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(200):
-                fn()
-            host_us = (time.perf_counter() - t0) / 200 * 1e6
-            torch.cuda.synchronize()
-            rows.append({"kind": "host_overhead", "op": name, "path": "autograd.Function" if flag else "custom_op",
-                         "us_per_call": round(host_us, 1)})
-            print(json.dumps(rows[-1]), flush=True)
-    ks.EAGER_FUNCTION = kc.EAGER_FUNCTION = True
-    return rows
-
-
-def kernel_report(device: torch.device, sweep: bool) -> List[dict]:
-    from map_core.kernels import selective_scan as ks
-    from pointcloud import ops
-
-    rows: List[dict] = []
-    bw, exps = copy_bandwidth(device), exp_rate(device)
-    rows.append({"kind": "ceilings", "copy_GBps": round(bw / 1e9, 1),
-                 "exp2_per_s_T": round(exps / 1e12, 3) if exps else None})
-    print(json.dumps(rows[-1]), flush=True)
-    if device.type == "cuda":
-        rows.extend(host_overhead(device))
-    cases = [("map_base", 64, 1536, 16, 196), ("map_base", 64, 1536, 16, 98), ("map_base", 128, 1536, 16, 196),
-             ("pointmap", 128, 768, 16, 129), ("pointmap", 128, 768, 16, 26)]
-    for name, b, d, n, length in cases:
-        x = _scan_case(b, d, n, length, device)
-        dy = torch.randn(b, d, length, device=device, dtype=torch.bfloat16)
-        out, grads = _scan_fwd_bwd(x, "triton", dy)
-        row = {"kind": "scan", "shape": name, "batch": b, "d_inner": d, "state": n, "length": length}
-        out_r, grads_r = _scan_fwd_bwd(x, "torch", dy)  # the reference, for the errors
-        row["rel_err"] = {k: float((v.double() - grads_r[k].double()).norm() / grads_r[k].double().norm())
-                          for k, v in grads.items()}
-        row["rel_err"]["out"] = float((out.double() - out_r.double()).norm() / out_r.double().norm())
-        del out_r, grads_r
-        if b == 64 and length == 196:
-            row["reference_fwd_bwd_ms"] = round(_median_ms(lambda: _scan_fwd_bwd(x, "torch", dy), device, 5), 2)
-        row["fwd_ms"], row["bwd_ms"] = _scan_kernel_ms(x, dy, device)
-        row["fwd_bwd_ms"] = round(row["fwd_ms"] + row["bwd_ms"], 4)
-        floor = scan_floor(b, d, n, length)
-        row["floor_bytes_ms"] = round(floor["bytes"] / bw * 1000, 4)
-        if exps:
-            row["floor_exp_ms"] = round(floor["exps"] / exps * 1000, 4)
-        row["vs_floor"] = round(row["fwd_bwd_ms"] / max(row["floor_bytes_ms"], row.get("floor_exp_ms", 0)), 2)
-        if "reference_fwd_bwd_ms" in row:
-            row["speedup_vs_reference"] = round(row["reference_fwd_bwd_ms"] / row["fwd_bwd_ms"], 1)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if sweep and name == "map_base" and b == 64 and length == 196:
-            rows.extend(kernel_sweep(x, dy, device))
-    for b, d, length in ((64, 1536, 196), (128, 768, 129)):
-        xc = torch.randn(b, length, d, device=device, dtype=torch.bfloat16).transpose(1, 2)
-        w, bias = torch.randn(d, 1, 4, device=device), torch.randn(d, device=device)
-        dyc = torch.randn(b, length, d, device=device, dtype=torch.bfloat16).transpose(1, 2)
-        row = {"kind": "conv", "batch": b, "d_inner": d, "length": length}
-        from map_core.kernels import causal_conv1d as kc
-
-        w2 = w.reshape(d, 4)
-        row["triton_fwd_ms"] = round(_median_ms(lambda: kc.conv_forward(xc, w2, bias, False), device), 4)
-        row["triton_bwd_ms"] = round(_median_ms(lambda: kc.conv_backward(dyc, xc, w2, bias, False), device), 4)
-        for backend in ("triton", "torch"):
-            def fb():
-                leaves = [xc.detach().requires_grad_(), w.detach().requires_grad_(), bias.detach().requires_grad_()]
-                with torch.autocast("cuda", dtype=torch.bfloat16):  # as in the models
-                    y = causal_conv1d(*leaves, backend=backend)
-                torch.autograd.grad(y, leaves, dyc)
-            row[f"{backend}_fwd_bwd_ms"] = round(_median_ms(fb, device), 4)
-        row["floor_bytes_ms"] = round(5 * xc.numel() * 2 / bw * 1000, 4)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    for b, npts, groups, k in ((128, 1024, 64, 32), (32, 8192, 512, 32), (128, 2048, 128, 32)):
-        pts = make_input(f"points:{npts}", b, device)
-        row = {"kind": "grouping", "batch": b, "points": npts, "groups": groups, "k": k}
-        for backend in ("triton", "torch"):
-            idx = ops.fps(pts, groups, backend=backend)
-            centres = gather_tokens(pts, idx)
-            row[f"fps_{backend}_ms"] = round(_median_ms(lambda: ops.fps(pts, groups, backend=backend), device, 10), 3)
-            row[f"knn_{backend}_ms"] = round(_median_ms(lambda: ops.knn(centres, pts, k, backend=backend), device, 10), 3)
-        row["fps_equal"] = bool(torch.equal(ops.fps(pts, groups, backend="triton"), ops.fps(pts, groups, backend="torch")))
-        centres = gather_tokens(pts, ops.fps(pts, groups, backend="torch"))
-        row["knn_equal"] = bool(torch.equal(ops.knn(centres, pts, k, backend="triton"),
-                                            ops.knn(centres, pts, k, backend="torch")))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
-
-
-def _compiled_info(kernel) -> dict:
-    """Registers and spills of the most recently compiled variant of a Triton kernel."""
-    try:
-        compiled = list(kernel.device_caches[torch.cuda.current_device()][0].values())[-1]
-        return {"regs": compiled.n_regs, "spills": compiled.n_spills}
-    except (AttributeError, IndexError, KeyError, TypeError):
-        return {}
-
-
-def _sweep(module, kind: str, configs: List[dict], measure: Callable[[], dict], kernel) -> List[dict]:
-    """Time ``measure()`` with each config's module constants set (then restore them)."""
-    names = sorted({k for cfg in configs for k in cfg})
-    saved = {k: getattr(module, k) for k in names}
-    rows = []
-    try:
-        for cfg in configs:
-            for k, v in {**saved, **cfg}.items():
-                setattr(module, k, v)
-            rows.append({"kind": kind, **cfg, **measure(), **_compiled_info(kernel)})
-            print(json.dumps(rows[-1]), flush=True)
-    finally:
-        for k, v in saved.items():
-            setattr(module, k, v)
-    return rows
-
-
-def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
-    """Block shapes of the scan and conv kernels at MAP-Base's shape (all else fixed)."""
-    from map_core.kernels import causal_conv1d as kc
-    from map_core.kernels import selective_scan as ks
-
-    # scan: channels per program = 32 x warps x channels per thread
-    rows = _sweep(ks, "scan_sweep_fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((32, 1), (64, 1), (128, 2))],
-                  lambda: {"fwd_ms": _scan_kernel_ms(x, dy, device)[0]}, ks._scan_fwd_kernel)
-    rows += _sweep(ks, "scan_sweep_bwd", [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
-                                          ((32, 1, 4), (32, 1, 2), (64, 1, 2), (64, 1, 4), (64, 2, 4))],
-                   lambda: {"bwd_ms": _scan_kernel_ms(x, dy, device)[1]}, ks._scan_bwd_kernel)
-    xc, w = x["u"], torch.randn(x["u"].shape[1], 4, device=device)
-
-    def conv_ms() -> dict:
-        return {"fwd_ms": round(_median_ms(lambda: kc.conv_forward(xc, w, x["D"], False), device), 4),
-                "bwd_ms": round(_median_ms(lambda: kc.conv_backward(dy, xc, w, x["D"], False), device), 4)}
-
-    rows += _sweep(kc, "conv_sweep", [dict(BLOCK_L=bl, BLOCK_D=bd, NUM_WARPS=nw) for bl, bd, nw in
-                                      ((16, 64, 4), (32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 8), (64, 32, 4))],
-                   conv_ms, kc._conv_bwd_kernel)
-    return rows
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a registered model, or mae_vit_base")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=positive_int, default=32)
     p.add_argument("--input", default=None, type=input_spec,
                    help="MODALITY:SIZE, e.g. image:224 or points:1024 (default: the model's at its default size)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile every repeated block (default mode, or e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
@@ -561,10 +327,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--compare", nargs="*", default=[], metavar="MODEL",
                    help="also time these models at the same batch and input (e.g. mae_vit_base)")
     p.add_argument("--suite", action="store_true", help="every row of BENCHMARKS.md's model tables")
-    p.add_argument("--kernels", action="store_true", help="the kernels against references and floors")
+    p.add_argument("--kernels", action="store_true",
+                   help="the kernels against references and floors (runs tools/benchmark_kernels.py)")
     p.add_argument("--sweep", action="store_true", help="with --kernels: block shapes of the scan and conv kernels")
     add_debug_flag(p)
     args = p.parse_args(argv)
+    if args.kernels:
+        extra = [flag for flag, given in (("--sweep", args.sweep), ("--debug", args.debug)) if given]
+        return subprocess.call([sys.executable, str(KERNELS), *extra])
     try:
         load_modalities()
     except USER_ERRORS as err:
@@ -580,12 +350,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run_benchmarks(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """The kernel report, the suite, or --model (and --compare), one JSON line per run."""
+    """The suite, or --model (and --compare), one JSON line per run."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision if device.type == "cuda" else "fp32"
-    if args.kernels:
-        kernel_report(device, args.sweep)
-        return 0
     if args.suite:
         runs = [(m, b, i, kw, "default" if mode == "compile" else None, mode == "graphs")
                 for m, b, i, kw, modes in SUITE for mode in modes]
@@ -597,8 +364,8 @@ def run_benchmarks(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         p.error("give --model, --suite or --kernels")
     for model, batch, spec, kwargs, mode, graphs in runs:
         try:
-            row = bench(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode, args.profile,
-                        graphs and device.type == "cuda")
+            row = bench_step(model, batch, spec, precision, args.steps, args.warmup, device, kwargs, mode,
+                             args.profile, graphs and device.type == "cuda")
         except torch.cuda.OutOfMemoryError as err:
             row = {"model": model, "batch": batch, "input": spec, "compile": mode or "none",
                    "error": f"out of memory: {str(err).splitlines()[0]}"}

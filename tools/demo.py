@@ -23,12 +23,15 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+try:
+    from map_core.engine.cli import render_checkpoint, train_command
+    from map_core.engine.console import positive_int
+except ModuleNotFoundError as err:  # a checkout that is not installed
+    if err.name != "map_core":
+        raise
+    sys.exit("error: the map_core package is not installed; run `pip install -e .` in the repository root")
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-import train  # noqa: E402  (tools/train.py)
-
 CONFIGS = ROOT / "configs" / "demo"
 # modality -> (pretrain config, finetune config); the configs read .cache/demo_digits, and
 # DATA_KEYS points them elsewhere when --data says so
@@ -61,7 +64,7 @@ def train_run(config: Path, exp_root: Path, exp_name: str, extra: List[str]) -> 
     # each demo recomputes its runs: replace those of an earlier demo in the same --exp-root
     argv = ["--config", str(config), "--exp-root", str(exp_root), "--exp-name", exp_name, "--overwrite"] + extra
     print(f"\n$ python tools/train.py {' '.join(argv)}", flush=True)
-    code = train.main(argv)
+    code, _ = train_command(argv)
     if code != 0:
         raise SystemExit(f"demo step failed: tools/train.py {' '.join(argv)}")
     metrics_file = exp_root / config.stem / exp_name / "metrics.jsonl"
@@ -74,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--exp-root", default="experiments/demo")
     p.add_argument("--data", default=".cache/demo_digits", help="where the demo data is built")
     p.add_argument("--quick", action="store_true", help="a few steps of each run (for tests)")
-    p.add_argument("--limit-per-class", type=int, default=None, help="build a smaller data set")
+    p.add_argument("--limit-per-class", type=positive_int, default=None, help="build a smaller data set")
     args = p.parse_args(argv)
     start = time.time()
     exp_root = Path(args.exp_root)
@@ -108,16 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def render(config: Path, ckpt: Path, out: Path, overrides: List[str]) -> None:
     """Reconstruction picture of a few test samples with the pretrained model."""
-    import visualize  # tools/visualize.py
-    from map_core.config import load_config, validate
-    from map_core.engine.checkpoint import load_checkpoint
-    from map_core.engine.tasks import build_task
-    from map_core.weights import extract_state_dict
-
-    task = build_task(validate(load_config(str(config), overrides)))
-    model = task.build_model()
-    model.load_state_dict(extract_state_dict(load_checkpoint(ckpt)))
-    visualize.visualize(model, task.build_dataset("val"), out, num=4)
+    render_checkpoint(config, ckpt, out, overrides, num=4, split="val")
 
 
 if __name__ == "__main__":

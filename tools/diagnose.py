@@ -13,6 +13,9 @@ On the ``val`` split, with one fixed mask per batch (the same for every line), p
   images: the mean of each normalised patch);
 - ``pos_norm`` / ``feature_norm``: mean L2 norm of the encoder's position embedding and of the
   token features (evaluation mode).
+
+User errors (a config that is not a pretraining one, an unreadable checkpoint) end with one
+'error: ...' line and exit code 2. Installed, this is also the command `map-diagnose`.
 """
 from __future__ import annotations
 
@@ -24,16 +27,19 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from map_core.config import load_config, validate  # noqa: E402
-from map_core.engine.checkpoint import load_checkpoint  # noqa: E402
-from map_core.engine.tasks import build_task, to_device  # noqa: E402
-from map_core.errors import UserError  # noqa: E402
-from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
-from map_core.modalities import load_modalities  # noqa: E402
-from map_core.pretrain import MAPPretrainer, Tokens  # noqa: E402
-from map_core.weights import extract_state_dict  # noqa: E402
+try:
+    from map_core.config import load_config, validate
+    from map_core.engine.cli import load_all_weights
+    from map_core.engine.console import USER_ERRORS, add_debug_flag, positive_int, report_error
+    from map_core.engine.tasks import build_task, to_device
+    from map_core.errors import ConfigError
+    from map_core.masking import gather_tokens, mask_to_indices
+    from map_core.modalities import load_modalities
+    from map_core.pretrain import MAPPretrainer, Tokens
+except ModuleNotFoundError as err:  # a checkout that is not installed
+    if err.name != "map_core":
+        raise
+    sys.exit("error: the map_core package is not installed; run `pip install -e .` in the repository root")
 
 TokenChange = Optional[Callable[[Tokens], None]]
 
@@ -47,19 +53,13 @@ def _no_encoder_pos(tok: Tokens) -> None:
 
 
 def _loss(model: MAPPretrainer, inputs: torch.Tensor, mask: Optional[torch.Tensor], change: TokenChange) -> float:
-    tokenize = model.tokenizer.forward
-
-    def changed(batch: torch.Tensor) -> Tokens:
-        tok = tokenize(batch)
-        if change is not None:
-            change(tok)
-        return tok
-
-    model.tokenizer.forward = changed
+    """The model's loss with ``change`` applied to the tokeniser's output (a forward hook)."""
+    hook = None if change is None else model.tokenizer.register_forward_hook(lambda _module, _args, tok: change(tok))
     try:
         return float(model(inputs, mask)[0])
     finally:
-        del model.tokenizer.forward  # back to the class's forward
+        if hook is not None:
+            hook.remove()
 
 
 @torch.no_grad()
@@ -90,17 +90,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a pretraining config with a dataset.val section")
     p.add_argument("--ckpt", default=None, help="pretraining checkpoint (default: random weights)")
-    p.add_argument("--batches", type=int, default=4, help="validation batches to average over")
+    p.add_argument("--batches", type=positive_int, default=4, help="validation batches to average over")
     p.add_argument("--seed", type=int, default=0, help="model init (without --ckpt) and masks")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     try:
         load_modalities()
-        task = build_task(validate(load_config(args.config, args.set)))
+        cfg = validate(load_config(args.config, args.set))
+        task = build_task(cfg)
         torch.manual_seed(args.seed)
         model = task.build_model()
+        if not isinstance(model, MAPPretrainer):
+            raise ConfigError(f"{args.config}: model.NAME '{cfg.model.NAME}' builds a {type(model).__name__}; "
+                              f"diagnose needs a pretraining config (a MAP pretraining model)")
+        if "val" not in cfg.dataset:
+            raise ConfigError(f"{args.config}: no dataset.val section; diagnose reads the validation split")
         if args.ckpt:
-            model.load_state_dict(extract_state_dict(load_checkpoint(args.ckpt)))
+            load_all_weights(model, Path(args.ckpt), cfg)
         loader = torch.utils.data.DataLoader(task.build_dataset("val"), batch_size=64, shuffle=False)
         batches = []
         for batch in loader:
@@ -108,9 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
             if len(batches) == args.batches:
                 break
-    except (UserError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report_error(err, args.debug)
     print(json.dumps({k: round(v, 5) for k, v in diagnose(model, batches, args.seed).items()}))
     return 0
 

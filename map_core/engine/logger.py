@@ -29,7 +29,8 @@ class ExperimentLogger:
         if not self.enabled:
             return
         folder.mkdir(parents=True, exist_ok=True)
-        self._file_handler = logging.FileHandler(folder / "log.txt")
+        # a message the encoding cannot hold (a file name that is not UTF-8) is written with escapes
+        self._file_handler = logging.FileHandler(folder / "log.txt", encoding="utf-8", errors="backslashreplace")
         self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(self._file_handler)
         if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:

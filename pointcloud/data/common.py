@@ -6,7 +6,9 @@ what training accepts.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import reprlib
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -18,35 +20,64 @@ from map_core.safe_pickle import restricted_load
 
 PathLike = Union[str, Path]
 
-# what unpickling an empty, truncated or garbled file raises (a refused global is an UnpicklingError)
-_BAD_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError)
-
-
 def require(path: PathLike, what: str, layout: str) -> Path:
-    """Return ``path`` if it exists, else raise a DataError showing the expected ``layout``."""
+    """Return ``path`` if it exists, else raise a DataError showing the expected ``layout`` (or, for a
+    symlink that leads nowhere, saying so)."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{what} {path} is a symlink that leads nowhere (a loop of links, or a missing target "
+                        f"'{os.readlink(path)}')")
     if not path.exists():
         raise DataError(f"{what} not found: {path}\nExpected layout:\n{layout}\n"
                         f"See datasets/README.md for downloads; run `python datasets/check_data.py`.")
     return path
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a list or names file; a DataError names the file and the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                        f"list and names files hold one plain name per line") from None
+
+
 def read_pickle(path: Path) -> Any:
     """A third-party data pickle, loaded with the restricted unpickler (Python 2 pickles included).
 
-    Raises DataError naming the file when it is empty, truncated, not a pickle, or asks for code.
+    Raises DataError naming the file when it is empty, truncated, not a pickle, asks for code, or
+    asks to build more than its size allows (``map_core.safe_pickle``).
     """
     try:
         return restricted_load(path, encoding="latin1")
-    except _BAD_PICKLE as err:
-        reason = str(err).replace(f"{path}: ", "") or type(err).__name__
+    except pickle.UnpicklingError as err:
+        reason = str(err).replace(f"{path}: ", "")
         raise DataError(f"{path}: cannot be read as a data pickle (empty, truncated or not plain data: "
-                        f"{type(err).__name__}: {reason})") from None
+                        f"{reason})") from None
+
+
+def read_label(value: Any, source: str) -> int:
+    """One sample's label as stored (an int, or an array of one number): the int; else a DataError
+    naming ``source`` (an empty label, several numbers, text, a fraction, NaN)."""
+    values = np.asarray(value).reshape(-1)
+    if values.size != 1 or values.dtype.kind not in "biuf" or not float(values[0]).is_integer():
+        raise DataError(f"{source}: expected one whole-number label, got {reprlib.repr(value)}")
+    return int(values[0])
 
 
 def check_labels(labels: Sequence[int], num_classes: int, source: str) -> np.ndarray:
-    """Labels as an int64 array, each in ``[0, num_classes)``; else a DataError naming the first bad index."""
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    """Labels as an int64 array, each a whole number in ``[0, num_classes)``; else a DataError naming
+    the first bad index (a fraction or NaN is never truncated)."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind not in "biuf":
+        raise DataError(f"{source}: expected integer labels, got values of type {labels.dtype}")
+    fractional = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels))) if labels.dtype.kind == "f" else []
+    if len(fractional):
+        i = int(fractional[0])
+        raise DataError(f"{source}: label {labels[i]:g} at index {i} is not a whole number "
+                        f"({len(fractional)} such labels)")
+    labels = labels.astype(np.int64)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
         i = int(bad[0])
@@ -74,6 +105,8 @@ def check_points(points: np.ndarray, source: str, min_points: int, channels: Tup
     points: (P, C) -> the same array as float32.
     """
     points = np.asarray(points)
+    if points.dtype.kind not in "iuf":
+        raise DataError(f"{source}: expected numeric coordinates, got values of type {points.dtype}")
     if points.ndim != 2 or points.shape[1] not in channels:
         raise DataError(f"{source}: expected points of shape (P, {' or '.join(map(str, channels))}), "
                         f"got {points.shape}")

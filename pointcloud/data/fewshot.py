@@ -5,13 +5,12 @@ import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from map_core.registry import DATASETS
 from pointcloud.data.common import (DataError, PathLike, check_labels, check_points, normalize, point_order,
-                                    read_pickle, require, require_points, sample)
+                                    read_label, read_pickle, require, require_points, sample)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class ModelNetFewShot(Dataset):
             if not isinstance(item, (list, tuple)) or len(item) < 2:
                 raise DataError(f"{self._where(i)}: expected (points, label, ...), got {type(item).__name__}")
             self.points.append(check_points(item[0], self._where(i), npoints or 1))
-            labels.append(int(np.asarray(item[1]).reshape(-1)[0]))
+            labels.append(read_label(item[1], f"{self._where(i)}, label"))
         self.labels = check_labels(labels, way, f"{self.path}, '{subset}' labels")
         logger.info("few-shot %s: %d clouds from %s", subset, len(self.points), self.path)
 

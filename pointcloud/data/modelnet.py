@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from map_core.registry import DATASETS
 from pointcloud.data.common import (DataError, PathLike, check_labels, check_points, normalize, point_order,
-                                    read_pickle, require, require_points, sample)
+                                    read_label, read_pickle, read_text, require, require_points, sample)
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class ModelNet(Dataset):
         self.root = require(data_path, "ModelNet folder", LAYOUT)
         self.npoints, self.subset, self.use_normals = npoints, subset, use_normals
         names_file = require(self.root / f"modelnet{num_category}_shape_names.txt", "ModelNet class list", LAYOUT)
-        self.classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        self.classes = [line.strip() for line in read_text(names_file).splitlines() if line.strip()]
         ids_file = require(self.root / f"modelnet{num_category}_{subset}.txt", "ModelNet split list", LAYOUT)
-        self.shape_ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+        self.shape_ids = [line.strip() for line in read_text(ids_file).splitlines() if line.strip()]
         class_index = {name: i for i, name in enumerate(self.classes)}
         self.labels = []
         for shape_id in self.shape_ids:
@@ -69,11 +69,14 @@ class ModelNet(Dataset):
             raise DataError(f"{path}: expected a pickled pair [list of point arrays, list of labels], "
                             f"got {type(content).__name__}")
         points, labels = content
+        if not all(isinstance(part, (list, tuple)) for part in content):
+            raise DataError(f"{path}: expected a pickled pair [list of point arrays, list of labels], got "
+                            f"[{type(points).__name__}, {type(labels).__name__}]")
         if not len(points) == len(labels) == len(self.shape_ids):
             raise DataError(f"{path}: {len(points)} clouds and {len(labels)} labels, but the split list has "
                             f"{len(self.shape_ids)} shapes")
         points = [check_points(p, f"{path}, item {i}", self.npoints) for i, p in enumerate(points)]
-        labels = [int(np.asarray(label).reshape(-1)[0]) for label in labels]
+        labels = [read_label(label, f"{path}, label {i}") for i, label in enumerate(labels)]
         return points, check_labels(labels, len(self.classes), f"{path}, labels").tolist()
 
     def require_points(self, needed: int, reason: str) -> None:

@@ -47,18 +47,26 @@ def first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_h5(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """(points (N, P, 3) float32, labels (N,) int64) of a ScanObjectNN file, shapes and values checked.
+    """(points (N, P, 3) float32, labels (N,) as stored) of a ScanObjectNN file, shapes and
+    coordinates checked (the labels by :func:`check_labels`).
 
     Raises DataError naming the file when it is unreadable (empty, truncated, not HDF5), lacks the
-    'data' / 'label' datasets, has the wrong shapes, or holds NaN / inf coordinates.
+    'data' / 'label' datasets (or holds groups there), has the wrong shapes, or holds NaN / inf
+    coordinates.
     """
     try:
         with h5py.File(path, "r") as f:
             missing = [key for key in ("data", "label") if key not in f]
             if missing:
                 raise DataError(f"{path}: missing h5 dataset(s) {missing}; found keys {sorted(f.keys())}")
+            groups = [key for key in ("data", "label") if not isinstance(f[key], h5py.Dataset)]
+            if groups:
+                raise DataError(f"{path}: '{groups[0]}' is an h5 {type(f[groups[0]]).__name__.lower()}, "
+                                f"expected a dataset (an array)")
+            if f["data"].dtype.kind not in "iuf":
+                raise DataError(f"{path}: 'data' holds values of type {f['data'].dtype}, expected numbers")
             points = np.asarray(f["data"], dtype=np.float32)
-            labels = np.asarray(f["label"]).astype(np.int64).reshape(-1)
+            labels = np.asarray(f["label"]).reshape(-1)
     except OSError as err:
         raise DataError(f"{path}: not a readable HDF5 file (empty or truncated?): {err}") from None
     if points.ndim != 3 or points.shape[2] != 3:

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from map_core.registry import DATASETS
-from pointcloud.data.common import (DataError, PathLike, check_points, normalize, point_order, require,
-                                    require_points, sample)
+from pointcloud.data.common import (DataError, PathLike, check_points, normalize, point_order, read_text,
+                                    require, require_points, sample)
 
 LAYOUT = """data/ShapeNet55-34/
   ShapeNet-55/train.txt, test.txt      one '<taxonomy>-<model>.npy' per line
@@ -20,7 +20,7 @@ LAYOUT = """data/ShapeNet55-34/
 def read_list(path: Path) -> List[str]:
     """Names in a ShapeNet list file, each checked to read '<taxonomy>-<model>.npy'."""
     names = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         name = line.strip()
         if not name:
             continue

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from map_core.errors import ConfigError
 from map_core.registry import DATASETS
-from pointcloud.data.common import DataError, PathLike, check_points, normalize, require
+from pointcloud.data.common import DataError, PathLike, check_points, normalize, read_text, require
 
 LAYOUT = """data/shapenetcore_partanno_segmentation_benchmark_v0_normal/
   synsetoffset2category.txt            one '<Category> <synset>' per line, e.g. 'Airplane 02691156'
@@ -67,7 +67,7 @@ def check_category_parts(category_parts: Mapping[str, Sequence[int]]) -> Dict[st
 def read_categories(path: Path) -> List[Tuple[str, str]]:
     """(category name, synset folder) per non-empty line of ``synsetoffset2category.txt``, in file order."""
     categories = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -82,7 +82,7 @@ def read_categories(path: Path) -> List[Tuple[str, str]]:
 def read_split(path: Path) -> List[Tuple[str, str]]:
     """(synset, model id) per entry 'shape_data/<synset>/<model id>' of a split list."""
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(read_text(path))
     except ValueError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(entries, list):

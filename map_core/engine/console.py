@@ -1,10 +1,12 @@
-"""What the command-line tools share: one-line errors, the console, progress bars.
+"""The console of the entry points (``tools/``, ``datasets/check_data.py``): one-line errors, log
+lines, progress bars, argument types. Only entry points call these; the rest of the library logs.
 
 User errors (``map_core.errors.UserError``: config, data, checkpoint, shape) end a tool with one
 ``error: ...`` line on stderr and exit code 2; ``--debug`` (or ``MAP_DEBUG=1``) prints the traceback
 first. Anything else is a bug and keeps Python's traceback. Progress: tqdm bars on a terminal
 (log lines go through ``tqdm.write``, so they never collide with a bar); otherwise one log line
-per loop every ``MAP_PROGRESS_SECONDS`` seconds (default 30) with the count, rate and ETA.
+per loop every ``MAP_PROGRESS_SECONDS`` seconds (default 30) with the count, rate and ETA. A text
+that the console cannot encode (a file name that is not UTF-8) is written with backslash escapes.
 """
 from __future__ import annotations
 
@@ -27,7 +29,18 @@ DEBUG_ENV = "MAP_DEBUG"
 PROGRESS_SECONDS_ENV = "MAP_PROGRESS_SECONDS"
 STEP_LOGGER = "map_core.engine.progress"  # the engine's per-step lines: log.txt only, the bar shows them
 
-log = logging.getLogger("tools.progress")
+log = logging.getLogger("map_core.engine.console")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +62,16 @@ def report_error(err: BaseException, debug: bool = False) -> int:
     """Print ``error: <message>`` (after the traceback when debugging) and return the exit code 2."""
     if debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exception(type(err), err, err.__traceback__)
+    _escape_unencodable(sys.stderr)
     print(f"error: {error_message(err)}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def _escape_unencodable(*streams: Any) -> None:
+    """Write what a stream cannot encode (e.g. the surrogates of a non-UTF-8 file name) as escapes."""
+    for stream in streams:
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 class BarSafeHandler(logging.StreamHandler):
@@ -65,6 +86,7 @@ class BarSafeHandler(logging.StreamHandler):
 
 def setup_console(bars: bool) -> None:
     """Log INFO to stdout on rank 0 (WARNING elsewhere); per-step lines stay in log.txt."""
+    _escape_unencodable(sys.stdout, sys.stderr)
     rank = int(os.environ.get("RANK", "0"))
     handler = BarSafeHandler(sys.stdout) if bars else logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
