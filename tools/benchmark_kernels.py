@@ -293,8 +293,10 @@ def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
         return {"fwd_ms": round(_median_ms(lambda: kc.conv_forward(xc, w, x["D"], False), device), 4),
                 "bwd_ms": round(_median_ms(lambda: kc.conv_backward(dy, xc, w, x["D"], False), device), 4)}
 
-    rows += _sweep(kc, "conv_sweep", [dict(BLOCK_L=bl, BLOCK_D=bd, NUM_WARPS=nw) for bl, bd, nw in
-                                      ((16, 64, 4), (32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 8), (64, 32, 4))],
+    shapes = ((16, 64, 4), (32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (8, 256, 4), (32, 32, 1),
+              (64, 32, 2))  # (steps, channels, warps) of a tile, for the forward and the backward alike
+    rows += _sweep(kc, "conv_sweep", [dict(FWD_BLOCK_L=bl, FWD_BLOCK_D=bd, FWD_WARPS=nw, BWD_BLOCK_L=bl,
+                                           BWD_BLOCK_D=bd, BWD_WARPS=nw) for bl, bd, nw in shapes],
                    conv_ms, kc._conv_bwd_kernel)
     return rows
 
