@@ -5,7 +5,8 @@ group tokeniser, the PointMAP hybrid encoder, a GELU position MLP for the decode
 ``Conv1d(trans_dim, 3 * group_size, 1)`` head (official ``increase_dim``) and the Chamfer loss on
 the masked groups. The decoder sees [visible ; masked] tokens, rows of sqrt(num_group) tokens.
 
-``pointmap_classifier`` is the official ``Mamba3D`` classifier of the PointMAP files.
+``pointmap_classifier`` (:class:`PointMAPClassifier`) is the official ``Mamba3D`` classifier of the
+PointMAP files.
 """
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ from pointcloud.convert import official_key
 from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
 
 log = logging.getLogger(__name__)
-
-
 
 
 def _point_init(m: nn.Module) -> None:
@@ -144,7 +143,9 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
 
 
 class PointMAPClassifier(LoadsPretrained, nn.Module):
-    """Official ``Mamba3D`` classifier. forward(pts (B, N, 3)) -> logits (B, cls_dim).
+    """Official ``Mamba3D`` classifier (registered as ``pointmap_classifier``; ``variant`` as in
+    :func:`pointmap_pretrain`). forward(pts (B, N, 3)) -> logits (B, num_classes) (the official
+    ``cls_dim``).
 
     Feature = [x_cls, max(x_tokens) + mean(x_tokens)] (B, 2C) after the encoder's norm. The mean is
     per sample; ``official_mean_bug=True`` adds the FIRST sample's mean to every sample, as the
@@ -152,7 +153,7 @@ class PointMAPClassifier(LoadsPretrained, nn.Module):
     """
 
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
-                 num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
+                 num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, num_classes: int = 40,
                  drop_path: float = 0.1, official_mean_bug: bool = False,
                  pointnet_width: int = 128, variant: str = "hybrid"):
         super().__init__()
@@ -165,7 +166,7 @@ class PointMAPClassifier(LoadsPretrained, nn.Module):
         self.cls_head_finetune = nn.Sequential(
             nn.Linear(2 * trans_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
-            nn.Linear(256, cls_dim))
+            nn.Linear(256, num_classes))
         trunc_normal_(self.cls_token, std=0.02)
         trunc_normal_(self.cls_pos, std=0.02)
 
@@ -194,12 +195,4 @@ class PointMAPClassifier(LoadsPretrained, nn.Module):
         return rename_keys(state_dict, partial(official_key, keep_unused_cls=True), source)
 
 
-@MODELS.register("pointmap_classifier")
-def pointmap_classifier(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
-                        num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
-                        drop_path: float = 0.1, official_mean_bug: bool = False,
-                        pointnet_width: int = 128, variant: str = "hybrid") -> PointMAPClassifier:
-    """The PointMAP hybrid classifier (official ``Mamba3D`` of the PointMAP files); ``variant`` as
-    in :func:`pointmap_pretrain`."""
-    return PointMAPClassifier(trans_dim, depth, num_heads, group_size, num_group, encoder_dims, center_local_k,
-                              cls_dim, drop_path, official_mean_bug, pointnet_width, variant)
+MODELS.register("pointmap_classifier", fn=PointMAPClassifier)

@@ -83,6 +83,11 @@ class PointGroupTokenizer(nn.Module):
         """How many tokens ``forward(pts)`` makes: the number of groups."""
         return self.num_group
 
+    @property
+    def min_points(self) -> int:
+        """The fewest points a cloud may have: one per group centre and per group member."""
+        return max(self.num_group, self.group_size)
+
     def forward(self, pts: torch.Tensor) -> Tokens:
         neighborhood, center = group_points(pts, self.num_group, self.group_size)
         return Tokens(x=self.encoder(neighborhood), pos=self.pos_embed(center), coords=center,

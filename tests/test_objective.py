@@ -3,7 +3,7 @@ show what each prediction may depend on, for both modalities."""
 import pytest
 import torch
 
-from map_core.config import load_config, validate
+from map_core.engine.schema import load_experiment
 from map_core.errors import ConfigError
 from map_core.masking import mask_to_indices
 from map_core.mixers import MambaMixer
@@ -100,7 +100,7 @@ def test_factories_raise_the_config_error_and_unknown_names():
 @pytest.mark.parametrize("config", ["configs/demo/image_pretrain.yaml", "configs/demo/pointmap_pretrain.yaml"])
 @pytest.mark.parametrize("objective", ["mae", "ar"])
 def test_objective_is_one_config_key(config, objective):
-    cfg = validate(load_config(config, [f"model.objective={objective}"]))
+    cfg = load_experiment(config, [f"model.objective={objective}"])
     from map_core.registry import MODELS as REGISTRY
 
     model = REGISTRY.build(cfg.model)

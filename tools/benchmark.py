@@ -270,8 +270,7 @@ def bench(model_name: str, batch: int, input_spec: str, precision: str, steps: i
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": model_name, "model_kwargs": model_kwargs or {}, "batch": batch, "input": input_spec,
         "precision": precision, "compile": compile_mode or "none", "cuda_graphs": cuda_graphs,
-        "backends": {op: backends.resolve(op, device).name for op in backends.OPS
-                     if backends._REGISTRY[op]},
+        "backends": {op: backends.resolve(op, device).name for op in backends.ops()},
         "ms_per_step": round(ms, 2), "samples_per_s": round(1000 * batch / ms, 1),
         "model_flop_per_step": int(flops), "achieved_tflops": round(achieved, 1),
         "mfu": round(achieved / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
@@ -542,6 +541,10 @@ def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        load_modalities()  # before the parser: each registered op is a --OP flag
+    except USER_ERRORS as err:
+        return report_error(err)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a registered model, or mae_vit_base")
     p.add_argument("--batch", type=int, default=32)
@@ -554,7 +557,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="torch.compile every repeated block (default mode, or e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
-    for op in backends.OPS:
+    for op in backends.ops():
         p.add_argument(f"--{op}", default="auto", help=f"{op} backend (auto, torch, triton, ...)")
     p.add_argument("--profile", action="store_true", help="also profile one step (kernels, host syncs)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay forward + backward from CUDA graphs")
@@ -566,11 +569,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_debug_flag(p)
     args = p.parse_args(argv)
     try:
-        load_modalities()
-    except USER_ERRORS as err:
-        return report_error(err, args.debug)
-    try:
-        backends.configure({op: getattr(args, op) for op in backends.OPS}, where="--")
+        backends.configure({op: getattr(args, op) for op in backends.ops()}, where="--")
     except (ValueError, ImportError) as err:  # an unknown or uninstalled backend
         return report_error(ConfigError(str(err)), args.debug)
     try:

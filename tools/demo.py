@@ -109,12 +109,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 def render(config: Path, ckpt: Path, out: Path, overrides: List[str]) -> None:
     """Reconstruction picture of a few test samples with the pretrained model."""
     import visualize  # tools/visualize.py
-    from map_core.config import load_config, validate
+    from map_core.engine.schema import load_experiment
     from map_core.engine.checkpoint import load_checkpoint
     from map_core.engine.tasks import build_task
     from map_core.weights import extract_state_dict
 
-    task = build_task(validate(load_config(str(config), overrides)))
+    task = build_task(load_experiment(str(config), overrides))
     model = task.build_model()
     model.load_state_dict(extract_state_dict(load_checkpoint(ckpt)))
     visualize.visualize(model, task.build_dataset("val"), out, num=4)

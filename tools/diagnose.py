@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from map_core.config import load_config, validate  # noqa: E402
+from map_core.engine.schema import load_experiment  # noqa: E402
 from map_core.engine.checkpoint import load_checkpoint  # noqa: E402
 from map_core.engine.tasks import build_task, to_device  # noqa: E402
 from map_core.errors import UserError  # noqa: E402
@@ -96,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         load_modalities()
-        task = build_task(validate(load_config(args.config, args.set)))
+        task = build_task(load_experiment(args.config, args.set))
         torch.manual_seed(args.seed)
         model = task.build_model()
         if args.ckpt:

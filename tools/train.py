@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from map_core.config import load_config, validate  # noqa: E402
+from map_core.engine.schema import load_experiment  # noqa: E402
 from map_core.engine.distributed import cleanup  # noqa: E402
 from map_core.engine.experiment import is_experiment_dir, saved_config  # noqa: E402
 from map_core.engine.run import RunOptions, run  # noqa: E402
@@ -43,6 +43,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", nargs="?", const="", default=None, help="checkpoint (default: last.pth)")
     start.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run")
+    p.add_argument("--allow-changed-config", action="store_true",
+                   help="let --resume continue with config values that differ from the checkpoint's")
     p.add_argument("--ckpt", default=None,
                    help="checkpoint or experiment folder for --test / --vote (default: best.pth)")
     p.add_argument("--test", action="store_true", help="evaluate only")
@@ -86,10 +88,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         load_modalities()
         config, exp_dir, ckpt = resolve_experiment(args, mode)
         overrides = args.set + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-        cfg = validate(load_config(config, overrides))
+        cfg = load_experiment(config, overrides)
         opts = RunOptions(exp_dir=exp_dir, finetune=args.finetune, resume=args.resume, ckpt=ckpt, mode=mode,
                           progress=progress_factory(bars) if main_rank else None, overwrite=args.overwrite,
-                          allow_partial_load=args.allow_partial_load)
+                          allow_partial_load=args.allow_partial_load, allow_changed_config=args.allow_changed_config)
         metrics = run(cfg, opts)
     except USER_ERRORS as err:
         return report_error(err, args.debug)

@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    from map_core.config import load_config, validate
+    from map_core.engine.schema import load_experiment
     from map_core.engine.tasks import build_task
 
     try:
@@ -96,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             config, ckpt = Path(args.config), Path(args.ckpt)
             ckpt = ckpt / "last.pth" if ckpt.is_dir() else ckpt
-        cfg = validate(load_config(config, args.set))
+        cfg = load_experiment(config, args.set)
         task = build_task(cfg)
         model = task.build_model()
         dataset = task.build_dataset(pick_split(cfg, args.split))

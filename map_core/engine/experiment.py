@@ -14,14 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
-from map_core.config import ExperimentConfig, config_diff
+from map_core.config import config_diff
+from map_core.engine.schema import ExperimentConfig, fold_protocols
 from map_core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 SAVED_CONFIG = "config.yaml"
 CHECKPOINT_PATTERNS = ("*.pth", "fold_*/*.pth")
-RUN_FILES = ("metrics.jsonl", "log.txt", SAVED_CONFIG, "fewshot_summary.json", "tb")
+RUN_FILES = ("metrics.jsonl", "log.txt", SAVED_CONFIG, "tb")  # and the fold protocols' summaries
 RESULT_TYPES = ("test", "val", "vote")  # metrics.jsonl rows of a finished evaluation
 
 
@@ -30,7 +31,7 @@ class ExperimentExistsError(UserError):
 
 
 def checkpoints_in(exp_dir: Path) -> List[Path]:
-    """The checkpoints of the run in ``exp_dir`` (its own and those of few-shot folds), sorted."""
+    """The checkpoints of the run in ``exp_dir`` (its own and those of its folds), sorted."""
     return sorted(p for pattern in CHECKPOINT_PATTERNS for p in Path(exp_dir).glob(pattern))
 
 
@@ -47,6 +48,11 @@ def _holds_results(metrics: Path) -> bool:
     return False
 
 
+def summary_files() -> Tuple[str, ...]:
+    """The summary file each registered fold protocol writes (``<section>_summary.json``)."""
+    return tuple(p.summary_file for p in fold_protocols())
+
+
 def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> None:
     """Before a run that does not resume: refuse a folder with checkpoints or results, or with
     ``overwrite`` delete the earlier run's checkpoints, fold folders and records (when ``remove``:
@@ -60,7 +66,7 @@ def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> 
             f"--resume, or start another with --exp-name NAME (or replace it with --overwrite)")
     if found and remove:
         log.warning("--overwrite: removing the earlier run in %s", exp_dir)
-        for path in found + [Path(exp_dir) / name for name in RUN_FILES]:
+        for path in found + [Path(exp_dir) / name for name in RUN_FILES + summary_files()]:
             if path.is_dir():
                 shutil.rmtree(path)
             else:

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError, UserError
 from map_core.registry import DATASETS, MODELS, TASKS, check_kwargs
 from map_core.engine.distributed import all_gather_objects, all_reduce_sum
 from map_core.engine.progress import ProgressFactory, tracked
+from map_core.engine.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
