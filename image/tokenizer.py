@@ -13,7 +13,7 @@ import torch.nn as nn
 from einops import rearrange
 from timm.layers import lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
 
-from map_core.pretrain import Tokens
+from map_core.tokens import Tokens
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:

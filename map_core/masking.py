@@ -79,15 +79,3 @@ def mask_to_indices(mask: torch.Tensor, n_mask: Optional[int] = None) -> Tuple[t
     # a stable sort puts visible tokens (False) first, each group in token order
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
     return order[:, : mask.shape[1] - n_mask], order[:, mask.shape[1] - n_mask:]
-
-
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Batched gather along dim 1: x (B, L, ...), idx (B, ...) int -> (B, ..., ...) with
-    ``out[b, i...] = x[b, idx[b, i...]]``; e.g. idx (B, K) -> (B, K, C), idx (B, G, k) -> (B, G, k, C).
-    ``x`` with batch 1 is broadcast over idx's batch."""
-    if x.shape[0] == 1 and idx.shape[0] > 1:
-        x = x.expand(idx.shape[0], *x.shape[1:])
-    elif x.shape[0] != idx.shape[0]:
-        raise ValueError(f"gather_tokens: batch sizes differ, x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
-    batch = torch.arange(idx.shape[0], device=idx.device).view(-1, *([1] * (idx.dim() - 1)))
-    return x[batch, idx]

@@ -19,11 +19,12 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from map_core.decoder import ARDecoder
+from map_core.decoder import ReconstructionDecoder
 from map_core.layers import xavier_init
 from map_core.losses import chamfer_distance
 from map_core.errors import ConfigError
-from map_core.masking import gather_tokens, mask_to_indices
+from map_core.masking import mask_to_indices
+from map_core.tokens import gather_tokens
 from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS
@@ -131,7 +132,7 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
     encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads,
                               variant_layout(variant, depth, trans_dim, center_local_k, num_heads))
     encoder.apply(_point_init)  # the tokeniser keeps its modules' own init, as in the classifier
-    decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, qkv_bias=False,
+    decoder = ReconstructionDecoder(trans_dim, decoder_depth, decoder_num_heads, qkv_bias=False,
                         drop_path=decoder_drop_path, pos_every_block=True)
     decoder.apply(xavier_init)
     model = PointMAP(tokenizer, encoder, decoder, position_mlp(trans_dim, nn.GELU),

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from map_core.masking import gather_tokens
+from map_core.tokens import gather_tokens
 from map_core.registry import MODELS
 from map_core.weights import LoadsPretrained, StateDict, rename_keys
 from pointcloud.blocks import PointMAPEncoder

@@ -10,8 +10,8 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from map_core.masking import gather_tokens
-from map_core.pretrain import Tokens
+from map_core.tokens import gather_tokens
+from map_core.tokens import Tokens
 from pointcloud.ops import fps, knn
 
 

@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
-from map_core.decoder import ARDecoder
+from map_core.decoder import ReconstructionDecoder
 from map_core.losses import chamfer_distance, masked_mse, nearest_sq_dist
 from map_core.masking import (
-    gather_tokens, mask_to_indices, num_masked, random_mask, truncated_normal_ratio,
+    mask_to_indices, num_masked, random_mask, truncated_normal_ratio,
 )
 from map_core.objective import row_causal_mask
+from map_core.tokens import gather_tokens
 
 
 @pytest.mark.parametrize("length,ratio", [(196, 0.5), (196, 0.3), (196, 0.7), (64, 0.6), (10, 0.0)])
@@ -83,7 +84,7 @@ def test_row_causal_mask_definition():
 def test_decoder_rows_see_only_their_row_and_earlier(block):
     torch.manual_seed(0)
     row_len, rows = 3, 4
-    dec = ARDecoder(16, 2, 4, block=block).eval()
+    dec = ReconstructionDecoder(16, 2, 4, block=block).eval()
     x = torch.randn(2, rows * row_len, 16)
     pos = torch.randn(1, rows * row_len, 16)
     rows_mask = row_causal_mask(rows * row_len, row_len)

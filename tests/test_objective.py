@@ -7,8 +7,7 @@ from map_core.engine.schema import load_experiment
 from map_core.errors import ConfigError
 from map_core.masking import mask_to_indices
 from map_core.mixers import MambaMixer
-from map_core.objective import Objective
-from pointcloud.blocks import row_causal_knn, row_cumulative_std
+from map_core.objective import Objective, RowCausal
 from pointcloud.models import pointmap_pretrain
 
 import image  # noqa: F401  (registers the image models)
@@ -61,7 +60,7 @@ def test_decoder_masks_by_hand():
     assert torch.equal(Objective("ar", 6, 2).decoder_mask(), allowed)
     assert Objective("mae", 6, 2).decoder_mask() is None
     assert Objective("ar", 6, 2).predicted_rows(1).tolist() == [[False, False, True, True, True, True]]
-    assert Objective("ar", 6, 2).encoder_row_len == 2 and Objective("map", 6, 2).encoder_row_len is None
+    assert Objective("ar", 6, 2).encoder_causality == RowCausal(2) and Objective("map", 6, 2).encoder_causality is None
 
 
 def test_map_and_mae_draw_the_same_masks():
@@ -231,13 +230,14 @@ def test_sequence_mamba_causal_mode_is_half_the_forward_scan():
 
 def test_row_causal_knn_and_std():
     center = torch.tensor([[[0.0, 0, 0], [5, 0, 0], [1, 0, 0], [0.5, 0, 0], [4, 0, 0], [2, 0, 0]]])
-    idx = row_causal_knn(center, 2, row_len=2)
+    causal = RowCausal(row_len=2)
+    idx = causal.nearest(center, 2)
     # row 0 = {0, 1}; row 1 adds {2, 3}; row 2 adds {4, 5}: nearest allowed, self first
     assert idx[0].tolist() == [[0, 1], [1, 0], [2, 3], [3, 0], [4, 1], [5, 2]]
     with pytest.raises(ValueError, match="k=3"):
-        row_causal_knn(center, 3, row_len=2)
+        causal.nearest(center, 3)
     diff = torch.randn(3, 6, 2, 5)
-    std = row_cumulative_std(diff, row_len=2)
+    std = causal.cumulative_std(diff)
     for r in range(3):
         want = diff[:, :2 * (r + 1)].std()
         torch.testing.assert_close(std[0, 2 * r:2 * r + 2, 0, 0], want.expand(2), rtol=1e-5, atol=1e-6)

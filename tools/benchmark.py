@@ -39,7 +39,7 @@ from map_core.compile import compile_blocks  # noqa: E402
 from map_core.errors import ConfigError  # noqa: E402
 from map_core.graphs import GraphedStep  # noqa: E402
 from map_core.modalities import get_modality, load_modalities, modality_of  # noqa: E402
-from map_core.masking import gather_tokens  # noqa: E402
+from map_core.tokens import gather_tokens  # noqa: E402
 from map_core.registry import MODELS, check_kwargs  # noqa: E402
 from map_core.ssm import causal_conv1d, selective_scan  # noqa: E402
 from tools.cli import USER_ERRORS, add_debug_flag, report_error  # noqa: E402

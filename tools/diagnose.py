@@ -30,7 +30,8 @@ from map_core.engine.schema import load_experiment  # noqa: E402
 from map_core.engine.checkpoint import load_checkpoint  # noqa: E402
 from map_core.engine.tasks import build_task, to_device  # noqa: E402
 from map_core.errors import UserError  # noqa: E402
-from map_core.masking import gather_tokens, mask_to_indices  # noqa: E402
+from map_core.masking import mask_to_indices  # noqa: E402
+from map_core.tokens import gather_tokens  # noqa: E402
 from map_core.modalities import load_modalities  # noqa: E402
 from map_core.pretrain import MAPPretrainer, Tokens  # noqa: E402
 from map_core.weights import extract_state_dict  # noqa: E402
@@ -70,7 +71,7 @@ def diagnose(model: MAPPretrainer, batches: List[torch.Tensor], seed: int = 0) -
     generator = torch.Generator().manual_seed(seed)
     for inputs in batches:
         tok = model.tokenizer(inputs)
-        mask = model.objective.sample_mask(len(inputs), generator=generator) if model.objective.masks else None
+        mask = model.objective.sample_mask(len(inputs), generator=generator) if model.objective.uses_mask else None
         predicted = mask_to_indices(mask if mask is not None else model.objective.predicted_rows(len(inputs)))[1]
         target = gather_tokens(tok.target, predicted)
         values = {
