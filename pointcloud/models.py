@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import partial
-from typing import List, Optional, Set, Tuple
+from typing import List, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,8 +23,6 @@ from map_core.decoder import ReconstructionDecoder
 from map_core.layers import xavier_init
 from map_core.losses import chamfer_distance
 from map_core.errors import ConfigError
-from map_core.masking import mask_to_indices
-from map_core.tokens import gather_tokens
 from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS
@@ -94,16 +92,6 @@ class PointMAP(LoadsPretrained, MAPPretrainer):
     def adapt_pretrained(self, state_dict: StateDict, source: str) -> Tuple[StateDict, List[str]]:
         """Ours or official ``Point_MAE`` names; the official encoder's unused cls token is dropped."""
         return rename_keys(state_dict, official_key, source)
-
-    def rebuilt_points(self, pred: torch.Tensor, mask: torch.Tensor,
-                       center: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rebuilt masked groups (B*M, K, 3), relative to their centres, in (sample, group) order
-        (the official ``rebuild_points``); pass ``center`` (B, G, 3) for absolute coordinates."""
-        masked = mask_to_indices(mask)[1]
-        pts = gather_tokens(pred, masked).reshape(pred.shape[0], masked.shape[1], -1, 3)
-        if center is not None:
-            pts = pts + gather_tokens(center, masked).unsqueeze(2)
-        return pts.reshape(-1, pts.shape[2], 3)
 
 
 @MODELS.register("pointmap_pretrain")

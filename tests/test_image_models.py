@@ -6,7 +6,8 @@ import timm
 import torch
 
 import image
-from image.classifier import get_cls_idx, map_classifier, variant_layout
+from image.classifier import get_cls_idx, map_classifier
+from image.models import variant_layout
 from image.convert import from_official, official_unused_numel, to_official
 from image.models import SIZES, map_pretrain
 from image.tokenizer import ImagePatchTokenizer, patchify, unpatchify

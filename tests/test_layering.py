@@ -82,3 +82,25 @@ def test_map_core_names_no_point_cloud_key():
         text = path.read_text(encoding="utf-8")
         for word in ('"fps"', '"knn"', "cls_dim", "fewshot", '"way"', '"shot"'):
             assert word not in text, f"{path.relative_to(ROOT)} names {word}"
+
+
+def test_the_torch_floor_is_stated_once_and_checked():
+    import types
+
+    import torch
+
+    import map_core
+
+    setup = (ROOT / "setup.py").read_text(encoding="utf-8")
+    assert f'"torch>={map_core.TORCH_FLOOR}"' in setup
+    assert map_core.missing_torch_apis() == []  # the installed torch has every API the code uses
+    # an older torch: no RMSNorm, no custom_op, no safe_globals (torch 2.3)
+    old = types.SimpleNamespace(nn=types.SimpleNamespace(), library=types.SimpleNamespace(),
+                                serialization=types.SimpleNamespace(add_safe_globals=None),
+                                compiler=torch.compiler)
+    assert map_core.missing_torch_apis(old) == ["torch.nn.RMSNorm", "torch.library.custom_op",
+                                                "torch.serialization.safe_globals"]
+    for api in map_core.TORCH_APIS:  # each listed API is one the code calls
+        used = any(f"torch.{api}" in p.read_text(encoding="utf-8") or f"nn.{api.split('.')[-1]}(" in
+                   p.read_text(encoding="utf-8") for p in (ROOT / "map_core").rglob("*.py") if p.name != "__init__.py")
+        assert used, api

@@ -7,31 +7,31 @@ import torch
 from map_core.decoder import ReconstructionDecoder
 from map_core.losses import chamfer_distance, masked_mse, nearest_sq_dist
 from map_core.masking import (
-    mask_to_indices, num_masked, random_mask, truncated_normal_ratio,
+    mask_to_indices, num_masked, random_mask_of_count, truncated_normal_ratio,
 )
 from map_core.objective import row_causal_mask
 from map_core.tokens import gather_tokens
 
 
 @pytest.mark.parametrize("length,ratio", [(196, 0.5), (196, 0.3), (196, 0.7), (64, 0.6), (10, 0.0)])
-def test_random_mask_counts(length, ratio):
-    m = random_mask(8, length, ratio, generator=torch.Generator().manual_seed(0))
+def test_mask_counts(length, ratio):
+    assert num_masked(length, ratio) == math.ceil(length * ratio)
+    assert num_masked(length, ratio, rounding="floor") == int(length * ratio)
+    m = random_mask_of_count(8, length, num_masked(length, ratio), generator=torch.Generator().manual_seed(0))
     assert m.dtype == torch.bool and m.shape == (8, length)
     assert (m.sum(1) == math.ceil(length * ratio)).all()
-    f = random_mask(8, length, ratio, rounding="floor")
-    assert (f.sum(1) == int(length * ratio)).all()
 
 
 def test_random_mask_is_seeded_and_varies_by_row():
-    a = random_mask(4, 50, 0.5, generator=torch.Generator().manual_seed(1))
-    b = random_mask(4, 50, 0.5, generator=torch.Generator().manual_seed(1))
-    c = random_mask(4, 50, 0.5, generator=torch.Generator().manual_seed(2))
+    a = random_mask_of_count(4, 50, 25, generator=torch.Generator().manual_seed(1))
+    b = random_mask_of_count(4, 50, 25, generator=torch.Generator().manual_seed(1))
+    c = random_mask_of_count(4, 50, 25, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not all(torch.equal(a[0], a[i]) for i in range(1, 4))
 
 
 def test_random_mask_is_uniform_over_positions():
-    m = random_mask(4000, 10, 0.3, generator=torch.Generator().manual_seed(0)).float().mean(0)
+    m = random_mask_of_count(4000, 10, 3, generator=torch.Generator().manual_seed(0)).float().mean(0)
     assert (m - 0.3).abs().max() < 0.03
 
 
