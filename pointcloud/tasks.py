@@ -127,7 +127,7 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
     def vote(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         """Accuracy with ``votes`` augmented random subsets of one FPS pool per cloud, logits averaged."""
         model.eval()
-        stats: Optional[torch.Tensor] = None
+        metrics = None
         for batch in tracked(loader, self.progress, "vote"):
             batch = to_device(batch, self.device)
             pool, labels = self._pool(batch[0]), batch[1]
@@ -138,10 +138,9 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
                     points = self.vote_augment(points)
                 with self.autocast():
                     logits = logits + self.logits(model, points).float()
-            stats = self._accumulate(stats, logits / self.votes, labels)
-        metrics = self._summarise(stats)
-        metrics["votes"] = float(self.votes)
-        return metrics
+            metrics = metrics or self.metrics(logits.shape[-1])
+            metrics.update(logits / self.votes, labels)
+        return {**(metrics or self.metrics(1)).compute(), "votes": float(self.votes)}
 
 
 @TASKS.register("point_pretrain")

@@ -302,3 +302,40 @@ def test_cuda_graph_training_matches_eager(config: Path, tmp_path: Path) -> None
 def test_cuda_graphs_on_cpu_is_a_config_error(config: Path, tmp_path: Path, capsys) -> None:
     assert train(config, tmp_path / "exp", "--set", "runtime.device=cpu", "train.cuda_graphs=true") == 2
     assert "train.cuda_graphs needs one process on a CUDA device" in capsys.readouterr().err
+
+
+def _previous_metrics(batches, num_classes: int) -> dict:
+    """ClassifyTask's hand-written accumulation before torchmetrics, kept as the oracle."""
+    stats = torch.zeros(4 + 2 * num_classes, dtype=torch.float64)
+    for logits, labels in batches:
+        top = logits.topk(min(5, num_classes), dim=-1).indices
+        hit1 = top[:, 0] == labels
+        stats[0] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        stats[1] += len(labels)
+        stats[2] += hit1.sum()
+        stats[3] += (top == labels[:, None]).any(-1).sum()
+        stats[4:4 + num_classes] += torch.bincount(labels[hit1], minlength=num_classes)
+        stats[4 + num_classes:] += torch.bincount(labels, minlength=num_classes)
+    n = stats[1].clamp(min=1)
+    correct, count = stats[4:4 + num_classes], stats[4 + num_classes:]
+    seen = count > 0
+    metrics = {"loss": (stats[0] / n).item(), "top1": (100 * stats[2] / n).item(),
+               "class_mean_acc": (100 * (correct[seen] / count[seen]).mean()).item()}
+    if num_classes >= 5:
+        metrics["top5"] = (100 * stats[3] / n).item()
+    return metrics
+
+
+@pytest.mark.parametrize("num_classes", [3, 7, 40])
+def test_torchmetrics_give_the_previous_numbers(num_classes: int) -> None:
+    from map_core.engine.tasks import ClassificationMetrics
+
+    g = torch.Generator().manual_seed(num_classes)
+    # three batches of odd sizes; the last class never occurs in the targets (but is predicted)
+    batches = [(torch.randn(b, num_classes, generator=g) * 3,
+                torch.randint(0, num_classes - 1, (b,), generator=g)) for b in (5, 17, 9)]
+    batches[0][0][:, -1] += 100
+    metrics = ClassificationMetrics(num_classes, torch.device("cpu"))
+    for logits, labels in batches:
+        metrics.update(logits, labels)
+    assert metrics.compute() == _previous_metrics(batches, num_classes)
