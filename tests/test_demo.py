@@ -2,12 +2,15 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import demo  # noqa: E402  (tools/demo.py)
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path):
     exp = tmp_path / "exp"
     assert demo.main(["--quick", "--limit-per-class", "4", "--data", str(tmp_path / "data"),

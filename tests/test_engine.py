@@ -163,6 +163,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_atomic_save_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "last.pth"
     rng = random.Random(0)
@@ -188,6 +189,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_identical_weights(config: Path, tmp_path: Path) -> None:
     dump = tmp_path / "dump"
     dump.mkdir()

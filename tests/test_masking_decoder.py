@@ -141,6 +141,7 @@ def test_chamfer_against_brute_force():
         chamfer_distance(x, y, 3)
 
 
+@pytest.mark.slow
 def test_chamfer_is_exact_and_memory_bounded_at_scale():
     """32 clouds x 2048 points in chunks: no intermediate beyond max_elems differences, and the value
     equals a brute-force cdist on a subsample; cdl1 keeps finite gradients at coincident points."""

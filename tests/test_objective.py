@@ -131,7 +131,7 @@ def test_ar_loss_covers_rows_after_the_first(modality):
         model(_inputs(modality), torch.zeros(2, 16, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("modality", ["image", "points"])
+@pytest.mark.parametrize("modality", ["image", pytest.param("points", marks=pytest.mark.slow)])
 def test_ar_prediction_of_row_r_depends_on_rows_before_r_only(modality):
     """Changing the token features of row r changes no prediction of rows <= r and changes every
     later row. The group centres of row r are where row r is predicted (the decoder's query

@@ -88,6 +88,7 @@ def pretrained(data: Path, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_test_vote(data: Path, pretrained: Path, tmp_path: Path, capsys):
     exp = tmp_path / "exp"
     scan = [f"dataset.train.root={data}/ScanObjectNN", f"dataset.val.root={data}/ScanObjectNN"]
@@ -108,6 +109,7 @@ def test_pretrain_finetune_test_vote(data: Path, pretrained: Path, tmp_path: Pat
     assert vote["votes"] == 10 and 0 <= vote["top1"] <= 100
 
 
+@pytest.mark.slow
 def test_pretrain_then_linear_svm(data: Path, pretrained: Path, tmp_path: Path, capsys):
     """svm_modelnet.yaml loads the pretraining checkpoint whole and reports the SVM accuracy."""
     exp = tmp_path / "exp"
@@ -136,6 +138,7 @@ def test_pointmap_forward_features_is_mean_and_max_of_all_tokens():
     torch.testing.assert_close(feats, torch.cat([x.mean(1), x.amax(1)], dim=-1))
 
 
+@pytest.mark.slow
 def test_fewshot_way_and_shot_set_once(data: Path, tmp_path: Path, capsys):
     """fewshot.way / shot reach every dataset section, task.num_classes and model.num_classes."""
     fewshot = [f"dataset.train.data_path={data}/ModelNetFewshot", f"dataset.val.data_path={data}/ModelNetFewshot",

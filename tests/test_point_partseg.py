@@ -174,6 +174,7 @@ def test_reader_bad_layout(tiny: Path):
         ShapeNetPart(root=tiny, split="validation")
 
 
+@pytest.mark.slow
 def test_check_data_script(tiny: Path):
     script = [sys.executable, str(REPO / "datasets" / "check_data.py"), "--root", str(tiny.parent), "--only",
               "shapenetpart"]
@@ -353,6 +354,7 @@ def test_isotropic_scale_and_shift():
 
 
 # ---------------------------------------------------------------- end to end through tools/train.py
+@pytest.mark.slow
 def test_two_epochs_finetune_from_pointmap_then_test(tmp_path: Path, capsys):
     """partseg_shapenetpart.yaml, shrunk: --finetune a PointMAP pretraining checkpoint, train two
     epochs on tiny files in the real layout, report mIoU each epoch, then --test best.pth."""
