@@ -15,9 +15,10 @@ setup(
     packages=find_packages(include=["map_core*", "image*", "pointcloud*"]) + ["map_tools"],
     package_dir={"map_tools": "tools"},  # tools/*.py, importable as map_tools.* once installed
     install_requires=[
-        "torch>=2.3",
+        "torch>=2.5",  # map_core.TORCH_APIS: nn.RMSNorm, torch.library.custom_op, serialization.safe_globals
         "torchvision>=0.18",  # DatasetFolder's allow_empty (image.data)
         "timm>=1.0.26",  # ViT Block with attn_mask, bool masks on both attention paths (map_core.layers)
+        "torchmetrics>=1.0",  # MulticlassStatScores with top_k, SumMetric (map_core.engine.tasks)
         "einops>=0.7",
         "numpy",
         "pyyaml",

@@ -30,7 +30,7 @@ from map_core.registry import MODELS, check_kwargs
 from map_core.weights import CheckpointShapeError, LoadsPretrained, StateDict, rename_keys
 
 from .convert import is_official, official_key
-from .models import SIZES, encoder_settings, variant_layout  # noqa: F401  (variant_layout re-exported)
+from .models import SIZES, encoder_settings
 from .tokenizer import ImagePatchTokenizer, resize_pos_embed
 
 log = logging.getLogger(__name__)

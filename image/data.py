@@ -20,7 +20,7 @@ import os
 from functools import lru_cache
 from itertools import groupby, islice
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import DatasetFolder, pil_loader
 
 from map_core.errors import DataError
-from map_core.registry import DATASETS
+from map_core.registry import DATASETS, check_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ class ImageNet(DatasetFolder):
     (list of (path, label)), ``targets``; ``root`` is the split folder), read with its PIL loader.
     Classes are the sorted union of the class folders of every split present under ``root``, so
     ``train`` and ``val`` share the class index; ``max_per_class`` keeps the first files (by name)
-    of each class. ``transform`` is one of ``pretrain`` | ``finetune`` | ``eval`` (see
-    ``build_image_transform``). Raises ImageFolderLayoutError, with the expected layout, when
+    of each class. ``transform`` is one of ``pretrain`` | ``finetune`` | ``eval``; the other keyword
+    arguments (``input_size``, ``crop_pct``, ...) are ``build_image_transform``'s. Raises ImageFolderLayoutError, with the expected layout, when
     ``root`` or the split is missing, has no class folders, or holds no image. The skip flags live
     in shared memory: the dataset pickles only while DataLoader workers start (fork, spawn or
     forkserver), not for ``deepcopy``.
@@ -156,18 +156,10 @@ class ImageNet(DatasetFolder):
         root: str = "data/imagenet",
         split: str = "train",
         transform: str = "eval",
-        input_size: int = 224,
-        crop_pct: float = 0.875,
-        auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
-        reprob: float = 0.25,
-        remode: str = "pixel",
-        recount: int = 1,
-        interpolation: str = "bicubic",
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        pretrain_scale: Tuple[float, float] = (0.2, 1.0),
         max_per_class: Optional[int] = None,
+        **transform_args: Any,
     ):
+        check_kwargs(build_image_transform, transform_args, f"ImageNet (the '{transform}' transform)")
         if not os.path.isdir(root):
             raise ImageFolderLayoutError(f"image dataset root '{root}' does not exist; {EXPECTED_LAYOUT}")
         split_dir = os.path.join(root, split)
@@ -179,11 +171,7 @@ class ImageNet(DatasetFolder):
         self.split, self.max_per_class, self.transform_kind = split, max_per_class, transform
         super().__init__(
             split_dir, loader=pil_loader, is_valid_file=_is_image_file,
-            transform=build_image_transform(
-                transform, input_size=input_size, crop_pct=crop_pct, auto_augment=auto_augment,
-                reprob=reprob, remode=remode, recount=recount, interpolation=interpolation,
-                mean=mean, std=std, pretrain_scale=pretrain_scale,
-            ),
+            transform=build_image_transform(transform, **transform_args),
         )
         # One byte per file in shared memory: forked / spawned DataLoader workers write to it and
         # the main process reads it (lock-free: concurrent writes all store the same value 1).

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 
-from map_core.decoder import ARDecoder
+from map_core.decoder import ReconstructionDecoder
 from map_core.encoder import HybridEncoder, matched_layout
 from map_core.layers import MambaLayer, TransformerBlock, xavier_init
 from map_core.mixers import MambaMixer
@@ -164,7 +164,7 @@ def map_pretrain(
         num_heads=num_heads, mlp_ratio=mlp_ratio or settings["mlp_ratio"], qkv_bias=True,
         block_drop_path=drop_path_rate if "M" not in layout else 0.0,
     )
-    decoder = ARDecoder(decoder_dim, decoder_depth, decoder_heads, mlp_ratio=decoder_mlp_ratio, qkv_bias=True,
+    decoder = ReconstructionDecoder(decoder_dim, decoder_depth, decoder_heads, mlp_ratio=decoder_mlp_ratio, qkv_bias=True,
                         block="dual_norm")
     model = MAPImagePretrainer(
         tokenizer=tokenizer,

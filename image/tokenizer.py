@@ -11,9 +11,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from einops import rearrange
-from timm.layers import lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import PatchEmbed, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
 
-from map_core.pretrain import Tokens
+from map_core.tokens import Tokens
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -34,20 +34,6 @@ def unpatchify(x: torch.Tensor, patch_size: int, grid: Tuple[int, int], channels
             f"{channels} channels; got {tuple(x.shape)}"
         )
     return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, p=p, q=p)
-
-
-class PatchEmbed(nn.Module):
-    """Conv patch embedding (official name ``proj``). x: (B, C, H, W) -> (B, H/p * W/p, D)."""
-
-    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        lecun_normal_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 def resize_pos_embed(pos: torch.Tensor, new_grid: Tuple[int, int], old_grid: Tuple[int, int]) -> torch.Tensor:
@@ -76,7 +62,10 @@ class ImagePatchTokenizer(nn.Module):
         self.patch_size, self.in_chans = patch_size, in_chans
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        # timm's patch embedding (official name ``proj``), any image size: the grid follows the input
+        self.patch_embed = PatchEmbed(None, patch_size, in_chans, embed_dim)
+        lecun_normal_(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
         trunc_normal_(self.pos_embed, std=0.02)
 

@@ -1,9 +1,10 @@
 """One small registry of implementations per op, chosen once per process.
 
-Ops: ``scan`` (selective scan), ``conv`` (depthwise causal conv1d + SiLU), ``fps`` and ``knn``.
-Each op module registers its implementations (``register``); the engine sets the choice from the
-config's ``runtime.backends`` (``configure``) and every call site asks ``get(op, device)``. Models
-never carry a backend argument.
+An op exists once a module registers an implementation of it (``register``): ``map_core.ssm``
+registers ``scan`` (selective scan) and ``conv`` (depthwise causal conv1d + SiLU), a modality the
+ops it owns. The engine sets the choice from the config's ``runtime.backends`` (one key per
+registered op, :func:`configure`) and every call site asks ``get(op, device)``. Models never carry
+a backend argument.
 
 ``auto`` takes the first registered ``auto`` backend that runs on the tensors' device and whose
 package is importable (the project's Triton kernels on CUDA), else the reference ``torch``
@@ -19,25 +20,12 @@ import importlib
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackendsConfig:
-    """``runtime.backends:``; per op ``auto`` or the name of a registered backend."""
-
-    scan: str = "auto"
-    conv: str = "auto"
-    fps: str = "auto"
-    knn: str = "auto"
-
-
-OPS = tuple(f.name for f in fields(BackendsConfig))
 
 
 @dataclass(frozen=True)
@@ -66,8 +54,8 @@ class Backend:
             self.interpretable and device_type == "cpu" and triton_interpreted())
 
 
-_REGISTRY: Dict[str, Dict[str, Backend]] = {op: {} for op in OPS}
-_CHOICE: Dict[str, str] = {op: "auto" for op in OPS}
+_REGISTRY: Dict[str, Dict[str, Backend]] = {}  # op -> name -> backend, in registration order
+_CHOICE: Dict[str, str] = {}  # op -> configured name; ops left out are "auto"
 _RESOLVED: Dict[Tuple[str, str, str], Backend] = {}
 
 
@@ -86,12 +74,16 @@ def triton_interpreted() -> bool:
 def register(op: str, name: str, fn: Union[Callable, str], *, package: Optional[str] = None,
              devices: Optional[Tuple[str, ...]] = ("cuda",), auto: bool = False,
              interpretable: bool = False) -> None:
-    """Add implementation ``name`` of ``op``. Registration order is ``auto``'s preference order."""
-    if op not in _REGISTRY:
-        raise ValueError(f"unknown op '{op}'; expected one of {OPS}")
-    _REGISTRY[op][name] = Backend(name, fn, package, None if devices is None else tuple(devices), auto,
+    """Add implementation ``name`` of ``op`` (the op's first registration creates it; every op needs
+    a ``torch`` reference). Registration order is ``auto``'s preference order."""
+    _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, package, None if devices is None else tuple(devices), auto,
                                   interpretable, package is None or _importable(package))
     _RESOLVED.clear()
+
+
+def ops() -> Tuple[str, ...]:
+    """Every registered op, in registration order."""
+    return tuple(_REGISTRY)
 
 
 def names(op: str) -> Tuple[str, ...]:
@@ -101,35 +93,43 @@ def names(op: str) -> Tuple[str, ...]:
 
 def _check_name(op: str, name: str, where: str) -> None:
     if op not in _REGISTRY:
-        raise ValueError(f"unknown op '{op}' in {where}; expected one of {OPS}")
+        raise ValueError(f"unknown op '{op}' in {where}; expected one of {', '.join(ops())}")
     if name != "auto" and name not in _REGISTRY[op]:
         raise ValueError(f"unknown {op} backend '{name}' in {where}; expected one of {', '.join(names(op))}")
 
 
-def configure(choices: Mapping[str, str], where: str = "runtime.backends") -> None:
-    """Set the process-wide choice per op (``{"scan": "auto", "fps": "torch", ...}``).
+def configure(choices: Mapping[str, str], where: str = "runtime.backends",
+              device: Optional[torch.device] = None) -> None:
+    """Set the process-wide choice per op (``{"scan": "auto", "conv": "torch", ...}``).
 
-    A named backend whose package is missing is an error here, at start, not at the first step.
+    A named backend whose package is missing, or (given the run's ``device``) that cannot run
+    there, is an error here, at start, not at the first step.
     """
     for op, name in choices.items():
         _check_name(op, name, f"{where}.{op}")
-        if name != "auto" and not _REGISTRY[op][name].installed:
+        backend = _REGISTRY[op].get(name)
+        if backend is None:
+            continue
+        if not backend.installed:
             raise ImportError(f"{where}.{op}: backend '{name}' needs the package "
-                              f"'{_REGISTRY[op][name].package}', which is not installed; use 'auto' or 'torch'")
+                              f"'{backend.package}', which is not installed; use 'auto' or 'torch'")
+        if device is not None and not backend.runs_on(device.type):
+            raise ValueError(f"{where}.{op}: backend '{name}' runs on {'/'.join(backend.devices)} tensors and this "
+                             f"run is on {device.type}; use 'auto' or 'torch'{_interpreter_hint(backend)}")
     _CHOICE.update(choices)
     _RESOLVED.clear()
 
 
 def choices() -> Dict[str, str]:
-    """The current choice per op (a copy)."""
-    return dict(_CHOICE)
+    """The current choice per registered op."""
+    return {op: _CHOICE.get(op, "auto") for op in _REGISTRY}
 
 
 @contextlib.contextmanager
-def using(**ops: str) -> Iterator[None]:
+def using(**chosen: str) -> Iterator[None]:
     """Temporarily choose backends, e.g. ``with using(scan="torch"): ...``."""
     before = choices()
-    configure(ops, where="backends.using")
+    configure(chosen, where="backends.using")
     try:
         yield
     finally:
@@ -138,9 +138,13 @@ def using(**ops: str) -> Iterator[None]:
         _RESOLVED.clear()
 
 
+def _interpreter_hint(backend: Backend) -> str:
+    return " (or set TRITON_INTERPRET=1 to run the Triton kernel on CPU tensors)" if backend.interpretable else ""
+
+
 def resolve(op: str, device: torch.device, name: Optional[str] = None) -> Backend:
     """The backend of ``op`` for tensors on ``device``: ``name`` if given, else the configured one."""
-    name = _CHOICE[op] if name is None else name
+    name = _CHOICE.get(op, "auto") if name is None else name
     key = (op, name, device.type)
     hit = _RESOLVED.get(key)
     if hit is not None:
@@ -157,9 +161,8 @@ def resolve(op: str, device: torch.device, name: Optional[str] = None) -> Backen
             raise ImportError(f"{op} backend '{name}' needs the package '{backend.package}', which is not "
                               f"installed; use 'auto' or 'torch'")
         if not backend.runs_on(device.type):
-            hint = " (or set TRITON_INTERPRET=1 to run the Triton kernel on CPU tensors)" if backend.interpretable else ""
             raise ValueError(f"{op} backend '{name}' runs on {'/'.join(backend.devices)} tensors, got tensors on "
-                             f"{device.type}{hint}")
+                             f"{device.type}{_interpreter_hint(backend)}")
     if isinstance(backend.fn, str):
         module, _, attr = backend.fn.partition(":")
         backend = replace(backend, fn=getattr(importlib.import_module(module), attr))
@@ -176,6 +179,5 @@ def get(op: str, device: torch.device, name: Optional[str] = None) -> Callable:
 def resolve_all(device: torch.device) -> None:
     """Resolve (and log) every registered op for ``device`` now, e.g. before ``torch.compile``
     traces the model, so tracing only reads the cache."""
-    for op, registered in _REGISTRY.items():
-        if registered:
-            resolve(op, device)
+    for op in _REGISTRY:
+        resolve(op, device)

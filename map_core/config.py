@@ -1,4 +1,4 @@
-"""YAML experiment configs: ``_base_`` inheritance, ``--set`` overrides, strict typed validation.
+"""YAML configs: ``_base_`` inheritance, ``--set`` overrides, strict validation against a schema.
 
 A config file is a YAML mapping. Any mapping in it (the whole file or one section) may say
 ``_base_: path`` or ``_base_: [path, ...]``: those files are loaded (paths relative to the including
@@ -9,73 +9,143 @@ section last (Mamba3D style)::
     dataset:
       train: {_base_: ../_base_/dataset/shapenet.yaml, others: {subset: train}}
 
+The loader knows no section by name: :func:`load_config` and :func:`validate` are handed the
+schema, a frozen dataclass whose fields are the top-level sections (the engine's is
+``map_core.engine.schema.ExperimentConfig``). A field of a schema (or of a section) is
+
+- a dataclass: a typed section; unknown keys are errors, values are coerced to the declared types
+  and checked against the range of a :func:`number` field, keys left out keep the dataclass's defaults;
+- :func:`named`: an open section ``{NAME: ..., **kwargs}`` whose keys are checked against the
+  signature of the builder registered under ``NAME``, or with ``keys`` a mapping of such sections
+  (``dataset: {train: ..., val: ...}``);
+- :func:`free`: a mapping taken as it is (``vars:``, values for YAML anchors);
+- :func:`per_key`: a mapping whose keys and values come from callables at validation time (one
+  backend per registered op);
+- :func:`optional_sections`: the extra top-level sections a callable lists (section -> dataclass),
+  collected in a dict, for the sections that plug-ins register;
+- :func:`provenance`: the file (or 'command line') that set each key;
+- any other type: a value (bool, int, float, str, Literal, Optional, Tuple, List).
+
 ``load_config`` returns the merged mapping (a :class:`Config`); every leaf key remembers the file
-that set it (``Config.provenance``). ``validate`` turns it into an :class:`ExperimentConfig`: the
-engine sections (``optimizer``, ``scheduler``, ``train``, ``runtime``) become frozen dataclasses,
-each defined beside the code that reads it and holding the only copy of its defaults (see
-:func:`engine_sections`); so do the optional top-level sections a modality adds
-(:data:`OPTIONAL_SCHEMAS`, e.g. the point clouds' ``fewshot:``, typed in ``pointcloud/fewshot.py``),
-when a config has them. The open sections (``model``, ``task``, ``dataset.<split>``: ``NAME`` plus
-the registered builder's keyword arguments) stay mappings, checked against the builder's
-signature. Errors name the key path, the file and the closest valid key. The class count is
-written once, as ``task.num_classes`` (see :func:`fill_class_count`). YAML 1.1 reads ``5e-4`` as a
-string; this loader reads it as a float.
+that set it (``Config.provenance``). Errors name the key path, the file and the closest valid key.
+YAML 1.1 reads ``5e-4`` as a string; this loader reads it as a float. A file must be UTF-8 with
+string keys, and may not expand (through YAML aliases) to more than :data:`MAX_VALUES` values.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import operator
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import yaml
 
 from map_core.errors import ConfigError
-from map_core.registry import DATASETS, MODELS, TASKS, Registry, accepted_keys, closest
-
-if TYPE_CHECKING:
-    from map_core.engine.distributed import RuntimeConfig
-    from map_core.engine.optim import OptimizerConfig, SchedulerConfig
-    from map_core.engine.trainer import TrainConfig
+from map_core.registry import Registry, accepted_keys, closest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMAND_LINE = "command line"
-SPLITS = ("train", "val", "test")
-NAMED_SECTIONS = ("model", "task", "dataset")
-FREE_SECTIONS = ("vars",)  # free-form values for YAML anchors
-CLASS_COUNT_KEYS = ("num_classes", "cls_dim")  # what model / dataset builders call the class count
+MAX_VALUES = 100_000  # values (mappings, lists and scalars) one YAML file may expand to
+METADATA = "config"  # the dataclass-field metadata key of the kinds below
 
 
-# ----------------------------------------------------------------------------- typed sections
-def engine_sections() -> Dict[str, type]:
-    """Top-level engine section -> its dataclass. Imported when called, not at module level,
-    because the engine modules import this one."""
-    from map_core.engine.distributed import RuntimeConfig
-    from map_core.engine.optim import OptimizerConfig, SchedulerConfig
-    from map_core.engine.trainer import TrainConfig
+# ----------------------------------------------------------------------------- field kinds
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number (each bound optional); a tuple's bounds hold for every item."""
 
-    return {"optimizer": OptimizerConfig, "scheduler": SchedulerConfig, "train": TrainConfig,
-            "runtime": RuntimeConfig}
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+
+    def _checks(self) -> List[Tuple[float, Callable[[float, float], bool], str]]:
+        table = ((self.ge, operator.ge, ">="), (self.gt, operator.gt, ">"), (self.le, operator.le, "<="),
+                 (self.lt, operator.lt, "<"))
+        return [(bound, test, sign) for bound, test, sign in table if bound is not None]
+
+    def holds(self, value: float) -> bool:
+        return math.isfinite(value) and all(test(value, bound) for bound, test, _ in self._checks())
+
+    def __str__(self) -> str:
+        return " and ".join(f"{sign} {bound:g}" for bound, _, sign in self._checks())
 
 
-# Optional top-level sections a modality adds (``map_core.modalities.register_folds``, e.g. the point
-# clouds' ``fewshot:``, typed in pointcloud/fewshot.py): section -> its dataclass, typed like the
-# engine sections when a config has them. map_core never imports a modality; they register here.
-OPTIONAL_SCHEMAS: Dict[str, type] = {}
+@dataclass(frozen=True)
+class Named:
+    registry: Registry
+    keys: Optional[Tuple[str, ...]] = None  # a mapping of named sections under these keys
 
 
-def top_level_keys() -> Tuple[str, ...]:
-    return NAMED_SECTIONS + tuple(engine_sections()) + tuple(OPTIONAL_SCHEMAS) + FREE_SECTIONS
+@dataclass(frozen=True)
+class Free:
+    pass
 
 
-def _source(provenance: Mapping[str, str], path: str) -> str:
+@dataclass(frozen=True)
+class PerKey:
+    keys: Callable[[], Sequence[str]]
+    values: Callable[[str], Sequence[str]]
+    default: str
+
+
+@dataclass(frozen=True)
+class OptionalSections:
+    sections: Callable[[], Mapping[str, type]]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    pass
+
+
+def number(default: Any, ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
+           lt: Optional[float] = None) -> Any:
+    """A numeric field with its range, e.g. ``lr: float = number(1e-3, gt=0)``; None (for an
+    Optional field) is always accepted."""
+    return field(default=default, metadata={METADATA: Bounds(ge, gt, le, lt)})
+
+
+def named(registry: Registry, keys: Optional[Tuple[str, ...]] = None) -> Any:
+    """A field holding an open section checked against ``registry`` (or, with ``keys``, a mapping
+    of such sections under those keys)."""
+    return field(default_factory=lambda: Config(), metadata={METADATA: Named(registry, keys)})
+
+
+def free() -> Any:
+    """A field holding a mapping taken as it is."""
+    return field(default_factory=lambda: Config(), metadata={METADATA: Free()})
+
+
+def per_key(keys: Callable[[], Sequence[str]], values: Callable[[str], Sequence[str]], default: str) -> Any:
+    """A field mapping each of ``keys()`` to one of ``values(key)`` (``default`` when left out)."""
+    return field(default_factory=dict, metadata={METADATA: PerKey(keys, values, default)})
+
+
+def optional_sections(sections: Callable[[], Mapping[str, type]]) -> Any:
+    """A field collecting the top-level sections ``sections()`` lists that a config has."""
+    return field(default_factory=dict, metadata={METADATA: OptionalSections(sections)})
+
+
+def provenance() -> Any:
+    """A field receiving the config's provenance (key path -> file)."""
+    return field(default_factory=dict, compare=False, repr=False, metadata={METADATA: Provenance()})
+
+
+def _kind(f: dataclasses.Field) -> Any:
+    return f.metadata.get(METADATA)
+
+
+def _source(provenance_map: Mapping[str, str], path: str) -> str:
     """The file (or 'command line') that set the dotted key ``path`` or the section holding it."""
     while path:
-        if path in provenance:
-            return provenance[path]
+        if path in provenance_map:
+            return provenance_map[path]
         path = path.rpartition(".")[0]
     return "<unknown>"
 
@@ -112,7 +182,7 @@ class Config(dict):
 
     def to_dict(self) -> dict:
         """A plain nested dict/list copy (for YAML and checkpoints)."""
-        return _plain(self)
+        return plain(self)
 
 
 def _wrap(value: Any) -> Any:
@@ -125,64 +195,23 @@ def _wrap(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, ExperimentConfig):
-        return value.to_dict()
+def plain(value: Any) -> Any:
+    """``value`` as plain dicts / lists: a validated schema's sections by name (its optional
+    sections at top level, empty free sections and provenance left out)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """A validated config, read by attribute: ``cfg.train.ema.enable``, ``cfg.model["NAME"]``.
-
-    ``optional`` holds the optional sections the config has (:data:`OPTIONAL_SCHEMAS`, each its
-    dataclass), read by attribute too: ``cfg.fewshot.way``; ``cfg.fewshot`` is None when the config
-    has no ``fewshot:`` section (then no folds).
-    """
-
-    task: Config
-    model: Config
-    dataset: Config
-    optimizer: OptimizerConfig
-    scheduler: SchedulerConfig
-    train: TrainConfig
-    runtime: RuntimeConfig
-    optional: Dict[str, Any] = field(default_factory=dict)
-    vars: Config = field(default_factory=Config)
-    provenance: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    def __getattr__(self, name: str) -> Any:
-        """An optional section: its dataclass, or None when the config has none of a registered one."""
-        if name.startswith("__"):  # copy / pickle probing, on instances not yet filled in too
-            raise AttributeError(name)
-        optional = self.__dict__.get("optional", {})
-        if name in optional:
-            return optional[name]
-        if name in OPTIONAL_SCHEMAS:
-            return None
-        raise AttributeError(f"'{type(self).__name__}' has no section '{name}' (optional sections "
-                             f"registered by the modalities: {', '.join(OPTIONAL_SCHEMAS) or 'none'})")
-
-    def source(self, path: str) -> str:
-        """The file (or 'command line') that set the dotted key ``path``."""
-        return _source(self.provenance, path)
-
-    def to_dict(self) -> dict:
-        """Every section as plain dicts / lists, defaults included (for config.yaml and checkpoints)."""
         out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "optional":
-                out.update((name, _plain(section)) for name, section in value.items())
-            elif f.name != "provenance" and not (f.name in FREE_SECTIONS and not value):
-                out[f.name] = _plain(value)
+        for f in dataclasses.fields(value):
+            kind, item = _kind(f), getattr(value, f.name)
+            if isinstance(kind, OptionalSections):
+                out.update((name, plain(section)) for name, section in item.items())
+            elif not isinstance(kind, Provenance) and not (isinstance(kind, Free) and not item):
+                out[f.name] = plain(item)
         return out
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 # ----------------------------------------------------------------------------- YAML reading
@@ -212,15 +241,53 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def _check_tree(node: Any, where: str, path: str, sizes: Dict[int, int], open_nodes: Set[int]) -> int:
+    """How many values ``node`` expands to (aliases counted at every use); raises on a non-string
+    key or a node that contains itself."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise ConfigError(f"{where}: '{path or '<top>'}' contains itself (a recursive YAML alias)")
+    open_nodes.add(id(node))
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    size = 1
+    for key, child in items:
+        if isinstance(node, dict) and not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r} ({type(key).__name__}) under '{path or '<top>'}': "
+                              f"config keys must be strings")
+        size += _check_tree(child, where, f"{path}[{key}]" if isinstance(node, list) else _join(path, key),
+                            sizes, open_nodes)
+        if size > MAX_VALUES:
+            raise ConfigError(f"{where}: expands to more than {MAX_VALUES:,} values (YAML aliases "
+                              f"repeating large nodes?); a config is a few hundred values")
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
 def _read_yaml(path: Path) -> dict:
+    where = _display(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{_display(path)}: invalid YAML: {err}") from None
+        raise ConfigError(f"{where}: invalid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{_display(path)}: expected a YAML mapping at top level, found {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a YAML mapping at top level, found {type(data).__name__}")
+    try:
+        _check_tree(data, where, "", {}, set())
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
     return data
 
 
@@ -257,12 +324,21 @@ def _load_file(path: Path, prefix: str, stack: Tuple[Path, ...]) -> Tuple[dict, 
     return _resolve_mapping(_read_yaml(path), prefix, path, stack + (path,))
 
 
+def _base_refs(node: dict, prefix: str, file: Path) -> List[str]:
+    """The files ``node``'s ``_base_`` names: one path or a list of paths."""
+    bases = node.get("_base_")
+    refs = [] if bases is None else [bases] if isinstance(bases, str) else bases
+    if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
+        raise ConfigError(f"{_display(file)}: '{_join(prefix, '_base_')}' must be a file path or a list of "
+                          f"file paths, got {bases!r}")
+    return refs
+
+
 def _resolve_mapping(node: dict, prefix: str, file: Path, stack: Tuple[Path, ...]) -> Tuple[dict, dict]:
     """Resolve ``_base_`` and ``others`` in ``node`` (and below); returns (data, provenance)."""
     out: dict = {}
     prov: dict = {}
-    bases = node.get("_base_") or []
-    for ref in [bases] if isinstance(bases, str) else bases:
+    for ref in _base_refs(node, prefix, file):
         base, base_prov = _load_file(_find_base(ref, file), prefix, stack)
         _merge(out, prov, base, base_prov, prefix)
     own: dict = {}
@@ -277,67 +353,89 @@ def _resolve_mapping(node: dict, prefix: str, file: Path, stack: Tuple[Path, ...
         own[key] = value
         own_prov[path] = _display(file)
     _merge(out, prov, own, own_prov, prefix)
-    if isinstance(node.get("others"), dict):
-        others, others_prov = _resolve_mapping(node["others"], prefix, file, stack)
+    others = node.get("others")
+    if others is not None and not isinstance(others, dict):
+        raise ConfigError(f"{_display(file)}: '{_join(prefix, 'others')}' must be a mapping, got {others!r}")
+    if others:
+        others, others_prov = _resolve_mapping(others, prefix, file, stack)
         _merge(out, prov, others, others_prov, prefix)
     return out, prov
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path, schema: Optional[type] = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config with its bases, then apply ``key.path=value`` overrides.
 
-    Overrides may only set keys that exist or that the section's schema / builder accepts.
-    Call :func:`validate` afterwards (once all plug-ins are imported) for full checking.
+    With a ``schema`` (a dataclass, see the module docstring) an override may only set a key that
+    the config has or that the schema (or the named section's builder) accepts; without one, any
+    key. Call :func:`validate` afterwards (once every plug-in is imported) for full checking.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found")
     data, prov = _load_file(path.resolve(), "", ())
     cfg = Config(data, prov)
-    apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides, schema)
     return cfg
 
 
-# ----------------------------------------------------------------------------- overrides
-def _section_keys(cfg: Mapping[str, Any], parts: Sequence[str]) -> Optional[set]:
-    """Keys the dataclass or builder of the section at ``parts`` accepts (None = anything)."""
-    if not parts:
-        return set(top_level_keys())
-    schema = _schema_at(parts)
-    if schema is not None:
-        return {f.name for f in dataclasses.fields(schema)}
-    node = _get(cfg, parts)
-    registry = _registry_at(parts)
-    if registry is None or not isinstance(node, Mapping) or node.get("NAME") not in registry:
-        return set()
-    keys = accepted_keys(registry.get(node["NAME"]))
-    return None if keys is None else (keys - {"cfg"}) | {"NAME"}
+# ----------------------------------------------------------------------------- the schema at a key path
+@dataclass(frozen=True)
+class _Value:
+    """A value field, not a section."""
+
+    type: Any
 
 
-def _schema_at(parts: Sequence[str]) -> Optional[type]:
-    """The dataclass of the engine or optional section at ``parts`` (e.g. ``train.ema``), or None."""
-    schema = engine_sections().get(parts[0]) or OPTIONAL_SCHEMAS.get(parts[0])
-    for part in parts[1:]:
-        if schema is None:
-            return None
-        sub = typing.get_type_hints(schema).get(part)
-        schema = sub if dataclasses.is_dataclass(sub) else None
-    return schema
+def _fields(schema: type) -> Dict[str, Tuple[Any, Any]]:
+    """name -> (type, kind) of a dataclass's fields, provenance left out."""
+    hints = typing.get_type_hints(schema)
+    return {f.name: (hints[f.name], _kind(f)) for f in dataclasses.fields(schema)
+            if not isinstance(_kind(f), Provenance)}
 
 
-def _registry_at(parts: Sequence[str]) -> Optional[Registry]:
-    if list(parts) in (["model"], ["task"]):
-        return MODELS if parts[0] == "model" else TASKS
-    if len(parts) == 2 and parts[0] == "dataset":
-        return DATASETS
+def _optional_sections(schema: type) -> Dict[str, type]:
+    return {name: sections for _, kind in _fields(schema).values() if isinstance(kind, OptionalSections)
+            for name, sections in kind.sections().items()}
+
+
+def _child(spec: Any, key: str) -> Any:
+    """What the schema declares under ``key`` of the node declared by ``spec``: a dataclass, a
+    field kind, a :class:`_Value`, or None (unknown)."""
+    if isinstance(spec, type) and dataclasses.is_dataclass(spec):
+        fields = _fields(spec)
+        if key in fields:
+            tp, kind = fields[key]
+            if isinstance(kind, OptionalSections):
+                return None
+            if kind is None or isinstance(kind, Bounds):
+                return tp if dataclasses.is_dataclass(tp) else _Value(tp)
+            return kind
+        return _optional_sections(spec).get(key)
+    if isinstance(spec, Named) and spec.keys is not None:
+        return Named(spec.registry) if key in spec.keys else None
+    if isinstance(spec, Free):
+        return spec
+    if isinstance(spec, PerKey):
+        return _Value(str) if key in spec.keys() else None
     return None
 
 
-def _get(cfg: Mapping[str, Any], parts: Sequence[str]) -> Any:
-    node: Any = cfg
-    for part in parts:
-        node = node[part]
-    return node
+def _valid_keys(spec: Any, node: Any) -> Optional[Set[str]]:
+    """Keys the node declared by ``spec`` accepts (None: anything; a builder's keyword argument
+    that holds a mapping, ``spec`` None: only the keys it has)."""
+    if isinstance(spec, type) and dataclasses.is_dataclass(spec):
+        fields = {name for name, (_, kind) in _fields(spec).items() if not isinstance(kind, OptionalSections)}
+        return fields | set(_optional_sections(spec))
+    if isinstance(spec, Named):
+        if spec.keys is not None:
+            return set(spec.keys)
+        if not isinstance(node, Mapping) or node.get("NAME") not in spec.registry:
+            return {"NAME"}
+        keys = accepted_keys(spec.registry.get(node["NAME"]))
+        return None if keys is None else (keys - {"cfg"}) | {"NAME"}
+    if isinstance(spec, PerKey):
+        return set(spec.keys())
+    return None if isinstance(spec, Free) else set()
 
 
 def _unknown_key(path: str, source: str, valid: Iterable[str]) -> ConfigError:
@@ -352,26 +450,35 @@ def _unknown_key(path: str, source: str, valid: Iterable[str]) -> ConfigError:
     return ConfigError(message)
 
 
-def apply_overrides(cfg: Config, overrides: Sequence[str]) -> None:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML); provenance 'command line'."""
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str], schema: Optional[type] = None) -> None:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML); provenance 'command line'. With a
+    ``schema``, keys are checked against it (see :func:`load_config`)."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         parts = key.split(".")
         node: Any = cfg
+        spec: Any = schema if schema is not None else Free()
         for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, Mapping) and part not in node and _schema_at(parts[: depth + 1]):
+            here = ".".join(parts[: depth + 1])
+            child = _child(spec, part)
+            if isinstance(child, _Value):
+                raise ConfigError(f"--set {item}: '{here}' is a value ({_type_name(child.type)}), not a section")
+            if part not in node:
+                if child is None:
+                    raise _unknown_key(here, COMMAND_LINE, set(node) | (_valid_keys(spec, node) or set()))
                 node[part] = Config()
-            if not isinstance(node, Mapping) or part not in node:
-                valid = node.keys() if isinstance(node, Mapping) else []
-                raise _unknown_key(".".join(parts[: depth + 1]), COMMAND_LINE, valid)
-            node = node[part]
-        if not isinstance(node, Mapping):
-            raise ConfigError(f"--set {key}: '{'.'.join(parts[:-1])}' is a value, not a section")
-        known = _section_keys(cfg, parts[:-1])
-        if parts[-1] not in node and known is not None and parts[-1] not in known:
-            raise _unknown_key(key, COMMAND_LINE, set(node) | known)
+            node, spec = node[part], child
+            if not isinstance(node, Mapping):
+                raise ConfigError(f"--set {item}: '{here}' is a value ({node!r}), not a section")
+        valid = _valid_keys(spec, node)
+        if parts[-1] not in node and valid is not None and parts[-1] not in valid:
+            raise _unknown_key(key, COMMAND_LINE, set(node) | valid)
         node[parts[-1]] = parse_value(text)
         for stale in [p for p in cfg.provenance if p.startswith(key + ".")]:
             del cfg.provenance[stale]
@@ -379,8 +486,13 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- validation
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+def _check_bounds(value: Any, limits: Optional[Bounds], where: str) -> None:
+    if limits is None or value is None:
+        return
+    for item in value if isinstance(value, tuple) else (value,):
+        if not limits.holds(item):
+            finite = "" if math.isfinite(item) else "finite and "
+            raise ConfigError(f"{where} must be {finite}{limits}, got {item!r}")
 
 
 def _coerce(value: Any, tp: Any, path: str, cfg: Config) -> Any:
@@ -424,28 +536,62 @@ def _coerce(value: Any, tp: Any, path: str, cfg: Config) -> Any:
     raise ConfigError(f"{where} expects {expected}, got {value!r} ({type(value).__name__})")
 
 
-def _validate_schema(values: Any, schema: type, path: str, cfg: Config) -> Any:
+def _validate_section(values: Any, schema: type, path: str, cfg: Config) -> Any:
     """The ``schema`` dataclass built from the mapping ``values``; keys left out keep the
     dataclass's defaults."""
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"'{path}' (set in {cfg.source(path)}) must be a mapping, got {values!r}")
-    fields = [f.name for f in dataclasses.fields(schema)]
+    fields, optional, accepted = _fields(schema), _optional_sections(schema), _valid_keys(schema, values)
     for key in values:
-        if key not in fields:
-            raise _unknown_key(_join(path, key), cfg.source(_join(path, key)), fields)
-    hints = typing.get_type_hints(schema)
-    kwargs = {}
-    for name in fields:
-        if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _validate_schema(values.get(name), hints[name], _join(path, name), cfg)
-        elif name in values:
-            kwargs[name] = _coerce(values[name], hints[name], _join(path, name), cfg)
+        if key not in accepted:
+            raise _unknown_key(_join(path, key), cfg.source(_join(path, key)), accepted)
+    kwargs: Dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        kind, item_path = _kind(f), _join(path, f.name)
+        if isinstance(kind, Provenance):
+            kwargs[f.name] = dict(cfg.provenance)
+        elif isinstance(kind, OptionalSections):
+            kwargs[f.name] = {name: _validate_section(values[name], tp, name, cfg) for name, tp in optional.items()
+                              if values.get(name) is not None}
+        elif isinstance(kind, Named):
+            kwargs[f.name] = _validate_named(values.get(f.name), kind, item_path, cfg)
+        elif isinstance(kind, Free):
+            kwargs[f.name] = values.get(f.name) or Config()
+            if not isinstance(kwargs[f.name], Mapping):
+                raise ConfigError(f"'{item_path}' (set in {cfg.source(item_path)}) must be a mapping, "
+                                  f"got {kwargs[f.name]!r}")
+        elif isinstance(kind, PerKey):
+            kwargs[f.name] = _validate_per_key(values.get(f.name), kind, item_path, cfg)
+        elif dataclasses.is_dataclass(fields[f.name][0]):
+            kwargs[f.name] = _validate_section(values.get(f.name), fields[f.name][0], item_path, cfg)
+        elif f.name in values:
+            kwargs[f.name] = _coerce(values[f.name], fields[f.name][0], item_path, cfg)
+            _check_bounds(kwargs[f.name], kind, f"'{item_path}' (set in {cfg.source(item_path)})")
     return schema(**kwargs)
 
 
-def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) -> None:
+def _validate_per_key(values: Any, spec: PerKey, path: str, cfg: Config) -> Dict[str, str]:
+    values = {} if values is None else values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"'{path}' (set in {cfg.source(path)}) must be a mapping, got {values!r}")
+    keys = list(spec.keys())
+    out = {}
+    for key, value in values.items():
+        if key not in keys:
+            raise _unknown_key(_join(path, key), cfg.source(_join(path, key)), keys)
+        choices = list(spec.values(key))
+        if value not in choices:
+            hint = closest(str(value), choices)
+            raise ConfigError(f"'{_join(path, key)}' (set in {cfg.source(_join(path, key))}) expects one of "
+                              f"{', '.join(choices)}, got {value!r}" + (f"; did you mean '{hint}'?" if hint else ""))
+    for key in keys:
+        out[key] = values.get(key, spec.default)
+    return out
+
+
+def _validate_builder_section(section: Any, registry: Registry, path: str, cfg: Config) -> Config:
     if not isinstance(section, Mapping) or "NAME" not in section:
         raise ConfigError(f"'{path}' needs a 'NAME' key naming a registered {registry.kind}"
                           f" (registered: {', '.join(registry.names()) or 'none'})")
@@ -458,9 +604,8 @@ def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) ->
             + f" (registered: {', '.join(registry.names()) or 'none'})"
         )
     builder = registry.get(name)
-    keys = accepted_keys(builder)
-    if keys is not None:
-        valid = (keys - {"cfg"}) | {"NAME"}
+    valid = _valid_keys(Named(registry), section)
+    if valid is not None:
         for key in section:
             if key not in valid:
                 raise _unknown_key(_join(path, key), cfg.source(_join(path, key)), valid)
@@ -471,60 +616,30 @@ def _validate_named(section: Any, registry: Registry, path: str, cfg: Config) ->
     for key, value in section.items():
         if hints.get(key) in (int, float, bool, str):
             section[key] = _coerce(value, hints[key], _join(path, key), cfg)
+    return section
 
 
-def fill_class_count(cfg: Config | ExperimentConfig) -> None:
-    """Write the class count once, as ``task.num_classes``: it fills the model's ``num_classes``
-    or ``cls_dim`` and each dataset's ``num_classes``, where their builders take that key. A value
-    given there as well must agree (ConfigError naming both keys and files). ``validate`` calls it;
-    so does a modality that changes the class count of a validated config (few-shot folds)."""
-    count = cfg.task.get("num_classes")
-    if count is None:
-        return
-    origin = cfg.source("task.num_classes")
-    targets = [("model", cfg.model, MODELS)] + [(f"dataset.{s}", d, DATASETS) for s, d in cfg.dataset.items()]
-    for path, section, registry in targets:
-        keys = accepted_keys(registry.get(section["NAME"]))
-        if keys is None:  # **kwargs: the key given, else (models: timm's convention) num_classes
-            keys = set(section) | ({"num_classes"} if registry is MODELS else set())
-        key = next((k for k in CLASS_COUNT_KEYS if k in keys), None)
-        if key is None:
-            continue
-        if key in section and section[key] != count:
-            raise ConfigError(
-                f"the class count is given twice: task.num_classes={count} (set in {origin}) and "
-                f"{path}.{key}={section[key]} (set in {cfg.source(f'{path}.{key}')}); give it once, as "
-                f"task.num_classes (the model's and the datasets' class counts follow it)")
-        if key not in section:
-            section[key] = count
-            cfg.provenance[f"{path}.{key}"] = f"{origin}, as task.num_classes"
+def _validate_named(section: Any, spec: Named, path: str, cfg: Config) -> Config:
+    if spec.keys is None:
+        return _validate_builder_section(section, spec.registry, path, cfg)
+    section = Config() if section is None else section
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"'{path}' (set in {cfg.source(path)}) must map {', '.join(spec.keys)} to "
+                          f"{spec.registry.kind} sections, got {section!r}")
+    for key, item in section.items():
+        if key not in spec.keys:
+            raise _unknown_key(_join(path, key), cfg.source(_join(path, key)), spec.keys)
+        _validate_builder_section(item, spec.registry, _join(path, key), cfg)
+    return section
 
 
-def validate(cfg: Config) -> ExperimentConfig:
-    """Check every key (name and type) of a loaded config; returns it typed, defaults filled.
+def validate(cfg: Config, schema: type) -> Any:
+    """Check every key (name, type, range) of a loaded config against ``schema`` (a dataclass, see
+    the module docstring); returns the ``schema`` instance, defaults filled.
 
     Raises ConfigError naming the key path, the file that set it and the closest valid key.
     """
-    for key in cfg:
-        if key not in top_level_keys():
-            raise _unknown_key(key, cfg.source(key), top_level_keys())
-    typed = {name: _validate_schema(cfg.get(name), schema, name, cfg) for name, schema in engine_sections().items()}
-    optional = {name: _validate_schema(cfg[name], schema, name, cfg) for name, schema in OPTIONAL_SCHEMAS.items()
-                if cfg.get(name) is not None}  # no fewshot: section (or fewshot: null), no folds
-    _validate_named(cfg.get("model"), MODELS, "model", cfg)
-    _validate_named(cfg.get("task"), TASKS, "task", cfg)
-    datasets = cfg.get("dataset") or Config()
-    if not isinstance(datasets, Mapping):
-        raise ConfigError(f"'dataset' (set in {cfg.source('dataset')}) must map splits to datasets")
-    for split, section in datasets.items():
-        if split not in SPLITS:
-            raise _unknown_key(f"dataset.{split}", cfg.source(f"dataset.{split}"), SPLITS)
-        _validate_named(section, DATASETS, f"dataset.{split}", cfg)
-    cfg["dataset"] = datasets
-    fill_class_count(cfg)
-    free = {name: cfg.get(name) or Config() for name in FREE_SECTIONS}
-    return ExperimentConfig(model=cfg.model, task=cfg.task, dataset=cfg.dataset, **typed, optional=optional,
-                            **free, provenance=dict(cfg.provenance))
+    return _validate_section(cfg, schema, "", cfg)
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> List[str]:
@@ -533,18 +648,18 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
     A key present on one side only shows ``<unset>`` on the other.
     """
     missing = object()
-    show = lambda value: "<unset>" if value is missing else repr(_plain(value))  # noqa: E731
+    show = lambda value: "<unset>" if value is missing else repr(plain(value))  # noqa: E731
     lines = []
     for key in list(old) + [k for k in new if k not in old]:
         path = _join(prefix, key)
         a, b = old.get(key, missing), new.get(key, missing)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             lines += config_diff(a, b, path)
-        elif a is missing or b is missing or _plain(a) != _plain(b):
+        elif a is missing or b is missing or plain(a) != plain(b):
             lines.append(f"{path}: {show(a)} -> {show(b)}")
     return lines
 
 
-def dump_config(cfg: ExperimentConfig | Mapping[str, Any], path: str | Path) -> None:
+def dump_config(cfg: Any, path: str | Path) -> None:
     """Write the config as YAML (plain types, keys in order; a validated one with every default)."""
-    Path(path).write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")
+    Path(path).write_text(yaml.safe_dump(plain(cfg), sort_keys=False), encoding="utf-8")

@@ -15,8 +15,9 @@ import torch.nn as nn
 from .layers import DualNormBlock, TransformerBlock
 
 
-class ARDecoder(nn.Module):
-    """A stack of Transformer blocks + final LayerNorm.
+class ReconstructionDecoder(nn.Module):
+    """A stack of Transformer blocks + final LayerNorm that rebuilds the tokens the loss covers,
+    for every objective: row-causal attention for ``map`` / ``ar``, full attention for ``mae``.
 
     forward(x, pos: (B, L, C), attn_mask: bool (L, L) or None) -> (B, L, C). ``pos_every_block``
     adds ``pos`` before every block (Point-MAE style) instead of once at the input (MAE / MAP 2D

@@ -20,7 +20,7 @@ import torch.nn as nn
 from .errors import ConfigError
 from .layers import MambaLayer, TransformerBlock, make_drop_path, make_norm
 from .mixers import MambaMixer
-from .objective import row_causal_mask
+from .objective import RowCausal
 
 
 def parse_layout(layout: str) -> str:
@@ -124,22 +124,20 @@ class HybridEncoder(nn.Module):
 
     def forward(
         self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, coords: Optional[torch.Tensor] = None,
-        causal_row_len: Optional[int] = None,
+        causal: Optional[RowCausal] = None,
     ) -> torch.Tensor:
         """``coords`` is accepted for interface parity with encoders that use geometry; unused.
 
-        ``causal_row_len``: when set, the output at row r (rows of that many tokens) depends on
-        input rows <= r only: Mamba layers scan forward only, Transformer blocks get the row-causal
-        attention mask (the ``ar`` objective).
+        ``causal`` (the ``ar`` objective): the output at row r depends on input rows <= r only:
+        Mamba layers scan forward only, Transformer blocks get its attention mask.
         """
         hidden = x if pos is None else x + pos
         residual = None
         outer_skip = "M" in self.layout
-        causal = causal_row_len is not None
-        attn_mask = row_causal_mask(x.shape[1], causal_row_len, x.device) if causal else None
+        attn_mask = causal.attn_mask(x.shape[1], x.device) if causal is not None else None
         for kind, i in layout_steps(self.layout):
             if kind == "M":
-                hidden, residual = self.layers[i](hidden, residual, causal=causal)
+                hidden, residual = self.layers[i](hidden, residual, causal=causal is not None)
             else:
                 out = self.blocks[i](hidden, attn_mask)
                 hidden = out + hidden if outer_skip else out

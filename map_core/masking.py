@@ -23,21 +23,6 @@ def num_masked(length: int, ratio: float, rounding: str = "ceil") -> int:
     raise ValueError(f"rounding must be 'ceil' or 'floor', got {rounding!r}")
 
 
-def random_mask(
-    batch: int,
-    length: int,
-    ratio: float,
-    generator: Optional[torch.Generator] = None,
-    device: Optional[torch.device] = None,
-    rounding: str = "ceil",
-) -> torch.Tensor:
-    """A uniformly random mask per row with exactly ``num_masked(length, ratio, rounding)`` True.
-
-    Returns bool (batch, length). Deterministic for a seeded ``generator``.
-    """
-    return random_mask_of_count(batch, length, num_masked(length, ratio, rounding), generator, device)
-
-
 def random_mask_of_count(batch: int, length: int, n_mask: int, generator: Optional[torch.Generator] = None,
                          device: Optional[torch.device] = None) -> torch.Tensor:
     """A uniformly random mask per row with exactly ``n_mask`` True. Returns bool (batch, length)."""
@@ -66,7 +51,7 @@ def mask_to_indices(mask: torch.Tensor, n_mask: Optional[int] = None) -> Tuple[t
     """Split a mask into (keep (B, L_keep), masked (B, L_mask)) index tensors, each in token order.
 
     Every row must mask the same number of tokens. ``n_mask``: that number when the caller knows
-    it (a mask from :func:`random_mask`); without it the mask is checked, which reads it on the host.
+    it (a mask from :func:`random_mask_of_count`); without it the mask is checked, which reads it on the host.
     """
     if n_mask is None:
         counts = mask.sum(dim=1)
@@ -79,15 +64,3 @@ def mask_to_indices(mask: torch.Tensor, n_mask: Optional[int] = None) -> Tuple[t
     # a stable sort puts visible tokens (False) first, each group in token order
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
     return order[:, : mask.shape[1] - n_mask], order[:, mask.shape[1] - n_mask:]
-
-
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Batched gather along dim 1: x (B, L, ...), idx (B, ...) int -> (B, ..., ...) with
-    ``out[b, i...] = x[b, idx[b, i...]]``; e.g. idx (B, K) -> (B, K, C), idx (B, G, k) -> (B, G, k, C).
-    ``x`` with batch 1 is broadcast over idx's batch."""
-    if x.shape[0] == 1 and idx.shape[0] > 1:
-        x = x.expand(idx.shape[0], *x.shape[1:])
-    elif x.shape[0] != idx.shape[0]:
-        raise ValueError(f"gather_tokens: batch sizes differ, x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
-    batch = torch.arange(idx.shape[0], device=idx.device).view(-1, *([1] * (idx.dim() - 1)))
-    return x[batch, idx]

@@ -7,8 +7,8 @@ visualiser. :func:`load_modalities` imports every package beside ``map_core`` th
 ``modality.py`` (and those named in ``$MAP_MODALITIES``); the tools then find the modality of a
 registered model with :func:`modality_of`, so a new modality touches no tool.
 
-A modality may also bring a protocol that turns one run into folds (:func:`register_folds`; the
-point clouds' ``fewshot:`` section), run by ``map_core.engine.run``.
+What a modality adds to the engine it registers there: its ops as backends (``map_core.backends``)
+and a protocol that turns one run into folds (``map_core.engine.schema.register_fold_protocol``).
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from map_core import config
-from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError
 from map_core.registry import MODELS, closest
 
@@ -30,7 +28,6 @@ MODALITY_FILE = "modality.py"
 MODALITY_ENV = "MAP_MODALITIES"  # extra modality modules, comma-separated (packages outside this folder)
 
 Draw = Callable[[Sequence[int], Path], None]  # (dataset indices, PNG path) -> the picture saved there
-FoldConfig = Callable[[ExperimentConfig, int], ExperimentConfig]  # (config, fold k) -> the config of fold k
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,6 @@ class Modality:
 
 
 MODALITIES: Dict[str, Modality] = {}
-FOLD_CONFIGS: Dict[str, FoldConfig] = {}  # optional top-level config section -> the config of one fold
 
 
 def register_modality(modality: Modality) -> Modality:
@@ -122,11 +118,3 @@ def load_modalities(root: Optional[Path] = None) -> Dict[str, Modality]:
                 raise ConfigError(f"${MODALITY_ENV} names '{name}', which cannot be imported ({err})") from None
             raise
     return dict(MODALITIES)
-
-
-def register_folds(section: str, schema: type, fold_config: FoldConfig) -> None:
-    """Accept the optional top-level config ``section`` (its keys typed by the dataclass ``schema``,
-    validated like ``train:``); the run then trains once per fold, fold k with the config
-    ``fold_config(cfg, k)`` (``map_core.engine.run``)."""
-    config.OPTIONAL_SCHEMAS[section] = schema
-    FOLD_CONFIGS[section] = fold_config

@@ -10,9 +10,9 @@ An objective fixes three things, for a sequence of ``num_tokens`` tokens in rows
 | ``ar`` | every token, row-causally: its output at row r depends on input rows <= r only | row-causal, over the latents shifted one row down | every token of rows 1..R-1 |
 
 ``ar`` is ARM-style next-row prediction, without masking. The encoder runs with
-``causal_row_len=row_len``: sequence-bidirectional Mamba mixers switch their backward scan off,
-attention blocks get the row-causal mask, and the Mamba3D local pooling takes neighbours from rows
-<= r and normalises by the spread of rows <= r (see ``pointcloud.blocks``). The decoder input at row
+``causal=RowCausal(row_len)`` (:class:`RowCausal`, the one place this rule lives): sequence-bidirectional
+Mamba mixers switch their backward scan off, attention blocks get its mask, and a modality's local
+operators (the Mamba3D local pooling) take neighbours and statistics from rows <= r only. The decoder input at row
 r is the latent of row r - 1 (row 0 holds mask tokens), plus the decoder position of row r, so with
 the row-causal decoder mask the prediction of row r is a function of the tokens of rows < r and of
 the positions of row r (where to predict: patch positions, group centres, as for the masked tokens
@@ -44,6 +44,46 @@ def row_causal_mask(length: int, row_len: int, device: Optional[torch.device] = 
         raise ValueError(f"row_len must be positive, got {row_len}")
     row = torch.arange(length, device=device) // row_len
     return row[None, :] <= row[:, None]
+
+
+@dataclass(frozen=True)
+class RowCausal:
+    """What ``ar`` asks of an encoder, as one unit: its output at row r (rows of ``row_len``
+    consecutive tokens) depends on input rows <= r only. Every part that mixes tokens asks it:
+    attention takes :meth:`attn_mask`, a Mamba mixer scans one way, and local operators use
+    :meth:`nearest` and :meth:`cumulative_std` in place of their all-token versions."""
+
+    row_len: int
+
+    def attn_mask(self, length: int, device: Optional[torch.device] = None) -> torch.Tensor:
+        """bool (length, length), True = may attend (:func:`row_causal_mask`)."""
+        return row_causal_mask(length, self.row_len, device)
+
+    def nearest(self, coords: torch.Tensor, k: int) -> torch.Tensor:
+        """The k nearest tokens of each token among those of its own and earlier rows.
+
+        coords: (B, L, D) -> indices (B, L, k), nearest first (ties to the lower index). Needs
+        k <= row_len (the first row has row_len candidates).
+        """
+        if k > self.row_len:
+            raise ValueError(f"row-causal kNN: k={k} neighbours, but the first row has only {self.row_len} tokens")
+        dist = ((coords.unsqueeze(2) - coords.unsqueeze(1)) ** 2).sum(-1)  # (B, L, L)
+        dist = dist.masked_fill(~self.attn_mask(coords.shape[1], coords.device), float("inf"))
+        return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
+
+    def cumulative_std(self, x: torch.Tensor) -> torch.Tensor:
+        """Per row r, the unbiased std of every entry of ``x`` in rows <= r (over the whole batch).
+
+        x: (B, L, ...) -> (1, L, 1, ...). For the last row it is ``x.std()``.
+        """
+        b, length = x.shape[:2]
+        rows = length // self.row_len
+        values = x.float().reshape(b, rows, -1).transpose(0, 1).reshape(rows, -1)
+        count = torch.arange(1, rows + 1, device=x.device, dtype=torch.float32) * values.shape[1]
+        total, squares = values.sum(1).cumsum(0), values.pow(2).sum(1).cumsum(0)
+        var = (squares - total.pow(2) / count) / (count - 1)
+        std = var.clamp_min(0).sqrt().repeat_interleave(self.row_len)
+        return std.view(1, length, *[1] * (x.dim() - 2)).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -93,18 +133,18 @@ class Objective:
         return self.num_tokens // self.row_len
 
     @property
-    def masks(self) -> bool:
+    def uses_mask(self) -> bool:
         """True when the encoder sees a random subset (``map``, ``mae``); False for ``ar``."""
         return self.name != "ar"
 
     @property
-    def encoder_row_len(self) -> Optional[int]:
-        """The ``causal_row_len`` the encoder runs with: ``row_len`` for ``ar``, else None."""
-        return self.row_len if self.name == "ar" else None
+    def encoder_causality(self) -> Optional[RowCausal]:
+        """The rule the encoder runs under: :class:`RowCausal` for ``ar``, None (all tokens) else."""
+        return RowCausal(self.row_len) if self.name == "ar" else None
 
     def sample_num_masked(self, generator: Optional[torch.Generator] = None) -> int:
         """How many tokens this step masks: one ratio per step (fixed, or drawn on the host)."""
-        if not self.masks:
+        if not self.uses_mask:
             raise ValueError(f"objective '{self.name}' does not mask tokens")
         ratio = self.mask_ratio
         if self.mask_ratio_std > 0:

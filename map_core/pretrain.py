@@ -4,8 +4,9 @@ A modality supplies five parts:
 
 - ``tokenizer(inputs) -> Tokens``: token features, encoder positions, token coordinates and the
   per-token reconstruction target (image patches, point groups);
-- ``encoder(x, pos, coords, causal_row_len=None) -> (B, L', C)``; with ``causal_row_len`` its
-  output at row r may depend on input rows <= r only (used by ``ar``);
+- ``encoder(x, pos, coords, causal=None) -> (B, L', C)``; with ``causal``, a
+  :class:`map_core.objective.RowCausal`, its output at row r may depend on input rows <= r only
+  (used by ``ar``);
 - ``decoder_pos(coords) -> (B or 1, L, C_dec)``: the decoder's position embedding;
 - ``head`` (C_dec -> P) and ``loss_fn(pred, target)`` on the predicted tokens;
 - ``objective``: a :class:`map_core.objective.Objective` (``map`` | ``mae`` | ``ar``).
@@ -17,25 +18,15 @@ applies to that order. ``ar`` has no masked tokens: its decoder sees token order
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .decoder import ARDecoder
-from .masking import gather_tokens, mask_to_indices
+from .decoder import ReconstructionDecoder
+from .masking import mask_to_indices
 from .objective import Objective
-
-
-@dataclass
-class Tokens:
-    """What a tokeniser hands to the pretraining module."""
-
-    x: torch.Tensor  # (B, L, C) token features
-    pos: torch.Tensor  # (B or 1, L, C) encoder position embedding
-    coords: Optional[torch.Tensor]  # (B, L, D) token positions in input space, or None
-    target: torch.Tensor  # (B, L, ...) what each token's reconstruction should equal
+from .tokens import Tokens, gather_tokens
 
 
 class MAPPretrainer(nn.Module):
@@ -49,7 +40,7 @@ class MAPPretrainer(nn.Module):
         self,
         tokenizer: nn.Module,
         encoder: nn.Module,
-        decoder: ARDecoder,
+        decoder: ReconstructionDecoder,
         decoder_pos: nn.Module,
         head: nn.Module,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -76,7 +67,7 @@ class MAPPretrainer(nn.Module):
     def graph_static_args(self, inputs: torch.Tensor) -> dict:
         """The host-drawn part of a step, fixed in a captured CUDA graph (``map_core.graphs``): the
         number of masked tokens. The mask itself is drawn on the device, anew at every replay."""
-        return {"n_mask": self.objective.sample_num_masked()} if self.objective.masks else {}
+        return {"n_mask": self.objective.sample_num_masked()} if self.objective.uses_mask else {}
 
     def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Frozen features for a linear probe / SVM: every token encoded (no mask, not causal),
@@ -114,7 +105,7 @@ class MAPPretrainer(nn.Module):
         r - 1 (row 0 holds mask tokens) and the row-causal decoder mask hides later rows.
         """
         b, row_len = tok.x.shape[0], self.objective.row_len
-        latent = self.encoder(tok.x, tok.pos, tok.coords, causal_row_len=row_len)
+        latent = self.encoder(tok.x, tok.pos, tok.coords, causal=self.objective.encoder_causality)
         d = self.decoder_embed(latent)
         seq = torch.cat([self.mask_token.to(d.dtype).expand(b, row_len, -1), d[:, :-row_len]], dim=1)
         dpos = self.decoder_pos(tok.coords).expand(b, -1, -1)
@@ -127,27 +118,27 @@ class MAPPretrainer(nn.Module):
         n_mask: how many tokens a mask drawn here masks (default: drawn per step on the host, see
         ``Objective.sample_num_masked``). No step reads a device value back on the host.
 
-        Returns (loss, pred (B, L, P) in token order, predicted (B, L)): ``predicted`` marks the
-        tokens the loss covers (the masked tokens; for ``ar`` rows 1..R-1).
+        Returns (loss, pred (B, L, P) in token order, mask bool (B, L)): True for the tokens the loss
+        covers, the masked ones (``map`` / ``mae``: the mask given or drawn) or rows 1..R-1 (``ar``).
         """
         tok = self.tokenizer(inputs)
         b, length = tok.x.shape[:2]
         if length != self.objective.num_tokens:
             raise ValueError(f"the tokeniser gave {length} tokens; the objective was built for "
                              f"{self.objective.num_tokens}")
-        if not self.objective.masks:
+        if not self.objective.uses_mask:
             if mask is not None:
                 raise ValueError(f"objective '{self.objective.name}' does not take a mask")
             pred = self.forward_next_rows(tok)
             mask = self.objective.predicted_rows(b, tok.x.device)
-            predicted = mask_to_indices(mask, self.objective.num_tokens - self.objective.row_len)[1]
+            covered = mask_to_indices(mask, self.objective.num_tokens - self.objective.row_len)[1]
         else:
             if mask is None:
                 n_mask = self.objective.sample_num_masked() if n_mask is None else n_mask
                 mask = self.objective.mask_of_count(b, n_mask, tok.x.device)
             elif mask.shape != (b, length):
                 raise ValueError(f"mask must have shape {(b, length)}, got {tuple(mask.shape)}")
-            keep, predicted = mask_to_indices(mask.to(tok.x.device), n_mask)
-            pred = self.forward_decoder(self.forward_encoder(tok, keep), tok, keep, predicted)
-        loss = self.loss_fn(gather_tokens(pred, predicted), gather_tokens(tok.target, predicted))
+            keep, covered = mask_to_indices(mask.to(tok.x.device), n_mask)
+            pred = self.forward_decoder(self.forward_encoder(tok, keep), tok, keep, covered)
+        loss = self.loss_fn(gather_tokens(pred, covered), gather_tokens(tok.target, covered))
         return loss, pred, mask

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from map_core.compile import repeated_block
 from map_core.encoder import layout_steps, matched_layout, official_layout, parse_layout
 from map_core.layers import TransformerBlock, make_drop_path
-from map_core.masking import gather_tokens
+from map_core.tokens import gather_tokens
 from map_core.mixers import MambaMixer
-from map_core.objective import row_causal_mask
+from map_core.objective import RowCausal
 from pointcloud.ops import knn
 
 
@@ -33,7 +33,8 @@ class LocalNorm(nn.Module):
     centre: (B, G, 3), x: (B, G, C) -> (B, G, k, 2C): ``[(x_j - x_i) / (std + 1e-5), x_i]`` over
     the k nearest centres j of each centre i (i itself included), then the affine
     ``alpha * . + beta``. ``std`` is the unbiased std of the whole (B, G, k, C) difference tensor,
-    one scalar for the batch (official K_Norm).
+    one scalar for the batch (official K_Norm). With ``causal`` (``ar``) the neighbours come from
+    rows <= the centre's row and row r's std from rows <= r (:class:`map_core.objective.RowCausal`).
     """
 
     def __init__(self, dim: int, k: int):
@@ -42,46 +43,12 @@ class LocalNorm(nn.Module):
         self.affine_alpha_feat = nn.Parameter(torch.ones(1, 1, 1, 2 * dim))
         self.affine_beta_feat = nn.Parameter(torch.zeros(1, 1, 1, 2 * dim))
 
-    def forward(self, center: torch.Tensor, x: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
-        """``causal_row_len``: neighbours come from rows <= the token's row and the std of row r is
-        that of the differences of rows <= r (:func:`row_causal_knn`, :func:`row_cumulative_std`)."""
-        if causal_row_len is None:
-            idx = knn(center, center, self.k)  # (B, G, k)
-            diff = gather_tokens(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
-            diff = diff / (diff.std() + 1e-5)
-        else:
-            idx = row_causal_knn(center, self.k, causal_row_len)
-            diff = gather_tokens(x, idx) - x.unsqueeze(2)
-            diff = diff / (row_cumulative_std(diff, causal_row_len) + 1e-5)
+    def forward(self, center: torch.Tensor, x: torch.Tensor, causal: Optional[RowCausal] = None) -> torch.Tensor:
+        idx = knn(center, center, self.k) if causal is None else causal.nearest(center, self.k)  # (B, G, k)
+        diff = gather_tokens(x, idx) - x.unsqueeze(2)  # (B, G, k, C)
+        diff = diff / ((diff.std() if causal is None else causal.cumulative_std(diff)) + 1e-5)
         feat = torch.cat([diff, x.unsqueeze(2).expand_as(diff)], dim=-1)
         return self.affine_alpha_feat * feat + self.affine_beta_feat
-
-
-def row_causal_knn(center: torch.Tensor, k: int, row_len: int) -> torch.Tensor:
-    """The k nearest centres of each centre among those of its own and earlier rows.
-
-    center: (B, G, 3) -> indices (B, G, k), nearest first (ties to the lower index), rows of
-    ``row_len`` consecutive centres. Needs k <= row_len (the first row has row_len candidates).
-    """
-    g = center.shape[1]
-    if k > row_len:
-        raise ValueError(f"row-causal kNN: k={k} neighbours, but the first row has only {row_len} centres")
-    dist = ((center.unsqueeze(2) - center.unsqueeze(1)) ** 2).sum(-1)  # (B, G, G)
-    dist = dist.masked_fill(~row_causal_mask(g, row_len, center.device), float("inf"))
-    return torch.sort(dist, dim=-1, stable=True).indices[..., :k]
-
-
-def row_cumulative_std(diff: torch.Tensor, row_len: int) -> torch.Tensor:
-    """Per row r, the unbiased std of every entry of ``diff`` in rows <= r (the whole batch).
-
-    diff: (B, G, k, C) -> (1, G, 1, 1). For the last row it is ``diff.std()``.
-    """
-    b, g, k, c = diff.shape
-    rows = diff.float().reshape(b, g // row_len, row_len * k * c).transpose(0, 1).reshape(g // row_len, -1)
-    count = torch.arange(1, g // row_len + 1, device=diff.device, dtype=torch.float32) * rows.shape[1]
-    total, squares = rows.sum(1).cumsum(0), rows.pow(2).sum(1).cumsum(0)
-    var = (squares - total.pow(2) / count) / (count - 1)
-    return var.clamp_min(0).sqrt().repeat_interleave(row_len).view(1, g, 1, 1).to(diff.dtype)
 
 
 class LocalNormPool(nn.Module):
@@ -99,13 +66,13 @@ class LocalNormPool(nn.Module):
         self.mlp = nn.ModuleDict({"share_mlp": nn.Conv1d(2 * dim, dim, 1)})
         self.act = nn.SiLU()
 
-    def forward(self, center: torch.Tensor, x: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
+    def forward(self, center: torch.Tensor, x: torch.Tensor, causal: Optional[RowCausal] = None) -> torch.Tensor:
         g, length = center.shape[1], x.shape[1]
         if length not in (g, g + 1):
             raise ValueError(f"LNP: {length} tokens for {g} centres; expected {g} (no cls) or {g + 1} (cls first)")
         cls = x[:, :1] if length == g + 1 else None
         tokens = x[:, 1:] if cls is not None else x
-        feat = self.lga(center, tokens, causal_row_len)  # (B, G, k, 2C)
+        feat = self.lga(center, tokens, causal)  # (B, G, k, 2C)
         pooled = (torch.softmax(feat, dim=2) * feat).sum(dim=2)  # (B, G, 2C)
         share = self.mlp["share_mlp"]
         out = self.act(F.linear(self.pre_norm_ft(pooled), share.weight.squeeze(-1), share.bias))
@@ -135,16 +102,14 @@ class Mamba3DBlock(nn.Module):
             raise ValueError(f"mixer must be a layout letter, 'M' (Mamba) or 'T' (Transformer), got {mixer!r}")
         self.drop_path = make_drop_path(drop_path, in_schedule)
 
-    def forward(self, x: torch.Tensor, center: torch.Tensor, causal_row_len: Optional[int] = None) -> torch.Tensor:
-        """``causal_row_len``: the output at row r depends on rows <= r only (LNP neighbours and std
-        from rows <= r, row-causal attention; the channel-flip Mamba scans forward already)."""
-        x = x + self.drop_path(self.lfa(center, self.norm1(x), causal_row_len))
-        if causal_row_len is None:
-            return x + self.drop_path(self.mixer(self.norm2(x)))
+    def forward(self, x: torch.Tensor, center: torch.Tensor, causal: Optional[RowCausal] = None) -> torch.Tensor:
+        """``causal`` (``ar``): the output at row r depends on rows <= r only (LNP neighbours and std
+        from rows <= r, its attention mask; the channel-flip Mamba scans forward already)."""
+        x = x + self.drop_path(self.lfa(center, self.norm1(x), causal))
         if isinstance(self.mixer, TransformerBlock):
-            mixed = self.mixer(self.norm2(x), row_causal_mask(x.shape[1], causal_row_len, x.device))
+            mixed = self.mixer(self.norm2(x), None if causal is None else causal.attn_mask(x.shape[1], x.device))
         else:
-            mixed = self.mixer(self.norm2(x), causal=True)
+            mixed = self.mixer(self.norm2(x), causal=causal is not None)
         return x + self.drop_path(mixed)
 
 
@@ -178,8 +143,7 @@ class PointMAPBlocks(nn.Module):
         self.blocks_vit = nn.ModuleList(
             Trans3DBlock(dim, center_local_k, dpr[j], num_heads, drop_path > 0) for j in range(n_trans))
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor,
-                causal_row_len: Optional[int] = None,
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, center: torch.Tensor, causal: Optional[RowCausal] = None,
                 return_layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
         """x, pos: (B, L, C), center: (B, G, 3) -> the last layer's output (B, L, C).
 
@@ -199,7 +163,7 @@ class PointMAPBlocks(nn.Module):
                 if deepest is not None and i > deepest:  # the deepest tap and the Trans3D blocks after it are done
                     break
                 m = i
-            x = (self.blocks if kind == "M" else self.blocks_vit)[i](x + pos, center, causal_row_len)
+            x = (self.blocks if kind == "M" else self.blocks_vit)[i](x + pos, center, causal)
             taps[m] = x
         return x if return_layers is None else [taps[n] for n in return_layers]
 
@@ -207,9 +171,9 @@ class PointMAPBlocks(nn.Module):
 class PointMAPEncoder(nn.Module):
     """The PointMAP encoder (hybrid by default) + final LayerNorm; the ``encoder`` of ``MAPPretrainer``.
 
-    forward(x (B, L, C), pos (B, L, C), coords = centres (B, G, 3), causal_row_len=None) -> (B, L, C),
-    L = G or G + 1 (cls token first). ``causal_row_len`` (no cls token): the output at row r depends
-    on input rows <= r only (the ``ar`` objective). ``return_layers`` (Mamba3D block indices) gives
+    forward(x (B, L, C), pos (B, L, C), coords = centres (B, G, 3), causal=None) -> (B, L, C),
+    L = G or G + 1 (cls token first). ``causal`` (``ar``, no cls token): the output at row r depends
+    on input rows <= r only. ``return_layers`` (Mamba3D block indices) gives
     the list of those blocks' outputs instead, each through the final LayerNorm (as Point-MAE's
     segmentation model taps its encoder).
     """
@@ -220,11 +184,11 @@ class PointMAPEncoder(nn.Module):
         self.blocks = PointMAPBlocks(dim, depth, center_local_k, drop_path, num_heads, layout)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor, causal_row_len: Optional[int] = None,
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor, causal: Optional[RowCausal] = None,
                 return_layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, List[torch.Tensor]]:
         if return_layers is None:
-            return self.norm(self.blocks(x, pos, coords, causal_row_len))
-        return [self.norm(h) for h in self.blocks(x, pos, coords, causal_row_len, return_layers)]
+            return self.norm(self.blocks(x, pos, coords, causal))
+        return [self.norm(h) for h in self.blocks(x, pos, coords, causal, return_layers)]
 
 
 def variant_layout(variant: str, depth: int, dim: int, center_local_k: int = 4, num_heads: int = 6) -> str:

@@ -5,25 +5,25 @@ group tokeniser, the PointMAP hybrid encoder, a GELU position MLP for the decode
 ``Conv1d(trans_dim, 3 * group_size, 1)`` head (official ``increase_dim``) and the Chamfer loss on
 the masked groups. The decoder sees [visible ; masked] tokens, rows of sqrt(num_group) tokens.
 
-``pointmap_classifier`` is the official ``Mamba3D`` classifier of the PointMAP files.
+``pointmap_classifier`` (:class:`PointMAPClassifier`) is the official ``Mamba3D`` classifier of the
+PointMAP files.
 """
 from __future__ import annotations
 
 import logging
 import math
 from functools import partial
-from typing import List, Optional, Set, Tuple
+from typing import List, Set, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
-from map_core.decoder import ARDecoder
+from map_core.decoder import ReconstructionDecoder
 from map_core.layers import xavier_init
 from map_core.losses import chamfer_distance
 from map_core.errors import ConfigError
-from map_core.masking import gather_tokens, mask_to_indices
 from map_core.objective import Objective
 from map_core.pretrain import MAPPretrainer
 from map_core.registry import MODELS
@@ -33,8 +33,6 @@ from pointcloud.convert import official_key
 from pointcloud.tokenizer import PointGroupTokenizer, position_mlp
 
 log = logging.getLogger(__name__)
-
-
 
 
 def _point_init(m: nn.Module) -> None:
@@ -96,16 +94,6 @@ class PointMAP(LoadsPretrained, MAPPretrainer):
         """Ours or official ``Point_MAE`` names; the official encoder's unused cls token is dropped."""
         return rename_keys(state_dict, official_key, source)
 
-    def rebuilt_points(self, pred: torch.Tensor, mask: torch.Tensor,
-                       center: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rebuilt masked groups (B*M, K, 3), relative to their centres, in (sample, group) order
-        (the official ``rebuild_points``); pass ``center`` (B, G, 3) for absolute coordinates."""
-        masked = mask_to_indices(mask)[1]
-        pts = gather_tokens(pred, masked).reshape(pred.shape[0], masked.shape[1], -1, 3)
-        if center is not None:
-            pts = pts + gather_tokens(center, masked).unsqueeze(2)
-        return pts.reshape(-1, pts.shape[2], 3)
-
 
 @MODELS.register("pointmap_pretrain")
 def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
@@ -133,7 +121,7 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
     encoder = PointMAPEncoder(trans_dim, depth, center_local_k, drop_path, num_heads,
                               variant_layout(variant, depth, trans_dim, center_local_k, num_heads))
     encoder.apply(_point_init)  # the tokeniser keeps its modules' own init, as in the classifier
-    decoder = ARDecoder(trans_dim, decoder_depth, decoder_num_heads, qkv_bias=False,
+    decoder = ReconstructionDecoder(trans_dim, decoder_depth, decoder_num_heads, qkv_bias=False,
                         drop_path=decoder_drop_path, pos_every_block=True)
     decoder.apply(xavier_init)
     model = PointMAP(tokenizer, encoder, decoder, position_mlp(trans_dim, nn.GELU),
@@ -145,7 +133,9 @@ def pointmap_pretrain(trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
 
 
 class PointMAPClassifier(LoadsPretrained, nn.Module):
-    """Official ``Mamba3D`` classifier. forward(pts (B, N, 3)) -> logits (B, cls_dim).
+    """Official ``Mamba3D`` classifier (registered as ``pointmap_classifier``; ``variant`` as in
+    :func:`pointmap_pretrain`). forward(pts (B, N, 3)) -> logits (B, num_classes) (the official
+    ``cls_dim``).
 
     Feature = [x_cls, max(x_tokens) + mean(x_tokens)] (B, 2C) after the encoder's norm. The mean is
     per sample; ``official_mean_bug=True`` adds the FIRST sample's mean to every sample, as the
@@ -153,7 +143,7 @@ class PointMAPClassifier(LoadsPretrained, nn.Module):
     """
 
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
-                 num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
+                 num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, num_classes: int = 40,
                  drop_path: float = 0.1, official_mean_bug: bool = False,
                  pointnet_width: int = 128, variant: str = "hybrid"):
         super().__init__()
@@ -166,7 +156,7 @@ class PointMAPClassifier(LoadsPretrained, nn.Module):
         self.cls_head_finetune = nn.Sequential(
             nn.Linear(2 * trans_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
-            nn.Linear(256, cls_dim))
+            nn.Linear(256, num_classes))
         trunc_normal_(self.cls_token, std=0.02)
         trunc_normal_(self.cls_pos, std=0.02)
 
@@ -195,12 +185,4 @@ class PointMAPClassifier(LoadsPretrained, nn.Module):
         return rename_keys(state_dict, partial(official_key, keep_unused_cls=True), source)
 
 
-@MODELS.register("pointmap_classifier")
-def pointmap_classifier(trans_dim: int = 384, depth: int = 12, num_heads: int = 6, group_size: int = 32,
-                        num_group: int = 128, encoder_dims: int = 384, center_local_k: int = 4, cls_dim: int = 40,
-                        drop_path: float = 0.1, official_mean_bug: bool = False,
-                        pointnet_width: int = 128, variant: str = "hybrid") -> PointMAPClassifier:
-    """The PointMAP hybrid classifier (official ``Mamba3D`` of the PointMAP files); ``variant`` as
-    in :func:`pointmap_pretrain`."""
-    return PointMAPClassifier(trans_dim, depth, num_heads, group_size, num_group, encoder_dims, center_local_k,
-                              cls_dim, drop_path, official_mean_bug, pointnet_width, variant)
+MODELS.register("pointmap_classifier", fn=PointMAPClassifier)

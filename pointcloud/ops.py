@@ -1,4 +1,4 @@
-"""Farthest point sampling and k nearest neighbours (the batched gather is :func:`map_core.masking.gather_tokens`).
+"""Farthest point sampling and k nearest neighbours (the batched gather is :func:`map_core.tokens.gather_tokens`).
 
 Each op has a pure-PyTorch reference (CPU and GPU, batched) registered as the ``torch`` backend of
 :mod:`map_core.backends`, the project's Triton kernels (``triton``, the ``auto`` choice on CUDA,

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from map_core.masking import gather_tokens
+from map_core.tokens import gather_tokens
 from map_core.registry import MODELS
 from map_core.weights import LoadsPretrained, StateDict, rename_keys
 from pointcloud.blocks import PointMAPEncoder
@@ -82,7 +82,8 @@ def default_fetch_layers(depth: int) -> List[int]:
 
 
 class PointMAPPartSeg(LoadsPretrained, nn.Module):
-    """PointMAP encoder + Point-MAE segmentation head (see the module docstring for every width).
+    """PointMAP encoder + Point-MAE segmentation head (see the module docstring for every width),
+    registered as ``pointmap_partseg``; defaults: ShapeNetPart, 128 groups of 32.
 
     forward(pts (B, N, 3+), category (B,) int64 in [0, num_categories)) -> logits (B, N, num_parts).
     """
@@ -131,11 +132,4 @@ class PointMAPPartSeg(LoadsPretrained, nn.Module):
         return rename_keys(state_dict, official_key, source)
 
 
-@MODELS.register("pointmap_partseg")
-def pointmap_partseg(num_parts: int = 50, num_categories: int = 16, trans_dim: int = 384, depth: int = 12,
-                     num_heads: int = 6, group_size: int = 32, num_group: int = 128, encoder_dims: int = 384,
-                     center_local_k: int = 4, drop_path: float = 0.1, fetch_layers: Optional[Sequence[int]] = None,
-                     pointnet_width: int = 128) -> PointMAPPartSeg:
-    """PointMAP part segmentation with Point-MAE's head; defaults: ShapeNetPart, 128 groups of 32."""
-    return PointMAPPartSeg(num_parts, num_categories, trans_dim, depth, num_heads, group_size, num_group,
-                           encoder_dims, center_local_k, drop_path, fetch_layers, pointnet_width)
+MODELS.register("pointmap_partseg", fn=PointMAPPartSeg)

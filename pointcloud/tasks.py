@@ -43,8 +43,19 @@ def augmentation(name: str, key: str) -> Optional[Callable[[torch.Tensor], torch
     return AUGMENTATIONS[name]
 
 
+def check_model_points(model: nn.Module, points: int, key: str) -> None:
+    """ConfigError unless clouds of ``points`` points (the value of config ``key``) are enough for
+    the model's point-group tokeniser (one point per group centre and per group member)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    needed = getattr(tokenizer, "min_points", None)
+    if needed is not None and points < needed:
+        raise ConfigError(f"{key}={points}: the model takes {tokenizer.num_group} groups of "
+                          f"{tokenizer.group_size} points from each cloud, so it needs at least {needed} points")
+
+
 class ChecksPointCount:
-    """Task mixin: each dataset is checked when built for the ``npoints`` the task samples.
+    """Task mixin: each dataset is checked when built for the ``npoints`` the task samples, and the
+    model for what it needs of them.
 
     Readers with a ``require_points(needed, reason)`` method raise DataError naming the file and the
     first cloud that is too small (instead of an FPS error in the first batch).
@@ -57,6 +68,12 @@ class ChecksPointCount:
         if self.npoints is not None and hasattr(dataset, "require_points"):
             dataset.require_points(self.npoints, "that task.npoints asks for")
         return dataset
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if self.npoints is not None:
+            check_model_points(model, self.npoints, "task.npoints")
+        return model
 
 
 def _replace_points(batch: Any, points: torch.Tensor) -> Any:
@@ -80,6 +97,12 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
                  augment: str = "none", vote_augment: Optional[str] = None, votes: int = 10,
                  num_classes: Optional[int] = None, label_smoothing: float = 0.0):
         super().__init__(cfg, num_classes=num_classes, label_smoothing=label_smoothing)
+        if votes < 1:
+            raise ConfigError(f"task.votes={votes}: --vote averages the logits of that many views of each "
+                              f"cloud; expected at least 1")
+        if fps_pool is not None and fps_pool < npoints:
+            raise ConfigError(f"task.fps_pool={fps_pool}: the random subsets of task.npoints={npoints} points are "
+                              f"drawn from it; expected at least {npoints}")
         if fps_pool is None and npoints not in FPS_POOL:
             raise ConfigError(f"task.npoints={npoints} has no default FPS pool (defaults for {sorted(FPS_POOL)}); "
                               f"set task.fps_pool")
@@ -104,7 +127,7 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
     def vote(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         """Accuracy with ``votes`` augmented random subsets of one FPS pool per cloud, logits averaged."""
         model.eval()
-        stats: Optional[torch.Tensor] = None
+        metrics = None
         for batch in tracked(loader, self.progress, "vote"):
             batch = to_device(batch, self.device)
             pool, labels = self._pool(batch[0]), batch[1]
@@ -115,10 +138,9 @@ class PointClassifyTask(ChecksPointCount, ClassifyTask):
                     points = self.vote_augment(points)
                 with self.autocast():
                     logits = logits + self.logits(model, points).float()
-            stats = self._accumulate(stats, logits / self.votes, labels)
-        metrics = self._summarise(stats)
-        metrics["votes"] = float(self.votes)
-        return metrics
+            metrics = metrics or self.metrics(logits.shape[-1])
+            metrics.update(logits / self.votes, labels)
+        return {**(metrics or self.metrics(1)).compute(), "votes": float(self.votes)}
 
 
 @TASKS.register("point_pretrain")
@@ -200,6 +222,7 @@ class PointPartSegTask(Task):
         super().__init__(cfg)
         self.augment = augmentation(augment, "task.augment")
         self.category_parts: Optional[List[List[int]]] = None
+        self.cloud_points: Dict[str, int] = {}  # split -> points per cloud its reader samples
 
     def build_dataset(self, split: str) -> Any:
         dataset = super().build_dataset(split)
@@ -210,6 +233,8 @@ class PointPartSegTask(Task):
         if self.category_parts is not None and parts != self.category_parts:
             raise ConfigError(f"dataset.{split}: its categories and parts differ from the other splits'")
         self.category_parts = parts
+        if isinstance(getattr(dataset, "npoints", None), int):
+            self.cloud_points[split] = dataset.npoints
         return dataset
 
     def build_model(self) -> nn.Module:
@@ -220,6 +245,8 @@ class PointPartSegTask(Task):
             if sizes[0] < categories or sizes[1] < labels:
                 raise ConfigError(f"model: num_categories={sizes[0]}, num_parts={sizes[1]}, but the dataset has "
                                   f"{categories} categories and part labels up to {labels - 1}")
+        for split, points in self.cloud_points.items():
+            check_model_points(model, points, f"dataset.{split}.npoints")
         return model
 
     def preprocess(self, batch: Any, training: bool) -> Any:

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from map_core.masking import gather_tokens
-from map_core.pretrain import Tokens
+from map_core.tokens import gather_tokens
+from map_core.tokens import Tokens
 from pointcloud.ops import fps, knn
 
 
@@ -98,6 +98,11 @@ class PointGroupTokenizer(nn.Module):
     def num_tokens(self, pts: torch.Tensor) -> int:
         """How many tokens ``forward(pts)`` makes: the number of groups."""
         return self.num_group
+
+    @property
+    def min_points(self) -> int:
+        """The fewest points a cloud may have: one per group centre and per group member."""
+        return max(self.num_group, self.group_size)
 
     def forward(self, pts: torch.Tensor) -> Tokens:
         neighborhood, center = group_points(pts, self.num_group, self.group_size)

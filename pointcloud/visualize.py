@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from map_core.masking import gather_tokens, mask_to_indices
+from map_core.masking import mask_to_indices
+from map_core.tokens import gather_tokens
 from map_core.modalities import Draw
 from map_core.pretrain import MAPPretrainer
 

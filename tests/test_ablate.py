@@ -67,6 +67,7 @@ def test_grid_expansion_and_overrides(tmp_path):
         ablate.load_grid(bad)
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_resumes_and_reports(tmp_path, capsys):
     grid, out = _grid(tmp_path), tmp_path / "out"
     doc, png = tmp_path / "ablation.md", tmp_path / "ablation.png"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from map_core import backends
+from map_core.errors import ConfigError
 from map_core.ssm import selective_scan, selective_scan_ref
 
 
@@ -57,3 +58,32 @@ def test_a_new_backend_is_one_registration_and_using_restores(caplog):
     finally:
         backends._REGISTRY["scan"].pop("doubled")
         backends._RESOLVED.clear()
+
+
+def test_an_op_exists_once_registered_and_becomes_a_config_key(tmp_path):
+    from map_core.engine.schema import load_experiment
+    import tests.engine_toy  # noqa: F401  (toy_classify, toy_mlp)
+
+    config = tmp_path / "c.yaml"
+    config.write_text("task: {NAME: toy_classify}\nmodel: {NAME: toy_mlp}\nruntime: {backends: {toy_sort: plain}}\n")
+    with pytest.raises(ConfigError, match="unknown key .runtime.backends.toy_sort."):
+        load_experiment(config)
+    backends.register("toy_sort", "plain", sorted, devices=None)
+    try:
+        assert "toy_sort" in backends.ops() and backends.names("toy_sort") == ("auto", "plain")
+        cfg = load_experiment(config)
+        assert cfg.runtime.backends["toy_sort"] == "plain" and cfg.runtime.backends["scan"] == "auto"
+        assert cfg.to_dict()["runtime"]["backends"]["toy_sort"] == "plain"  # config.yaml lists every op
+    finally:
+        backends._REGISTRY.pop("toy_sort")
+
+
+def test_a_backend_that_cannot_run_on_the_runs_device_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"runtime.backends.scan: backend 'triton' runs on cuda tensors and this run "
+                                         r"is on cpu; use 'auto' or 'torch' \(or set TRITON_INTERPRET=1"):
+        backends.configure({"scan": "triton"}, device=torch.device("cpu"))
+    assert backends.choices()["scan"] == "auto"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs it on CPU tensors
+    with backends.using(scan="auto"):
+        backends.configure({"scan": "triton"}, device=torch.device("cpu"))

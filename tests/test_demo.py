@@ -1,7 +1,10 @@
 """The demo pipeline end to end on a sliver of the bundled digits (the real run is `make demo`)."""
+import pytest
+
 from tools import demo
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path):
     exp = tmp_path / "exp"
     assert demo.main(["--quick", "--limit-per-class", "4", "--data", str(tmp_path / "data"),

@@ -189,8 +189,8 @@ def test_part_labels_in_shapenetpart_layout(build):
     from pointcloud.data import ShapeNetPart
 
     root = build["shapenetpart"]
-    parts = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "pointmap_partseg.yaml"),
-                        [])["dataset"]["train"]["category_parts"]
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "pointmap_partseg.yaml"
+    parts = load_config(config)["dataset"]["train"]["category_parts"]
     train = ShapeNetPart(root=root, split="trainval", npoints=64, category_parts=parts)
     assert train.categories == [f"digit_{c}" for c in range(10)] and len(train) == 10 * LIMIT
     assert train.category_parts[4] == [12, 13, 14]

@@ -3,6 +3,7 @@ test_distributed_cpu.py)."""
 import argparse
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -56,7 +57,9 @@ def test_exact_resume(config: Path, tmp_path: Path) -> None:
     assert train(config, root, "--exp-name", "full") == 0
     # interrupt at the first step of epoch 2 (4 updates per epoch), then resume without the fault
     assert train(config, root, "--exp-name", "split", "--set", "task.nan_at_step=5") == 2
-    assert train(config, root, "--exp-name", "split", "--resume", "--set", "task.nan_at_step=null") == 0
+    assert train(config, root, "--exp-name", "split", "--resume", "--set", "task.nan_at_step=null") == 2
+    assert train(config, root, "--exp-name", "split", "--resume", "--allow-changed-config",
+                 "--set", "task.nan_at_step=null") == 0
     full, split = root / "toy/full", root / "toy/split"
     a, b = load_checkpoint(full / "last.pth"), load_checkpoint(split / "last.pth")
     assert a["global_step"] == b["global_step"] == 8
@@ -64,6 +67,48 @@ def test_exact_resume(config: Path, tmp_path: Path) -> None:
         assert (value - b["model"][key]).abs().max().item() <= 1e-6, key
     losses = lambda exp: [r["loss"] for r in records(exp, "train", 2)]  # noqa: E731
     assert len(losses(full)) == 4 and losses(full) == losses(split)
+
+
+def test_resume_with_changed_keys_is_refused_unless_allowed(config: Path, tmp_path: Path, capsys) -> None:
+    root, exp = tmp_path / "exp", tmp_path / "exp" / "toy" / "default"
+    assert train(config, root) == 0  # 2 epochs of 4 updates (64 samples, batch 16)
+    changed = ["--set", "scheduler.epochs=4", "train.total_batch_size=32", "optimizer.lr=0.5"]
+    assert train(config, root, "--resume", *changed) == 2
+    err = capsys.readouterr().err
+    for text in ("scheduler.epochs: 2 -> 4", "train.total_batch_size: 16 -> 32", "optimizer.lr: 0.01 -> 0.5",
+                 "--allow-changed-config"):
+        assert text in err
+    assert "lr: 0.01" in (exp / "config.yaml").read_text()  # the refused run changed nothing
+    assert train(config, root, "--resume", "--allow-changed-config", *changed) == 0
+    assert "lr: 0.5" in (exp / "config.yaml").read_text()
+    # the new schedule, at the place of epoch 2 of 4: 2 updates per epoch, 2 of warm-up, cosine to t = 8
+    # (timm: lr(t) = min + (base - min) (1 + cos(pi t / 8)) / 2); the update at position t uses lr(t - 1)
+    resumed = [r for r in map(json.loads, (exp / "metrics.jsonl").read_text().splitlines())
+               if r["type"] == "train" and r["step"] > 8]
+    assert [r["step"] for r in resumed] == [9, 10, 11, 12]
+    expected = [1e-6 + (0.5 - 1e-6) * (1 + np.cos(np.pi * t / 8)) / 2 for t in (4, 5, 6, 7)]
+    np.testing.assert_allclose([r["lr"] for r in resumed], expected, rtol=1e-6)
+    assert load_checkpoint(exp / "last.pth")["epoch"] == 4
+
+
+def test_every_fold_is_checked_before_the_first_one_trains(config: Path, tmp_path: Path, capsys) -> None:
+    import pointcloud  # noqa: F401  (the ModelNetFewShot reader and the fewshot: section)
+
+    folder = tmp_path / "splits" / "4way_2shot"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for fold in (0, 1):  # fewshot.folds is 3: fold 2 has no file
+        items = [(rng.standard_normal((16, 3)).astype(np.float32), k % 4) for k in range(8)]
+        (folder / f"{fold}.pkl").write_bytes(pickle.dumps({"train": items, "test": items}))
+    reader = f"NAME: ModelNetFewShot, data_path: {tmp_path / 'splits'}"
+    fewshot = tmp_path / "fs.yaml"
+    fewshot.write_text(TOY_CONFIG.replace("NAME: toy_blobs, size: 64", reader)
+                       .replace("NAME: toy_blobs, size: 32, seed: 1", reader + ", subset: test")
+                       + "fewshot: {way: 4, shot: 2, folds: 3}\n")
+    root = tmp_path / "exp"
+    assert train(fewshot, root) == 2
+    assert f"{folder / '2.pkl'}" in capsys.readouterr().err
+    assert not list((root / "fs" / "default").glob("fold_*"))  # no fold trained
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(config: Path, tmp_path: Path, capsys) -> None:
@@ -120,6 +165,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_atomic_save_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "last.pth"
     rng = random.Random(0)
@@ -143,6 +189,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_config_error_under_torchrun_is_reported_once(config: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(REPO / "tests/engine_toy.py"), "--config", str(config), "--exp-root", str(tmp_path / "exp"),
+           "--set", "optimizer.lr=-1", "runtime.device=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: 'optimizer.lr' (set in command line) must be > 0, got -1.0"], result.stderr[-3000:]
+
+
+def test_only_rank_0_reports_a_config_error(monkeypatch, capsys) -> None:
+    from map_core.engine.console import report_error
+
+    monkeypatch.setenv("RANK", "1")
+    assert report_error(ConfigError("bad key")) == 2 and capsys.readouterr().err == ""
+    assert report_error(UserError("broken sample")) == 2  # may be this rank's own: it names the rank
+    assert capsys.readouterr().err == "error: (rank 1) broken sample\n"
+    monkeypatch.setenv("RANK", "0")
+    assert report_error(ConfigError("bad key")) == 2 and capsys.readouterr().err == "error: bad key\n"
+
+
+def test_a_device_or_backend_the_machine_lacks_is_a_config_error(config: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train(config, tmp_path / "exp", "--set", "runtime.device=cuda") == 2
+    assert "runtime.device is 'cuda', but no CUDA GPU is visible" in capsys.readouterr().err
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert train(config, tmp_path / "exp", "--set", "runtime.backends.scan=triton") == 2
+    assert "runtime.backends.scan: backend 'triton' runs on cuda tensors and this run is on cpu" in \
+        capsys.readouterr().err
+
+
+def test_a_bad_progress_interval_is_a_config_error(config: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MAP_PROGRESS_SECONDS", "abc")
+    assert train(config, tmp_path / "exp") == 2
+    assert "$MAP_PROGRESS_SECONDS='abc': expected a number of seconds >= 0" in capsys.readouterr().err
 
 
 class Evil:
@@ -251,3 +337,40 @@ def test_mixup_is_applied_before_the_step_and_the_step_takes_soft_targets() -> N
     want = -(soft * torch.log_softmax(model(mixed), -1)).sum(-1).mean()
     assert torch.allclose(loss, want)
     assert task.preprocess((images, labels), training=False)[1] is labels  # evaluation: untouched
+
+
+def _previous_metrics(batches, num_classes: int) -> dict:
+    """ClassifyTask's hand-written accumulation before torchmetrics, kept as the oracle."""
+    stats = torch.zeros(4 + 2 * num_classes, dtype=torch.float64)
+    for logits, labels in batches:
+        top = logits.topk(min(5, num_classes), dim=-1).indices
+        hit1 = top[:, 0] == labels
+        stats[0] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        stats[1] += len(labels)
+        stats[2] += hit1.sum()
+        stats[3] += (top == labels[:, None]).any(-1).sum()
+        stats[4:4 + num_classes] += torch.bincount(labels[hit1], minlength=num_classes)
+        stats[4 + num_classes:] += torch.bincount(labels, minlength=num_classes)
+    n = stats[1].clamp(min=1)
+    correct, count = stats[4:4 + num_classes], stats[4 + num_classes:]
+    seen = count > 0
+    metrics = {"loss": (stats[0] / n).item(), "top1": (100 * stats[2] / n).item(),
+               "class_mean_acc": (100 * (correct[seen] / count[seen]).mean()).item()}
+    if num_classes >= 5:
+        metrics["top5"] = (100 * stats[3] / n).item()
+    return metrics
+
+
+@pytest.mark.parametrize("num_classes", [3, 7, 40])
+def test_torchmetrics_give_the_previous_numbers(num_classes: int) -> None:
+    from map_core.engine.tasks import ClassificationMetrics
+
+    g = torch.Generator().manual_seed(num_classes)
+    # three batches of odd sizes; the last class never occurs in the targets (but is predicted)
+    batches = [(torch.randn(b, num_classes, generator=g) * 3,
+                torch.randint(0, num_classes - 1, (b,), generator=g)) for b in (5, 17, 9)]
+    batches[0][0][:, -1] += 100
+    metrics = ClassificationMetrics(num_classes, torch.device("cpu"))
+    for logits, labels in batches:
+        metrics.update(logits, labels)
+    assert metrics.compute() == _previous_metrics(batches, num_classes)

@@ -81,6 +81,11 @@ def test_unknown_transform_names_choices(image_root):
         ImageNet(root=image_root, split="train", transform="train")
 
 
+def test_transform_arguments_are_the_transforms_own(image_root):
+    with pytest.raises(KeyError, match="unknown key 'input_sise' in ImageNet .*; did you mean 'input_size'"):
+        ImageNet(root=image_root, split="train", input_sise=32)
+
+
 def test_corrupt_file_skipped_and_counted(image_root, caplog):
     ds = ImageNet(root=image_root, split="train", input_size=32)
     corrupt_index = [p for p, _ in ds.samples].index(os.path.join(image_root, CORRUPT))
@@ -97,7 +102,7 @@ def test_corrupt_file_skipped_and_counted(image_root, caplog):
 
 # the default start method (fork on Linux up to Python 3.13) with two workers; spawn (the default
 # elsewhere) with one, as each spawned worker pays for importing torch
-@pytest.mark.parametrize("context, workers", [(None, 2), ("spawn", 1)])
+@pytest.mark.parametrize("context, workers", [(None, 2), pytest.param("spawn", 1, marks=pytest.mark.slow)])
 def test_corrupt_file_counted_across_workers(image_root, context, workers):
     ds = ImageNet(root=image_root, split="train", input_size=32)
     loader = DataLoader(ds, batch_size=2, num_workers=workers, multiprocessing_context=context,

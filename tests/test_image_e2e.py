@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tools.train import main
@@ -41,6 +42,7 @@ def _config(path: Path, data: Path, pretrain: bool) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_test(tmp_path, capsys):
     data = tmp_path / "data"
     _image_folder(data)
@@ -65,6 +67,7 @@ def test_pretrain_finetune_test(tmp_path, capsys):
     assert 0.0 <= metrics["top1"] <= 100.0 and np.isfinite(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_corrupt_image_counted_at_epoch_end(tmp_path):
     """A corrupt training file is skipped, then counted in the epoch record and named in log.txt."""
     data = tmp_path / "data"

@@ -6,7 +6,8 @@ import timm
 import torch
 
 import image
-from image.classifier import get_cls_idx, map_classifier, variant_layout
+from image.classifier import get_cls_idx, map_classifier
+from image.models import variant_layout
 from image.convert import from_official, official_unused_numel, to_official
 from image.models import SIZES, map_pretrain
 from image.tokenizer import ImagePatchTokenizer, patchify, unpatchify
@@ -227,3 +228,21 @@ def test_tiny_map_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() <= 0.5 * first
+
+
+def test_patch_embedding_is_timms_with_the_official_names_and_init():
+    from timm.layers import PatchEmbed
+
+    torch.manual_seed(0)
+    tok = ImagePatchTokenizer(32, 8, 3, 16)
+    assert isinstance(tok.patch_embed, PatchEmbed) and isinstance(tok.patch_embed.norm, torch.nn.Identity)
+    assert sorted(tok.patch_embed.state_dict()) == ["proj.bias", "proj.weight"]
+    # the init as before: the conv's default init, then lecun-normal weight and zero bias (same RNG draws)
+    torch.manual_seed(0)
+    proj = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8)
+    timm.layers.lecun_normal_(proj.weight)
+    torch.nn.init.zeros_(proj.bias)
+    assert torch.equal(tok.patch_embed.proj.weight, proj.weight) and not tok.patch_embed.proj.bias.any()
+    imgs = torch.randn(2, 3, 48, 40)  # another size than built for: a 6 x 5 grid
+    with torch.no_grad():
+        torch.testing.assert_close(tok.patch_embed(imgs), proj(imgs).flatten(2).transpose(1, 2))

@@ -8,7 +8,7 @@ from image.classifier import map_classifier
 from image.models import map_pretrain
 from map_core.encoder import matched_layout
 from map_core.errors import ConfigError
-from pointcloud.models import pointmap_classifier, pointmap_pretrain
+from pointcloud.models import PointMAPClassifier, pointmap_pretrain
 
 VARIANTS = ("hybrid", "mamba", "transformer")
 
@@ -53,7 +53,7 @@ def test_point_variant_counts(size):
     dim, depth = size
     with torch.device("meta"):
         for variant, (layout, count) in POINT_COUNTS[size].items():
-            encoder = pointmap_classifier(variant=variant, trans_dim=dim, encoder_dims=dim, depth=depth,
+            encoder = PointMAPClassifier(variant=variant, trans_dim=dim, encoder_dims=dim, depth=depth,
                                           num_heads=6, num_group=64).encoder
             assert (encoder.blocks.layout, _numel(encoder)) == (layout, count)
             assert abs(count - POINT_COUNTS[size]["hybrid"][1]) < 0.5 * count / len(layout)
@@ -78,7 +78,7 @@ def test_point_pretraining_weights_load_into_the_classifier(variant):
     torch.manual_seed(0)
     sizes = dict(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48)
     pre = pointmap_pretrain(**sizes, decoder_depth=1, variant=variant)
-    clf = pointmap_classifier(**sizes, cls_dim=5, variant=variant)
+    clf = PointMAPClassifier(**sizes, num_classes=5, variant=variant)
     assert clf.encoder.blocks.layout == pre.encoder.blocks.layout
     result = clf.load_pretrained(pre.state_dict())
     assert {k.split(".")[0] for k in result.missing_keys} == {"cls_token", "cls_pos", "cls_head_finetune"}

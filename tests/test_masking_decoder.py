@@ -4,33 +4,34 @@ import math
 import pytest
 import torch
 
-from map_core.decoder import ARDecoder
+from map_core.decoder import ReconstructionDecoder
 from map_core.losses import chamfer_distance, masked_mse, nearest_sq_dist
 from map_core.masking import (
-    gather_tokens, mask_to_indices, num_masked, random_mask, truncated_normal_ratio,
+    mask_to_indices, num_masked, random_mask_of_count, truncated_normal_ratio,
 )
 from map_core.objective import row_causal_mask
+from map_core.tokens import gather_tokens
 
 
 @pytest.mark.parametrize("length,ratio", [(196, 0.5), (196, 0.3), (196, 0.7), (64, 0.6), (10, 0.0)])
-def test_random_mask_counts(length, ratio):
-    m = random_mask(8, length, ratio, generator=torch.Generator().manual_seed(0))
+def test_mask_counts(length, ratio):
+    assert num_masked(length, ratio) == math.ceil(length * ratio)
+    assert num_masked(length, ratio, rounding="floor") == int(length * ratio)
+    m = random_mask_of_count(8, length, num_masked(length, ratio), generator=torch.Generator().manual_seed(0))
     assert m.dtype == torch.bool and m.shape == (8, length)
     assert (m.sum(1) == math.ceil(length * ratio)).all()
-    f = random_mask(8, length, ratio, rounding="floor")
-    assert (f.sum(1) == int(length * ratio)).all()
 
 
 def test_random_mask_is_seeded_and_varies_by_row():
-    a = random_mask(4, 50, 0.5, generator=torch.Generator().manual_seed(1))
-    b = random_mask(4, 50, 0.5, generator=torch.Generator().manual_seed(1))
-    c = random_mask(4, 50, 0.5, generator=torch.Generator().manual_seed(2))
+    a = random_mask_of_count(4, 50, 25, generator=torch.Generator().manual_seed(1))
+    b = random_mask_of_count(4, 50, 25, generator=torch.Generator().manual_seed(1))
+    c = random_mask_of_count(4, 50, 25, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not all(torch.equal(a[0], a[i]) for i in range(1, 4))
 
 
 def test_random_mask_is_uniform_over_positions():
-    m = random_mask(4000, 10, 0.3, generator=torch.Generator().manual_seed(0)).float().mean(0)
+    m = random_mask_of_count(4000, 10, 3, generator=torch.Generator().manual_seed(0)).float().mean(0)
     assert (m - 0.3).abs().max() < 0.03
 
 
@@ -83,7 +84,7 @@ def test_row_causal_mask_definition():
 def test_decoder_rows_see_only_their_row_and_earlier(block):
     torch.manual_seed(0)
     row_len, rows = 3, 4
-    dec = ARDecoder(16, 2, 4, block=block).eval()
+    dec = ReconstructionDecoder(16, 2, 4, block=block).eval()
     x = torch.randn(2, rows * row_len, 16)
     pos = torch.randn(1, rows * row_len, 16)
     rows_mask = row_causal_mask(rows * row_len, row_len)
@@ -140,6 +141,7 @@ def test_chamfer_against_brute_force():
         chamfer_distance(x, y, 3)
 
 
+@pytest.mark.slow
 def test_chamfer_is_exact_and_memory_bounded_at_scale():
     """32 clouds x 2048 points in chunks: no intermediate beyond max_elems differences, and the value
     equals a brute-force cdist on a subsample; cdl1 keeps finite gradients at coincident points."""

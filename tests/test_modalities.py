@@ -13,8 +13,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import tests.engine_toy as toy
-from map_core import config, modalities
-from map_core.config import load_config, validate
+from map_core import modalities
+from map_core.engine import schema
+from map_core.engine.schema import load_experiment
 from map_core.engine.checkpoint import atomic_save
 from map_core.errors import ConfigError
 from map_core.modalities import Modality, load_modalities, modality_modules, modality_of, register_modality
@@ -225,16 +226,17 @@ def test_fewshot_section_comes_from_the_point_cloud_modality(tmp_path, monkeypat
 
     path = tmp_path / "fs.yaml"
     path.write_text(TOY_CONFIG + "fewshot: {way: 3}\n")
-    cfg = validate(load_config(path, ["fewshot.shot=4"]))
-    assert cfg.fewshot == pointcloud.fewshot.FewshotConfig(way=3, shot=4, folds=10)  # typed, defaults filled
+    cfg = load_experiment(path, ["fewshot.shot=4"])
+    assert cfg.optional["fewshot"] == pointcloud.fewshot.FewshotConfig(way=3, shot=4, folds=10)  # typed, defaults filled
     with pytest.raises(ConfigError, match="'fewshot.folds' .* expects int, got 'many'"):
-        validate(load_config(path, ["fewshot.folds=many"]))
-    assert modalities.FOLD_CONFIGS["fewshot"] is pointcloud.fewshot.fewshot_fold_config
-    fold = pointcloud.fewshot.fewshot_fold_config(cfg, 1)
+        load_experiment(path, ["fewshot.folds=many"])
+    protocol = cfg.fold_protocol()
+    assert protocol.fold_config is pointcloud.fewshot.fewshot_fold_config and protocol.summary_file == "fewshot_summary.json"
+    fold = protocol.fold_config(cfg, 1)
     assert fold.dataset.train.fold == 1 and fold.task.num_classes == 3 and "fold" not in cfg.dataset.train
     # the class count written once: fewshot.way as task.num_classes, the model and datasets follow it
     assert fold.model.num_classes == 3 and fold.dataset.train.num_classes == 3 and cfg.model.num_classes == 4
     assert fold.source("model.num_classes") == f"{path}, as fewshot.way, as task.num_classes"
-    monkeypatch.setattr(config, "OPTIONAL_SCHEMAS", {})  # without the modality, the section is unknown
+    monkeypatch.setattr(schema, "_FOLD_PROTOCOLS", {})  # without the modality, the section is unknown
     with pytest.raises(ConfigError, match="unknown key 'fewshot'"):
-        validate(load_config(path))
+        load_experiment(path)

@@ -3,12 +3,11 @@ show what each prediction may depend on, for both modalities."""
 import pytest
 import torch
 
-from map_core.config import load_config, validate
+from map_core.engine.schema import load_experiment
 from map_core.errors import ConfigError
 from map_core.masking import mask_to_indices
 from map_core.mixers import MambaMixer
-from map_core.objective import Objective
-from pointcloud.blocks import row_causal_knn, row_cumulative_std
+from map_core.objective import Objective, RowCausal
 from pointcloud.models import pointmap_pretrain
 
 import image  # noqa: F401  (registers the image models)
@@ -61,7 +60,7 @@ def test_decoder_masks_by_hand():
     assert torch.equal(Objective("ar", 6, 2).decoder_mask(), allowed)
     assert Objective("mae", 6, 2).decoder_mask() is None
     assert Objective("ar", 6, 2).predicted_rows(1).tolist() == [[False, False, True, True, True, True]]
-    assert Objective("ar", 6, 2).encoder_row_len == 2 and Objective("map", 6, 2).encoder_row_len is None
+    assert Objective("ar", 6, 2).encoder_causality == RowCausal(2) and Objective("map", 6, 2).encoder_causality is None
 
 
 def test_map_and_mae_draw_the_same_masks():
@@ -100,7 +99,7 @@ def test_factories_raise_the_config_error_and_unknown_names():
 @pytest.mark.parametrize("config", ["configs/demo/image_pretrain.yaml", "configs/demo/pointmap_pretrain.yaml"])
 @pytest.mark.parametrize("objective", ["mae", "ar"])
 def test_objective_is_one_config_key(config, objective):
-    cfg = validate(load_config(config, [f"model.objective={objective}"]))
+    cfg = load_experiment(config, [f"model.objective={objective}"])
     from map_core.registry import MODELS as REGISTRY
 
     model = REGISTRY.build(cfg.model)
@@ -132,7 +131,7 @@ def test_ar_loss_covers_rows_after_the_first(modality):
         model(_inputs(modality), torch.zeros(2, 16, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("modality", ["image", "points"])
+@pytest.mark.parametrize("modality", ["image", pytest.param("points", marks=pytest.mark.slow)])
 def test_ar_prediction_of_row_r_depends_on_rows_before_r_only(modality):
     """Changing the token features of row r changes no prediction of rows <= r and changes every
     later row. The group centres of row r are where row r is predicted (the decoder's query
@@ -231,13 +230,14 @@ def test_sequence_mamba_causal_mode_is_half_the_forward_scan():
 
 def test_row_causal_knn_and_std():
     center = torch.tensor([[[0.0, 0, 0], [5, 0, 0], [1, 0, 0], [0.5, 0, 0], [4, 0, 0], [2, 0, 0]]])
-    idx = row_causal_knn(center, 2, row_len=2)
+    causal = RowCausal(row_len=2)
+    idx = causal.nearest(center, 2)
     # row 0 = {0, 1}; row 1 adds {2, 3}; row 2 adds {4, 5}: nearest allowed, self first
     assert idx[0].tolist() == [[0, 1], [1, 0], [2, 3], [3, 0], [4, 1], [5, 2]]
     with pytest.raises(ValueError, match="k=3"):
-        row_causal_knn(center, 3, row_len=2)
+        causal.nearest(center, 3)
     diff = torch.randn(3, 6, 2, 5)
-    std = row_cumulative_std(diff, row_len=2)
+    std = causal.cumulative_std(diff)
     for r in range(3):
         want = diff[:, :2 * (r + 1)].std()
         torch.testing.assert_close(std[0, 2 * r:2 * r + 2, 0, 0], want.expand(2), rtol=1e-5, atol=1e-6)

@@ -15,9 +15,11 @@ import pytest
 import torch
 import yaml
 
+from map_core.config import Config
 from map_core.engine.checkpoint import load_checkpoint
+from map_core.errors import ConfigError
 from map_core.weights import extract_state_dict
-from pointcloud.models import pointmap_classifier, pointmap_pretrain
+from pointcloud.models import PointMAPClassifier, pointmap_pretrain
 from pointcloud.tasks import PointClassifyTask
 from tools.train import main
 
@@ -86,6 +88,7 @@ def pretrained(data: Path, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_test_vote(data: Path, pretrained: Path, tmp_path: Path, capsys):
     exp = tmp_path / "exp"
     scan = [f"dataset.train.root={data}/ScanObjectNN", f"dataset.val.root={data}/ScanObjectNN"]
@@ -106,6 +109,7 @@ def test_pretrain_finetune_test_vote(data: Path, pretrained: Path, tmp_path: Pat
     assert vote["votes"] == 10 and 0 <= vote["top1"] <= 100
 
 
+@pytest.mark.slow
 def test_pretrain_then_linear_svm(data: Path, pretrained: Path, tmp_path: Path, capsys):
     """svm_modelnet.yaml loads the pretraining checkpoint whole and reports the SVM accuracy."""
     exp = tmp_path / "exp"
@@ -134,8 +138,9 @@ def test_pointmap_forward_features_is_mean_and_max_of_all_tokens():
     torch.testing.assert_close(feats, torch.cat([x.mean(1), x.amax(1)], dim=-1))
 
 
+@pytest.mark.slow
 def test_fewshot_way_and_shot_set_once(data: Path, tmp_path: Path, capsys):
-    """fewshot.way / shot reach every dataset section, task.num_classes and model.cls_dim."""
+    """fewshot.way / shot reach every dataset section, task.num_classes and model.num_classes."""
     fewshot = [f"dataset.train.data_path={data}/ModelNetFewshot", f"dataset.val.data_path={data}/ModelNetFewshot",
                "fewshot.folds=2", "fewshot.way=3", "fewshot.shot=4"]
     exp = tmp_path / "exp"
@@ -145,14 +150,14 @@ def test_fewshot_way_and_shot_set_once(data: Path, tmp_path: Path, capsys):
     fold_cfg = yaml.safe_load((exp / "fewshot" / "default" / "fold_1" / "config.yaml").read_text())
     for split in ("train", "val"):
         assert {k: fold_cfg["dataset"][split][k] for k in ("way", "shot", "fold")} == {"way": 3, "shot": 4, "fold": 1}
-    assert fold_cfg["model"]["cls_dim"] == 3 and fold_cfg["task"]["num_classes"] == 3
+    assert fold_cfg["model"]["num_classes"] == 3 and fold_cfg["task"]["num_classes"] == 3
 
 
 def test_vote_uses_one_fps_pool_and_averages_views():
     """vote() = mean of the logits of `votes` random subsets of one FPS pool (checked with a spy model)."""
     torch.manual_seed(0)
     task = PointClassifyTask({}, npoints=32, fps_pool=48, augment="rotate", votes=3, num_classes=5)
-    model = pointmap_classifier(trans_dim=48, encoder_dims=48, depth=3, num_group=8, group_size=4, cls_dim=5).eval()
+    model = PointMAPClassifier(trans_dim=48, encoder_dims=48, depth=3, num_group=8, group_size=4, num_classes=5).eval()
     seen = []
     model.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     pts, labels = torch.randn(2, 100, 3), torch.tensor([1, 3])
@@ -165,3 +170,15 @@ def test_vote_uses_one_fps_pool_and_averages_views():
         assert torch.isin(p.norm(dim=-1).round(decimals=4), norms.round(decimals=4)).all()
     logits = torch.stack([o for _, o in seen]).mean(0)
     assert metrics["top1"] == 100 * (logits.argmax(-1) == labels).float().mean().item()
+
+
+def test_point_task_settings_that_cannot_work_are_config_errors():
+    with pytest.raises(ConfigError, match=r"task.votes=0: --vote averages the logits of that many views"):
+        PointClassifyTask({}, votes=0)
+    with pytest.raises(ConfigError, match=r"task.fps_pool=1000: .* task.npoints=1024 points .* at least 1024"):
+        PointClassifyTask({}, npoints=1024, fps_pool=1000)
+    model = {"NAME": "pointmap_classifier", "trans_dim": 48, "encoder_dims": 48, "depth": 3, "num_group": 16,
+             "group_size": 8}
+    task = PointClassifyTask(Config({"model": model}), npoints=12, fps_pool=12)
+    with pytest.raises(ConfigError, match=r"task.npoints=12: the model takes 16 groups of 8 points .* at least 16"):
+        task.build_model()

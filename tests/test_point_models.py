@@ -3,10 +3,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from map_core.masking import mask_to_indices
 from map_core.registry import MODELS
+from map_core.tokens import gather_tokens
 from pointcloud.blocks import LocalNormPool, PointMAPEncoder
 from pointcloud.convert import from_official
-from pointcloud.models import PointMAPClassifier, pointmap_classifier, pointmap_pretrain
+from pointcloud.models import PointMAPClassifier, pointmap_pretrain
 from pointcloud.tokenizer import PointGroupTokenizer, group_points
 from tests.reference import official_pointmap as ref
 from tests.conftest import n_params
@@ -97,7 +99,7 @@ def test_classifier_matches_official(bug):
     official = ref.Mamba3D(trans_dim=48, depth=3, drop_path_rate=0.1, cls_dim=5, num_heads=6, group_size=8,
                            num_group=16, encoder_dims=48, center_local_k=4, official_mean_bug=bug).eval()
     _perturb(official, 1)
-    ours = pointmap_classifier(**TINY, num_group=16, cls_dim=5, drop_path=0.1, official_mean_bug=bug).eval()
+    ours = PointMAPClassifier(**TINY, num_group=16, num_classes=5, drop_path=0.1, official_mean_bug=bug).eval()
     ours.load_state_dict(from_official({"base_model": official.state_dict()}), strict=True)
     pts = _cloud(3, 128, 2)
     with torch.no_grad():
@@ -108,7 +110,7 @@ def test_classifier_matches_official(bug):
 
 def test_mean_bug_flag_changes_only_multi_cloud_batches():
     torch.manual_seed(0)
-    model = pointmap_classifier(**TINY, num_group=16, cls_dim=5).eval()
+    model = PointMAPClassifier(**TINY, num_group=16, num_classes=5).eval()
     pts = _cloud(2, 128, 3)
     with torch.no_grad():
         fixed = model.forward_features(pts)
@@ -116,6 +118,16 @@ def test_mean_bug_flag_changes_only_multi_cloud_batches():
         buggy = model.forward_features(pts)
     torch.testing.assert_close(fixed[0], buggy[0])
     assert not torch.allclose(fixed[1], buggy[1])
+
+
+def rebuilt_points(pred: torch.Tensor, mask: torch.Tensor, center=None) -> torch.Tensor:
+    """Masked groups (B*M, K, 3) in (sample, group) order, as the official ``rebuild_points``;
+    absolute with the group centres ``center`` (B, G, 3)."""
+    masked = mask_to_indices(mask)[1]
+    pts = gather_tokens(pred, masked).reshape(pred.shape[0], masked.shape[1], -1, 3)
+    if center is not None:
+        pts = pts + gather_tokens(center, masked).unsqueeze(2)
+    return pts.reshape(-1, pts.shape[2], 3)
 
 
 def test_pretrain_matches_official():
@@ -138,10 +150,10 @@ def test_pretrain_matches_official():
         tok = ours.tokenizer(pts)
     assert pred.shape == (2, 16, 24) and torch.equal(out_mask, mask)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ours.rebuilt_points(pred, mask), rebuilt_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rebuilt_points(pred, mask), rebuilt_ref, rtol=1e-4, atol=1e-4)
     # the target of the masked groups is the official ground truth, in the same order
-    torch.testing.assert_close(ours.rebuilt_points(tok.target.flatten(2), mask), gt_ref)
-    absolute = ours.rebuilt_points(tok.target.flatten(2), mask, tok.coords)  # true points, absolute
+    torch.testing.assert_close(rebuilt_points(tok.target.flatten(2), mask), gt_ref)
+    absolute = rebuilt_points(tok.target.flatten(2), mask, tok.coords)  # true points, absolute
     assert (absolute.reshape(2, -1, 1, 3) - pts[:, None]).norm(dim=-1).min(-1).values.max() < 1e-6
 
 
@@ -154,7 +166,7 @@ def test_load_pretrained_official_and_own_prefixes():
     torch.manual_seed(0)
     official = ref.Point_MAE(trans_dim=48, depth=3, num_heads=6, group_size=8, num_group=16, encoder_dims=48,
                              center_local_k=4, decoder_depth=1)
-    clf = pointmap_classifier(**TINY, num_group=16, cls_dim=5)
+    clf = PointMAPClassifier(**TINY, num_group=16, num_classes=5)
     wrapped = {"module." + k: v for k, v in official.state_dict().items()}
     result = clf.load_pretrained(wrapped)  # the engine reports the missing / unexpected keys
     assert {k.split(".")[0] for k in result.missing_keys} == {"cls_head_finetune"}
@@ -168,7 +180,7 @@ def test_load_pretrained_official_and_own_prefixes():
     assert {k.split(".")[0] for k in result.missing_keys} == {"cls_token", "cls_pos", "cls_head_finetune"}
     torch.testing.assert_close(clf.tokenizer.encoder.first_conv[0].weight, ours.tokenizer.encoder.first_conv[0].weight)
     # a classifier with another class count cannot take this head
-    other = pointmap_classifier(**TINY, num_group=16, cls_dim=7)
+    other = PointMAPClassifier(**TINY, num_group=16, num_classes=7)
     with pytest.raises(ValueError, match="cls_head_finetune.8.weight"):
         other.load_pretrained(clf.state_dict())
 
@@ -181,7 +193,7 @@ def test_no_weight_decay_and_registry():
 def test_param_counts_at_official_sizes():
     """Official counts from the spec, built on the meta device (no memory, no time)."""
     with torch.device("meta"):
-        clf = pointmap_classifier(trans_dim=384, depth=12, num_group=128, cls_dim=15)
+        clf = PointMAPClassifier(trans_dim=384, depth=12, num_group=128, num_classes=15)
         pre = pointmap_pretrain(trans_dim=384, depth=12, num_group=64)
     assert n_params(clf) == 25_220_623
     # our pretraining model drops the official encoder's unused cls_token and cls_pos (2 x 384)
@@ -231,7 +243,7 @@ def test_pretraining_tokenizer_starts_where_a_scratch_classifier_does():
     torch.manual_seed(0)
     pre = pointmap_pretrain(**TINY, num_group=16)
     torch.manual_seed(0)
-    clf = pointmap_classifier(**TINY, num_group=16)
+    clf = PointMAPClassifier(**TINY, num_group=16)
     for (name, a), (_, b) in zip(pre.tokenizer.state_dict().items(), clf.tokenizer.state_dict().items()):
         assert torch.equal(a, b), name
     with torch.no_grad():

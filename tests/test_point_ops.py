@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 import torch
 
-from map_core.masking import gather_tokens
+from map_core.tokens import gather_tokens
 from pointcloud import ops
 
 

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from map_core.config import Config
 from map_core.engine.checkpoint import atomic_save
-from map_core.errors import ConfigError
+from map_core.errors import ConfigError, UserError
 from map_core.registry import DATASETS, MODELS
 from pointcloud.blocks import PointMAPEncoder
 from pointcloud.data import DataError, ShapeNetPart
 from pointcloud.data.transforms import isotropic_scale_and_shift
 from pointcloud.models import pointmap_pretrain
-from pointcloud.partseg import pointmap_partseg, three_nn_interpolate
+from pointcloud.partseg import PointMAPPartSeg, three_nn_interpolate
 from pointcloud.tasks import PointPartSegTask, category_part_mask, shape_miou
 from tools.train import main as train_main
 
@@ -174,6 +174,7 @@ def test_reader_bad_layout(tiny: Path):
         ShapeNetPart(root=tiny, split="validation")
 
 
+@pytest.mark.slow
 def test_check_data_script(tiny: Path):
     script = [sys.executable, str(REPO / "datasets" / "check_data.py"), "--root", str(tiny.parent), "--only",
               "shapenetpart"]
@@ -222,16 +223,16 @@ def test_default_sizes_follow_point_mae():
     assert [model.convs1.in_channels, model.convs2.in_channels, model.convs3.in_channels] == [3392, 512, 256]
     assert model.convs3.out_channels == 50
     assert sum(p.numel() for p in model.parameters()) == 30_191_026
-    assert pointmap_partseg(**{**TINY_MODEL, "depth": 6}).fetch_layers == [1, 3, 5]
+    assert PointMAPPartSeg(**{**TINY_MODEL, "depth": 6}).fetch_layers == [1, 3, 5]
     with pytest.raises(ValueError, match=r"blocks 0\.\.2, got \[1, 3\]"):
-        pointmap_partseg(**TINY_MODEL, fetch_layers=[1, 3])
+        PointMAPPartSeg(**TINY_MODEL, fetch_layers=[1, 3])
     with pytest.raises(ValueError, match="set fetch_layers"):
-        pointmap_partseg(**{**TINY_MODEL, "depth": 2})
+        PointMAPPartSeg(**{**TINY_MODEL, "depth": 2})
 
 
 def test_forward_backward_on_cpu():
     torch.manual_seed(0)
-    model = pointmap_partseg(num_parts=6, num_categories=2, **TINY_MODEL)
+    model = PointMAPPartSeg(num_parts=6, num_categories=2, **TINY_MODEL)
     pts, category = torch.randn(3, 64, 3), torch.tensor([0, 1, 1])
     logits = model(pts, category)
     assert logits.shape == (3, 64, 6) and torch.isfinite(logits).all()
@@ -251,7 +252,7 @@ def test_loads_pretrained_pointmap_encoder_ours_and_official():
     ours = pretrain.state_dict()
     for name, weights in (("ours", ours), ("official", {"module.MAE_encoder." + _official_name(k): v
                                                         for k, v in ours.items() if k.startswith(("tokenizer.", "encoder."))})):
-        model = pointmap_partseg(**TINY_MODEL)
+        model = PointMAPPartSeg(**TINY_MODEL)
         result = model.load_pretrained(weights)
         missing, unexpected = result.missing_keys, result.unexpected_keys
         loaded = model.state_dict()
@@ -332,6 +333,15 @@ def test_task_checks_model_sizes_against_the_dataset(tiny: Path):
         task.build_dataset("val")
 
 
+@pytest.mark.parametrize("npoints", [0, -5, 8])
+def test_task_checks_the_clouds_are_big_enough_for_the_model(tiny: Path, npoints: int):
+    dataset = {"NAME": "ShapeNetPart", "root": str(tiny), "split": "test", "npoints": npoints}
+    task = PointPartSegTask(Config({"model": {"NAME": "pointmap_partseg", **TINY_MODEL}, "dataset": {"val": dataset}}))
+    with pytest.raises(UserError, match=rf"dataset.val.npoints={npoints}"):
+        task.build_dataset("val")
+        task.build_model()  # 9 groups of 8 points: at least 9 points per cloud
+
+
 def test_isotropic_scale_and_shift():
     pts = torch.randn(4, 50, 3)
     out = isotropic_scale_and_shift(pts, generator=torch.Generator().manual_seed(0))
@@ -344,6 +354,7 @@ def test_isotropic_scale_and_shift():
 
 
 # ---------------------------------------------------------------- end to end through tools/train.py
+@pytest.mark.slow
 def test_two_epochs_finetune_from_pointmap_then_test(tmp_path: Path, capsys):
     """partseg_shapenetpart.yaml, shrunk: --finetune a PointMAP pretraining checkpoint, train two
     epochs on tiny files in the real layout, report mIoU each epoch, then --test best.pth."""
@@ -382,7 +393,7 @@ def test_visualize_predicted_next_to_true_parts(tiny: Path, tmp_path: Path):
     from tools import visualize
 
     torch.manual_seed(0)
-    model = pointmap_partseg(**TINY_MODEL)
+    model = PointMAPPartSeg(**TINY_MODEL)
     atomic_save({"model": model.state_dict()}, tmp_path / "partseg.pth")
     dataset = ShapeNetPart(root=tiny, split="test", npoints=32)
     pts, category, target = (torch.stack([dataset[i][j] for i in range(2)]) for j in range(3))

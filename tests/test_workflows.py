@@ -239,7 +239,7 @@ def test_fewshot_resume_after_kill_in_later_fold(toy_config: Path, tmp_path: Pat
     assert summary["per_fold"] == truth["per_fold"] and len(summary["per_fold"]) == 3
     # killed inside a fold after its first checkpoint: resume continues that fold exactly
     assert run_train(fewshot, root, "--exp-name", "late", "--set", "task.nan_at_step=6") == 2
-    assert run_train(fewshot, root, "--exp-name", "late", "--resume") == 0
+    assert run_train(fewshot, root, "--exp-name", "late", "--resume", "--allow-changed-config") == 0
     late = json.loads((root / "fs" / "late" / "fewshot_summary.json").read_text())
     assert late["per_fold"] == truth["per_fold"]
 
@@ -277,7 +277,8 @@ def test_user_errors_are_one_line(toy_config: Path, tmp_path: Path, capsys, monk
          "not divisible by patch_size 4"),
         (["--config", "configs/pointcloud/pretrain_shapenet.yaml", "--set", *POINTS, *write_shapenet(data),
           "model.num_group=20", "model.decoder_depth=1"], "num_group to be a perfect square"),
-        (["--config", str(toy_config), "--set", "train.total_batch_size=0"], "train.total_batch_size=0"),
+        (["--config", str(toy_config), "--set", "train.total_batch_size=0"],
+         "'train.total_batch_size' (set in command line) must be >= 1, got 0"),
         (["--config", "configs/pointcloud/finetune_scan_hardest.yaml", "--set", *POINTS, "task.npoints=300"],
          "set task.fps_pool"),
     ]
@@ -370,7 +371,8 @@ def test_progress_lines_without_a_terminal(toy_config: Path, tmp_path: Path, cap
     fewshot = tmp_path / "fs.yaml"
     fewshot.write_text(TOY + "fewshot: {way: 4, shot: 2, folds: 2}\n")
     assert run_train(fewshot, root, "--set", "scheduler.epochs=1") == 0
-    assert "few-shot folds: 100% 2/2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("fewshot folds: 100% 2/2") == 1  # the last count once, not again at the end
 
 
 def test_vote_reports_progress_and_log_lines_do_not_collide_with_bars(monkeypatch) -> None:
@@ -392,7 +394,7 @@ def test_vote_reports_progress_and_log_lines_do_not_collide_with_bars(monkeypatc
     task = PointClassifyTask({}, npoints=32, fps_pool=48, votes=2, num_classes=5)
     task.progress = Recorder
     model = MODELS.get("pointmap_classifier")(trans_dim=32, encoder_dims=32, depth=3, num_heads=4, num_group=8,
-                                              group_size=4, cls_dim=5, pointnet_width=16).eval()
+                                              group_size=4, num_classes=5, pointnet_width=16).eval()
     task.vote(model, [(torch.randn(2, 64, 3), torch.tensor([1, 3]))] * 3)
     assert seen == [["vote", 3, 3]]
     # on a terminal, log lines go through tqdm.write: the bar is cleared, the line stands alone
@@ -444,7 +446,7 @@ def test_resume_leaves_no_duplicate_steps(toy_config: Path, tmp_path: Path) -> N
     root, exp = tmp_path / "exp", tmp_path / "exp" / "toy" / "default"
     assert run_train(toy_config, root, "--set", "task.nan_at_step=6") == 2  # dies after logging step 5
     assert [r["step"] for r in rows(exp) if r["type"] == "train"] == [1, 2, 3, 4, 5]
-    assert run_train(toy_config, root, "--resume") == 0  # resumes from step 4 (end of epoch 1)
+    assert run_train(toy_config, root, "--resume", "--allow-changed-config") == 0  # from step 4 (end of epoch 1)
     assert [r["step"] for r in rows(exp) if r["type"] == "train"] == list(range(1, 9))
     assert [r["step"] for r in rows(exp) if r["type"] == "epoch"] == [4, 8]
     events = EventAccumulator(str(exp / "tb"))

@@ -447,10 +447,10 @@ class Runner:
 # ----------------------------------------------------------------------------- estimates
 def count_steps(job: Job) -> int:
     """Optimizer updates of ``job`` (0 for tasks without training, e.g. the linear SVM)."""
-    from map_core.config import load_config, validate
+    from map_core.engine.schema import load_experiment
     from map_core.engine.tasks import build_task
 
-    cfg = validate(load_config(job.config, job.sets))
+    cfg = load_experiment(job.config, job.sets)
     task = build_task(cfg)
     if not task.trains:
         return 0

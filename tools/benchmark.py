@@ -241,7 +241,7 @@ def kernel_family(name: str) -> str:
 
 def chosen_backends(device: torch.device) -> Dict[str, str]:
     """op -> the backend a step on ``device`` runs, for every op with registered backends."""
-    return {op: backends.resolve(op, device).name for op in backends.OPS if backends.names(op)[1:]}
+    return {op: backends.resolve(op, device).name for op in backends.ops()}
 
 
 def bench_step(model_name: str, batch: int, input_spec: str, precision: str, steps: int, warmup: int,
@@ -339,6 +339,10 @@ SUITE = [  # (model, batch, input, model kwargs, step modes): the rows of BENCHM
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        load_modalities()  # before the parser: each registered op is a --OP flag
+    except USER_ERRORS as err:
+        return report_error(err)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a registered model, or mae_vit_base")
     p.add_argument("--batch", type=positive_int, default=32)
@@ -351,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="torch.compile every repeated block (default mode, or e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                    help="model keyword arguments, YAML values (e.g. depth=3 pointnet_width=64)")
-    for op in backends.OPS:
+    for op in backends.ops():
         p.add_argument(f"--{op}", default="auto", help=f"{op} backend (auto, torch, triton, ...)")
     p.add_argument("--profile", action="store_true", help="also profile one step (kernels, host syncs)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay forward + backward from CUDA graphs")
@@ -367,11 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         extra = [flag for flag, given in (("--sweep", args.sweep), ("--debug", args.debug)) if given]
         return subprocess.call([sys.executable, str(KERNELS), *extra])
     try:
-        load_modalities()
-    except USER_ERRORS as err:
-        return report_error(err, args.debug)
-    try:
-        backends.configure({op: getattr(args, op) for op in backends.OPS}, where="--")
+        backends.configure({op: getattr(args, op) for op in backends.ops()}, where="--")
     except (ValueError, ImportError) as err:  # an unknown or uninstalled backend
         return report_error(ConfigError(str(err)), args.debug)
     try:

@@ -27,7 +27,7 @@ try:
     from map_core import backends
     from map_core.engine.console import USER_ERRORS, add_debug_flag, report_error
     from map_core.errors import ConfigError
-    from map_core.masking import gather_tokens
+    from map_core.tokens import gather_tokens
     from map_core.modalities import get_modality, load_modalities
     from map_core.ssm import causal_conv1d, selective_scan
 except ModuleNotFoundError as err:  # a checkout that is not installed

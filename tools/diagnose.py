@@ -28,14 +28,15 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 try:
-    from map_core.config import load_config, validate
     from map_core.engine.cli import load_all_weights
+    from map_core.engine.schema import load_experiment
     from map_core.engine.console import USER_ERRORS, add_debug_flag, positive_int, report_error
     from map_core.engine.tasks import build_task, to_device
     from map_core.errors import ConfigError
-    from map_core.masking import gather_tokens, mask_to_indices
+    from map_core.masking import mask_to_indices
     from map_core.modalities import load_modalities
     from map_core.pretrain import MAPPretrainer, Tokens
+    from map_core.tokens import gather_tokens
 except ModuleNotFoundError as err:  # a checkout that is not installed
     if err.name != "map_core":
         raise
@@ -70,7 +71,7 @@ def diagnose(model: MAPPretrainer, batches: List[torch.Tensor], seed: int = 0) -
     generator = torch.Generator().manual_seed(seed)
     for inputs in batches:
         tok = model.tokenizer(inputs)
-        mask = model.objective.sample_mask(len(inputs), generator=generator) if model.objective.masks else None
+        mask = model.objective.sample_mask(len(inputs), generator=generator) if model.objective.uses_mask else None
         predicted = mask_to_indices(mask if mask is not None else model.objective.predicted_rows(len(inputs)))[1]
         target = gather_tokens(tok.target, predicted)
         values = {
@@ -97,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         load_modalities()
-        cfg = validate(load_config(args.config, args.set))
+        cfg = load_experiment(args.config, args.set)
         task = build_task(cfg)
         torch.manual_seed(args.seed)
         model = task.build_model()

@@ -1,19 +1,19 @@
-"""The modality-free training engine. Config layout (``map_core.config``)::
+"""The modality-free training engine. Config layout (``map_core.engine.schema``, loaded by ``map_core.config``)::
 
     task: {NAME: pretrain}              # classify (num_classes, label_smoothing, mixup), linear_svm (C)
     model: {NAME: <registered model>, ...its keyword arguments}
     dataset: {train: {NAME: ..., ...}, val: {...}, test: {...}}
-    optimizer: ...                      # OptimizerConfig  (map_core/engine/optim.py)
-    scheduler: ...                      # SchedulerConfig  (map_core/engine/optim.py)
-    train: {..., ema: ...}              # TrainConfig, EMAConfig  (map_core/engine/trainer.py)
-    runtime: {..., backends: ...}       # RuntimeConfig (distributed.py), BackendsConfig (map_core/backends.py)
-    fewshot: ...                        # optional, from the point-cloud modality: FewshotConfig
-                                        # (pointcloud/fewshot.py); one finetune per fold (run.py)
+    optimizer: ...                      # OptimizerConfig
+    scheduler: ...                      # SchedulerConfig
+    train: {..., ema: ...}              # TrainConfig, EMAConfig
+    runtime: {..., backends: ...}       # RuntimeConfig; backends: one key per registered op
+    <section>: ...                      # optional: a fold protocol a modality registers
+                                        # (schema.register_fold_protocol); one training per fold (run.py)
 
-Each engine section is a dataclass holding its keys and their defaults; an optional section a
-modality adds (``map_core.modalities.register_folds``) is typed the same way, by the modality. An
-experiment folder's ``config.yaml`` lists every value its run used. The class count is written once, as
-``task.num_classes``; the model's ``num_classes`` / ``cls_dim`` follows it.
+Each section is a dataclass of ``schema.py`` holding its keys, their defaults and their ranges; a
+fold protocol's section is typed the same way, by its modality. An experiment folder's
+``config.yaml`` lists every value its run used. The class count is written once, as
+``task.num_classes``; the model's and the datasets' ``num_classes`` follow it.
 
 Experiment folder ``<exp-root>/<config stem>/<exp name>/``: ``config.yaml``, ``log.txt``,
 ``metrics.jsonl`` (``type``: train | epoch | test | vote | val), ``tb/``, ``last.pth``,

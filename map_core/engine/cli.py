@@ -14,12 +14,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from map_core.config import ExperimentConfig, load_config, validate
 from map_core.engine.checkpoint import load_checkpoint
 from map_core.engine.console import USER_ERRORS, add_debug_flag, progress_factory, report_error, setup_console
 from map_core.engine.distributed import cleanup
 from map_core.engine.experiment import config_hint, experiment_dir, experiment_lock, saved_config
 from map_core.engine.run import RunOptions, run
+from map_core.engine.schema import ExperimentConfig, load_experiment
 from map_core.engine.tasks import build_task
 from map_core.errors import ConfigError
 from map_core.modalities import Draw, Modality, load_modalities, modality_of
@@ -41,6 +41,8 @@ def train_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     start.add_argument("--resume", nargs="?", const="", default=None, help="checkpoint (default: last.pth)")
     start.add_argument("--overwrite", action="store_true",
                        help="replace the files an earlier run wrote in the experiment folder")
+    p.add_argument("--allow-changed-config", action="store_true",
+                   help="let --resume continue with config values that differ from the checkpoint's")
     p.add_argument("--ckpt", default=None,
                    help="checkpoint or experiment folder for --test / --vote (default: best.pth)")
     p.add_argument("--test", action="store_true", help="evaluate only")
@@ -82,10 +84,10 @@ def train_command(argv: Optional[Sequence[str]] = None,
         load_modalities()
         config, exp_dir, ckpt = resolve_experiment(args, mode)
         overrides = args.set + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-        cfg = validate(load_config(config, overrides))
+        cfg = load_experiment(config, overrides)
         opts = RunOptions(exp_dir=exp_dir, finetune=args.finetune, resume=args.resume, ckpt=ckpt, mode=mode,
                           progress=progress_factory(bars) if main_rank else None, overwrite=args.overwrite,
-                          allow_partial_load=args.allow_partial_load)
+                          allow_partial_load=args.allow_partial_load, allow_changed_config=args.allow_changed_config)
         with experiment_lock(exp_dir) if main_rank else contextlib.nullcontext():
             metrics = run(cfg, opts)
     except USER_ERRORS as err:
@@ -151,7 +153,7 @@ def render_checkpoint(config: Optional[str | Path], ckpt: str | Path, out: Path,
         config, _, ckpt = saved_config(ckpt, "last.pth")
     else:
         ckpt = Path(ckpt) / "last.pth" if Path(ckpt).is_dir() else Path(ckpt)
-    cfg = validate(load_config(config, list(overrides)))
+    cfg = load_experiment(config, list(overrides))
     task = build_task(cfg)
     model = task.build_model()
     dataset = task.build_dataset(pick_split(cfg, split))

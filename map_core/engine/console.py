@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional
 from tqdm import tqdm
 
 from map_core.engine.progress import ProgressFactory
-from map_core.errors import UserError
+from map_core.errors import ConfigError, UserError
 
 USER_ERRORS = (UserError, FileNotFoundError)
 EXIT_USER_ERROR = 2
@@ -59,11 +59,18 @@ def error_message(err: BaseException) -> str:
 
 
 def report_error(err: BaseException, debug: bool = False) -> int:
-    """Print ``error: <message>`` (after the traceback when debugging) and return the exit code 2."""
+    """Print ``error: <message>`` (after the traceback when debugging) and return the exit code 2.
+
+    Under ``torchrun`` every rank meets the same config error: only rank 0 reports it, the others
+    exit quietly with the same code. Other errors may be one rank's own (a bad sample in its
+    shard): those name the rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0 and isinstance(err, ConfigError):
+        return EXIT_USER_ERROR
     if debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         traceback.print_exception(type(err), err, err.__traceback__)
     _escape_unencodable(sys.stderr)
-    print(f"error: {error_message(err)}", file=sys.stderr)
+    print(f"error: {f'(rank {rank}) ' if rank else ''}{error_message(err)}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 
@@ -120,14 +127,15 @@ class TqdmProgress:
 class LogProgress:
     """Progress as log lines (for pipes and files): at most one per ``interval`` seconds, e.g.
     ``train: 45% 450/1000 [01:00<01:13, 7.50it/s, loss=0.4102]``, and a last one when the loop
-    took longer than ``interval``."""
+    took longer than ``interval`` and its last count was not shown yet."""
 
     BAR_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
     def __init__(self, total: int, desc: str, initial: int = 0, interval: Optional[float] = None):
         self.total, self.desc, self.n, self.initial = total, desc, initial, initial
-        self.interval = float(os.environ.get(PROGRESS_SECONDS_ENV, 30)) if interval is None else interval
+        self.interval = progress_seconds() if interval is None else interval
         self.start = self.last = time.monotonic()
+        self.shown = initial  # the count of the last line
         self.postfix: Dict[str, Any] = {}
 
     def update(self, n: int = 1, postfix: Optional[Mapping[str, Any]] = None) -> None:
@@ -141,14 +149,31 @@ class LogProgress:
 
     def close(self) -> None:
         now = time.monotonic()
-        if now - self.start >= self.interval:
+        if now - self.start >= self.interval and self.n != self.shown:
             self._emit(now)
 
     def _emit(self, now: float) -> None:
+        self.shown = self.n
         log.info(tqdm.format_meter(self.n, self.total, now - self.start, prefix=self.desc, initial=self.initial,
                                    postfix=_postfix_text(self.postfix), bar_format=self.BAR_FORMAT))
 
 
+def progress_seconds() -> float:
+    """Seconds between progress lines: ``$MAP_PROGRESS_SECONDS`` (default 30); ConfigError unless a
+    number >= 0."""
+    text = os.environ.get(PROGRESS_SECONDS_ENV, "30")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"${PROGRESS_SECONDS_ENV}={text!r}: expected a number of seconds >= 0 (default 30)")
+    return seconds
+
+
 def progress_factory(bars: bool) -> ProgressFactory:
-    """tqdm bars for a terminal, log lines otherwise."""
-    return TqdmProgress if bars else LogProgress
+    """tqdm bars for a terminal, log lines otherwise (``$MAP_PROGRESS_SECONDS`` checked now)."""
+    if bars:
+        return TqdmProgress
+    progress_seconds()
+    return LogProgress

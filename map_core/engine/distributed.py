@@ -1,4 +1,4 @@
-"""Process-group setup under ``torchrun``, the few collectives the engine needs, and ``runtime:``.
+"""Process-group setup under ``torchrun`` and the few collectives the engine needs.
 
 Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs in one process and the
 collectives are no-ops. No hand-written launcher: start several processes with ``torchrun``.
@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from map_core.backends import BackendsConfig
 from map_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """``runtime:``; process-level switches. ``device``: auto (CUDA when available), cpu or cuda;
-    ``find_unused_parameters`` is passed to DistributedDataParallel; ``backends`` picks the
-    implementation of each fast op (``map_core.backends``)."""
-
-    device: str = "auto"
-    find_unused_parameters: bool = False
-    backends: BackendsConfig = field(default_factory=BackendsConfig)
 
 
 @dataclass
@@ -44,8 +32,13 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    """Initialise the process group when launched by torchrun (nccl on CUDA, gloo on CPU).
+
+    ``device``: ``runtime.device`` (auto: CUDA when available, cpu, cuda)."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("runtime.device is 'cuda', but no CUDA GPU is visible to PyTorch "
+                          "(torch.cuda.is_available() is False); use runtime.device=auto or cpu")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))

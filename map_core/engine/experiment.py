@@ -24,8 +24,9 @@ import sys
 from pathlib import Path, PurePath
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from map_core.config import ExperimentConfig, config_diff
+from map_core.config import config_diff
 from map_core.engine.checkpoint import process_alive
+from map_core.engine.schema import ExperimentConfig, fold_protocols
 from map_core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ LOCK_FILE = "run.lock"
 CHECKPOINT_NAME = re.compile(r"(last|best|epoch_\d{4,})\.pth")
 SAVE_TEMP_NAME = re.compile(r"\.(last|best|epoch_\d{4,})\.pth\.\d+\.tmp")  # left by a save killed midway
 FOLD_DIR = re.compile(r"fold_\d+")
-RUN_FILES = ("metrics.jsonl", "log.txt", SAVED_CONFIG, "fewshot_summary.json")
+RUN_FILES = ("metrics.jsonl", "log.txt", SAVED_CONFIG)  # and the fold protocols' summaries (summary_files)
 EVENTS_DIR, EVENTS_PREFIX = "tb", "events.out.tfevents."  # TensorBoard's files in the folder
 RESULT_TYPES = ("test", "val", "vote")  # metrics.jsonl rows of a finished evaluation
 
@@ -83,7 +84,8 @@ def run_files(exp_dir: Path) -> List[Path]:
     found: List[Path] = []
     for folder in _run_folders(exp_dir):
         found += [p for p in folder.iterdir() if p.is_file() and (
-            p.name in RUN_FILES or CHECKPOINT_NAME.fullmatch(p.name) or SAVE_TEMP_NAME.fullmatch(p.name))]
+            p.name in RUN_FILES + summary_files() or CHECKPOINT_NAME.fullmatch(p.name)
+            or SAVE_TEMP_NAME.fullmatch(p.name))]
         events = folder / EVENTS_DIR
         if events.is_dir():
             found += [p for p in events.iterdir() if p.is_file() and p.name.startswith(EVENTS_PREFIX)]
@@ -114,6 +116,11 @@ def _holds_results(metrics: Path) -> bool:
         except (ValueError, AttributeError):
             continue
     return False
+
+
+def summary_files() -> Tuple[str, ...]:
+    """The summary file each registered fold protocol writes (``<section>_summary.json``)."""
+    return tuple(p.summary_file for p in fold_protocols())
 
 
 def prepare_fresh_start(exp_dir: Path, overwrite: bool, remove: bool = True) -> None:

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule, and their config sections (``optimizer:``, ``scheduler:``).
+"""Optimizer and learning-rate schedule (config sections ``optimizer:`` and ``scheduler:``,
+typed in ``map_core.engine.schema``).
 
 Weight decay is off for parameters with ndim <= 1, for position / cls / mask / register tokens,
 for the Mamba ``A_log`` / ``A_b_log`` / ``D`` / ``D_b`` parameters and for the model's own
@@ -7,45 +8,17 @@ for the Mamba ``A_log`` / ``A_b_log`` / ``D`` / ``D_b`` parameters and for the m
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import List, Literal, Optional, Tuple
+from typing import List
 
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from map_core.engine.schema import OptimizerConfig, SchedulerConfig
 from map_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """``optimizer:``. ``lr_batch_base: 512`` scales ``lr`` by total_batch_size / 512; ``layer_decay``
-    (e.g. 0.75) scales each layer's lr by timm's BEiT-style groups; ``betas`` / ``eps`` are AdamW's,
-    ``momentum`` SGD's (Nesterov)."""
-
-    NAME: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9
-    layer_decay: Optional[float] = None
-    lr_batch_base: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """``scheduler:``; linear warm-up from ``warmup_lr`` then cosine to ``min_lr``, stepped per
-    optimizer update. ``epochs`` is the length of the run."""
-
-    NAME: Literal["cosine"] = "cosine"
-    epochs: int = 300
-    warmup_epochs: float = 10.0
-    min_lr: float = 1e-6
-    warmup_lr: float = 1e-6
 
 NO_DECAY_PATTERNS = (
     "*pos_embed*", "*cls_token*", "*mask_token*", "*register*",

@@ -2,7 +2,7 @@
 
 A ``ProgressFactory`` is called as ``factory(total, desc, initial=0)`` and returns a
 :class:`Progress`. The engine asks for one over the training steps, each evaluation, voting and
-feature pass, and the few-shot folds; ``tools/cli.py`` supplies tqdm bars for a terminal and
+feature pass, and the folds of a fold protocol; ``tools/cli.py`` supplies tqdm bars for a terminal and
 periodic log lines otherwise. Without a factory nothing is drawn.
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Running a config as ``tools/train.py`` asks: train, few-shot folds, ``--test``, ``--vote``.
+"""Running a config as ``tools/train.py`` asks: train, folds (of a fold protocol that a modality
+registered), ``--test``, ``--vote``.
 
 ``run(cfg, options)`` is the single entry; the training itself is ``map_core.engine.trainer.Trainer``.
 """
@@ -6,20 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from map_core.config import ExperimentConfig, dump_config
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import DistInfo, barrier, init_distributed
 from map_core.engine.experiment import checkpoints_in, prepare_fresh_start
 from map_core.engine.progress import ProgressFactory
+from map_core.engine.schema import ExperimentConfig, FoldProtocol
+from map_core.engine.tasks import build_task
 from map_core.engine.trainer import Trainer
-from map_core.modalities import FOLD_CONFIGS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class RunOptions:
     progress: Optional[ProgressFactory] = None
     overwrite: bool = False  # replace the checkpoints of an earlier run in exp_dir
     allow_partial_load: bool = False  # accept a --finetune checkpoint that fills under half of the encoder
+    allow_changed_config: bool = False  # accept a --resume checkpoint saved with other config values
 
 
 def _eval_splits(cfg: ExperimentConfig) -> tuple:
@@ -48,9 +50,7 @@ def _eval_splits(cfg: ExperimentConfig) -> tuple:
 def _train_once(cfg: ExperimentConfig, opts: RunOptions, exp_dir: Path, dist_info: DistInfo,
                 resume: Optional[Path]) -> Dict[str, Any]:
     trainer = Trainer(cfg, exp_dir, dist_info, opts.progress)
-    if dist_info.is_main:
-        dump_config(cfg, exp_dir / "config.yaml")
-    return trainer.fit(opts.finetune, resume, opts.allow_partial_load)
+    return trainer.fit(opts.finetune, resume, opts.allow_partial_load, opts.allow_changed_config)
 
 
 def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optional[float]]:
@@ -62,47 +62,58 @@ def _finished_fold(fold_dir: Path, epochs: int) -> Tuple[Optional[Path], Optiona
     return (None, state["best_metric"]) if state["epoch"] >= epochs else (last, None)
 
 
-def run_fewshot(cfg: ExperimentConfig, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
-    """One finetune per fold; mean / std of the best metrics. Fold k's config is ``fold_config(cfg, k)``
-    of the modality that registered the ``fewshot`` section (``map_core.modalities.register_folds``).
+def _check_folds(fold_cfgs: List[ExperimentConfig]) -> None:
+    """Open the datasets of every fold before the first one trains, so a missing or broken fold file
+    stops the run at once instead of after the folds before it."""
+    for fold_cfg in fold_cfgs:
+        task = build_task(fold_cfg)
+        for split in fold_cfg.dataset:
+            task.build_dataset(split)
+
+
+def run_folds(cfg: ExperimentConfig, protocol: FoldProtocol, opts: RunOptions, dist_info: DistInfo) -> Dict[str, Any]:
+    """One training per fold of ``protocol`` (a section of ``cfg``, registered by a modality), fold k
+    in ``fold_<k>/`` with the config ``protocol.fold_config(cfg, k)``; the mean / std of the best
+    metrics go to ``<section>_summary.json``.
 
     With ``--resume`` finished folds are skipped (their best metric read from ``fold_k/last.pth``),
     a fold with a checkpoint continues from it, and folds without one start from the beginning.
     """
-    folds, epochs = cfg.fewshot.folds, cfg.scheduler.epochs
-    fold_config = FOLD_CONFIGS["fewshot"]
+    section, epochs = cfg.optional[protocol.section], cfg.scheduler.epochs
     if opts.resume:
-        raise ConfigError(f"--resume {opts.resume}: a few-shot run resumes each fold from its own last.pth; "
-                          f"pass --resume without a path")
+        raise ConfigError(f"--resume {opts.resume}: a {protocol.section} run resumes each fold from its own "
+                          f"last.pth; pass --resume without a path")
     if opts.resume is not None and not checkpoints_in(opts.exp_dir):
         raise UserError(f"--resume: no fold of '{opts.exp_dir}' has a checkpoint yet; start without --resume")
-    bar = opts.progress(folds, "few-shot folds") if opts.progress and dist_info.is_main else None
+    fold_cfgs = [protocol.fold_config(cfg, fold) for fold in range(section.folds)]
+    _check_folds(fold_cfgs)
+    bar = opts.progress(len(fold_cfgs), f"{protocol.section} folds") if opts.progress and dist_info.is_main else None
     results = []
     try:
-        for fold in range(folds):
+        for fold, fold_cfg in enumerate(fold_cfgs):
             fold_dir = opts.exp_dir / f"fold_{fold}"
             resume, best = _finished_fold(fold_dir, epochs) if opts.resume is not None else (None, None)
             if best is None:
-                log.info("few-shot fold %d of %d", fold + 1, folds)
-                best = _train_once(fold_config(cfg, fold), opts, fold_dir, dist_info, resume)["best_metric"]
+                log.info("%s fold %d of %d", protocol.section, fold + 1, len(fold_cfgs))
+                best = _train_once(fold_cfg, opts, fold_dir, dist_info, resume)["best_metric"]
             else:
-                log.info("few-shot fold %d of %d finished earlier (best %s %.4f): skipped", fold + 1, folds,
-                         Trainer.metric_name(cfg), best)
+                log.info("%s fold %d of %d finished earlier (best %s %.4f): skipped", protocol.section, fold + 1,
+                         len(fold_cfgs), Trainer.metric_name(cfg), best)
             results.append(best)
             if bar is not None:
                 bar.update(1, {"last": f"{best:.2f}"})
     finally:
         if bar is not None:
             bar.close()
-    summary = {"metric": Trainer.metric_name(cfg), "way": cfg.fewshot.way, "shot": cfg.fewshot.shot,
-               "per_fold": results, "mean": float(np.mean(results)), "std": float(np.std(results))}
+    summary = {"metric": Trainer.metric_name(cfg), **asdict(section), "per_fold": results,
+               "mean": float(np.mean(results)), "std": float(np.std(results))}
     if dist_info.is_main:
-        (opts.exp_dir / "fewshot_summary.json").write_text(json.dumps(summary, indent=2))
+        (opts.exp_dir / protocol.summary_file).write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def run(cfg: ExperimentConfig, opts: RunOptions) -> Dict[str, Any]:
-    """Train (or few-shot, test, vote) as the options say; returns the final metrics.
+    """Train (or train the folds, test, vote) as the options say; returns the final metrics.
 
     A training run without ``resume`` refuses an experiment folder that holds checkpoints, unless
     ``overwrite`` (then the earlier run is removed first).
@@ -121,6 +132,7 @@ def run(cfg: ExperimentConfig, opts: RunOptions) -> Dict[str, Any]:
             return trainer.test(vote=opts.mode == "vote")
         finally:
             trainer.records.close()
-    if "fewshot" in cfg.optional:  # the config has a fewshot: section (the point-cloud modality's)
-        return run_fewshot(cfg, opts, dist_info)
+    protocol = cfg.fold_protocol()
+    if protocol is not None:
+        return run_folds(cfg, protocol, opts, dist_info)
     return _train_once(cfg, opts, opts.exp_dir, dist_info, ckpt_io.resolve_resume(opts.resume, opts.exp_dir))

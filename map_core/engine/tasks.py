@@ -16,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import SumMetric
+from torchmetrics.classification import MulticlassStatScores
 
-from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError, UserError
 from map_core.registry import DATASETS, MODELS, TASKS, check_kwargs
 from map_core.engine.distributed import all_gather_objects, all_reduce_sum
 from map_core.engine.progress import ProgressFactory, tracked
+from map_core.engine.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -202,46 +204,54 @@ class ClassifyTask(Task):
         acc = (logits.argmax(-1) == labels).float().mean() * 100  # a device tensor: no host sync per step
         return loss, {"acc": acc}
 
+    def metrics(self, num_classes: int) -> "ClassificationMetrics":
+        """An empty accumulator of this task's metrics for ``num_classes`` logits (the task's
+        ``num_classes`` when set), on the task's device."""
+        return ClassificationMetrics(self.num_classes or num_classes, self.device)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         model.eval()
-        stats: Optional[torch.Tensor] = None  # rows: [loss_sum, n, top1, top5] + per-class correct / count
+        metrics: Optional[ClassificationMetrics] = None
         for batch in self.batches(loader):
             inputs, labels = batch[0], batch[1]
             with self.autocast():
                 logits = self.logits(model, inputs).float()
-            stats = self._accumulate(stats, logits, labels)
-        return self._summarise(stats)
+            metrics = metrics or self.metrics(logits.shape[-1])
+            metrics.update(logits, labels)
+        return (metrics or self.metrics(1)).compute()  # a rank without samples still joins the reduction
 
-    def _accumulate(self, stats: Optional[torch.Tensor], logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        num_classes = logits.shape[-1]
-        if stats is None:
-            stats = torch.zeros(4 + 2 * num_classes, dtype=torch.float64, device=logits.device)
-        top = logits.topk(min(5, num_classes), dim=-1).indices
-        hit1 = top[:, 0] == labels
-        stats[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        stats[1] += len(labels)
-        stats[2] += hit1.sum()
-        stats[3] += (top == labels[:, None]).any(-1).sum()
-        stats[4:4 + num_classes] += torch.bincount(labels[hit1], minlength=num_classes)
-        stats[4 + num_classes:] += torch.bincount(labels, minlength=num_classes)
-        return stats
 
-    def _summarise(self, stats: Optional[torch.Tensor]) -> Dict[str, float]:
-        if stats is None:  # this rank had no samples; still join the reduction
-            stats = torch.zeros(4 + 2 * (self.num_classes or 1), dtype=torch.float64, device=self.device)
-        all_reduce_sum(stats)
-        num_classes = (len(stats) - 4) // 2
-        n = stats[1].clamp(min=1)
-        correct, count = stats[4:4 + num_classes], stats[4 + num_classes:]
-        seen = count > 0
+class ClassificationMetrics:
+    """A split's classification metrics, accumulated batch by batch by torchmetrics (which also sums
+    them over ranks): top1, top5 (with >= 5 classes), class_mean_acc (the mean accuracy of the
+    classes present in the targets), all in %, and loss (the mean cross-entropy)."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        # counts per class (true positives, ..., support); top-5 hits; the summed loss in float64
+        self.per_class = MulticlassStatScores(num_classes, top_k=1, average=None, validate_args=False).to(device)
+        self.top5 = (MulticlassStatScores(num_classes, top_k=5, average="micro", validate_args=False).to(device)
+                     if num_classes >= 5 else None)
+        self.loss = SumMetric().set_dtype(torch.float64).to(device)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """logits (B, num_classes) float, labels (B,) int64."""
+        self.per_class.update(logits, labels)
+        if self.top5 is not None:
+            self.top5.update(logits, labels)
+        self.loss.update(F.cross_entropy(logits, labels, reduction="sum").double())
+
+    def compute(self) -> Dict[str, float]:
+        """The metrics over every rank's batches."""
+        hits, support = self.per_class.compute()[:, [0, 4]].double().unbind(-1)
+        n, seen = support.sum().clamp(min=1), support > 0
         metrics = {
-            "loss": (stats[0] / n).item(),
-            "top1": (100 * stats[2] / n).item(),
-            "class_mean_acc": (100 * (correct[seen] / count[seen]).mean()).item() if seen.any() else 0.0,
+            "loss": (self.loss.compute() / n).item(),
+            "top1": (100 * hits.sum() / n).item(),
+            "class_mean_acc": (100 * (hits[seen] / support[seen]).mean()).item() if seen.any() else 0.0,
         }
-        if num_classes >= 5:
-            metrics["top5"] = (100 * stats[3] / n).item()
+        if self.top5 is not None:
+            metrics["top5"] = (100 * self.top5.compute()[0].double() / n).item()
         return metrics
 
 

@@ -1,7 +1,7 @@
 """The training loop: epochs of optimizer updates, AMP, accumulation, clipping, EMA, DDP, checkpoints.
 
 ``Trainer(cfg, exp_dir).fit()`` trains and returns the best metric; ``map_core.engine.run`` runs a
-config as ``tools/train.py`` asks (train, few-shot folds, ``--test``, ``--vote``). Everything
+config as ``tools/train.py`` asks (train, folds, ``--test``, ``--vote``). Everything
 modality-specific comes from the task (``map_core.engine.tasks``) and the datasets.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Literal, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -23,16 +23,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from map_core import backends
 from map_core.compile import compile_blocks
+from map_core.config import config_diff, dump_config
 from map_core.graphs import GraphedStep
-from map_core.config import ExperimentConfig
 from map_core.errors import ConfigError, UserError
 from map_core.engine import checkpoint as ckpt_io
 from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_objects, all_reduce_sum,
                                          barrier, init_distributed)
-from map_core.engine.experiment import check_same_optimizer, config_hint
+from map_core.engine.experiment import SAVED_CONFIG, check_same_optimizer, config_hint
 from map_core.engine.logger import ExperimentLogger
 from map_core.engine.optim import build_optimizer, build_scheduler
 from map_core.engine.progress import Progress, ProgressFactory, format_eta
+from map_core.engine.schema import ExperimentConfig, TrainConfig
 from map_core.engine.tasks import Task, build_task, to_device
 from map_core.registry import TASKS
 from map_core.weights import extract_state_dict, load_exact
@@ -43,41 +44,6 @@ progress_log = logging.getLogger("map_core.engine.progress")
 
 class NonFiniteLossError(UserError):
     """The loss became NaN / inf; the message names the step and the last good checkpoint."""
-
-
-@dataclass(frozen=True)
-class EMAConfig:
-    """``train.ema:``; an exponential moving average of the weights (timm ``ModelEmaV3``), which
-    then is what validation, ``--test`` and ``--vote`` evaluate."""
-
-    enable: bool = False
-    decay: float = 0.9999
-    warmup: bool = False
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """``train:``; batch sizes are totals over all ranks and accumulation steps. ``precision: auto``
-    is bf16 autocast on CUDA, fp32 on CPU. ``save_every`` N keeps ``epoch_XXXX.pth`` every N epochs
-    (0: only last / best); ``max_steps_per_epoch`` caps the updates of an epoch."""
-
-    total_batch_size: int = 128
-    val_batch_size: Optional[int] = None
-    accum_steps: int = 1
-    clip_grad: Optional[float] = None
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    num_workers: int = 4
-    log_every: int = 20
-    save_every: int = 0
-    val_every: int = 1
-    seed: int = 0
-    deterministic: bool = False
-    max_steps_per_epoch: Optional[int] = None
-    # the training step's path (see choose_step_path): each true, false or auto
-    compile: Literal["auto", True, False] = "auto"  # torch.compile each repeated block (map_core.compile)
-    compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
-    cuda_graphs: Literal["auto", True, False] = "auto"  # replay forward, loss, backward (map_core.graphs)
 
 
 @dataclass(frozen=True)
@@ -147,10 +113,6 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 class Trainer:
     """Builds everything from the config (datasets first, so data errors come before step 1)."""
 
@@ -160,7 +122,7 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.runtime.device)
         seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
         try:
-            backends.configure(asdict(cfg.runtime.backends))
+            backends.configure(cfg.runtime.backends, device=self.dist.device)
         except (ValueError, ImportError) as err:
             raise ConfigError(str(err)) from None
         self.task: Task = build_task(cfg)
@@ -179,8 +141,6 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _per_rank_batch(self) -> int:
         train = self.cfg.train
-        if train.accum_steps < 1:
-            raise ConfigError(f"train.accum_steps must be at least 1, got {train.accum_steps}")
         share = self.dist.world_size * train.accum_steps
         if train.total_batch_size < share or train.total_batch_size % share:
             raise ConfigError(f"train.total_batch_size={train.total_batch_size} must be a positive multiple of "
@@ -196,13 +156,12 @@ class Trainer:
         else:
             sampler = ShardSampler(len(dataset), self.dist.rank, self.dist.world_size)
             batch = train.val_batch_size or self._per_rank_batch()
-            if batch < 1:
-                raise ConfigError(f"train.val_batch_size must be at least 1, got {batch}")
         return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=train.num_workers,
                           pin_memory=self.dist.device.type == "cuda", drop_last=training,
                           worker_init_fn=_seed_worker, collate_fn=getattr(dataset, "collate_fn", None))
 
-    def _setup_training(self, finetune: Optional[str], resume: Optional[Path], allow_partial: bool) -> None:
+    def _setup_training(self, finetune: Optional[str], resume: Optional[Path], allow_partial: bool,
+                        allow_changed: bool) -> None:
         train = self.cfg.train
         self.train_loader = self._loader("train", training=True)
         self.updates_per_epoch = len(self.train_loader) // train.accum_steps
@@ -220,8 +179,9 @@ class Trainer:
         if train.ema.enable:
             self.ema = ModelEmaV3(self.model, decay=train.ema.decay, use_warmup=train.ema.warmup)
         if resume:
-            self._load_state(resume)
+            self._load_state(resume, allow_changed)
         self.records.rewind(self.global_step)
+        self._save_config()
         self._session_start = (self.global_step, time.time())  # for the ETA
         self.ddp_model: nn.Module = self.model
         if self.dist.world_size > 1:
@@ -239,6 +199,11 @@ class Trainer:
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.dist.device)
 
     # ------------------------------------------------------------------ checkpoints
+    def _save_config(self) -> None:
+        """``config.yaml``: every value this run uses (written once a resume has been accepted)."""
+        if self.dist.is_main:
+            dump_config(self.cfg, self.exp_dir / SAVED_CONFIG)
+
     def _state(self, metrics: Mapping[str, float], rng_states: list) -> Dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -269,18 +234,37 @@ class Trainer:
         self.last_saved = self.exp_dir / "last.pth"
         barrier()
 
-    def _load_state(self, path: Path) -> None:
+    def _config_changes(self, saved: Any, path: Path, allow_changed: bool) -> List[str]:
+        """The keys whose values differ from the config ``path`` was saved with (``key: old -> new``).
+        Any is an error naming them, unless ``allow_changed`` (``--allow-changed-config``)."""
+        changes = config_diff(saved, self.cfg.to_dict()) if isinstance(saved, Mapping) else []
+        if changes and not allow_changed:
+            raise ConfigError(f"--resume: the config differs from the one '{path}' was saved with "
+                              f"(checkpoint -> now: {'; '.join(changes)}); resume with the checkpoint's values, "
+                              f"or pass --allow-changed-config to continue with the new ones")
+        if changes:
+            log.warning("--allow-changed-config: resuming with new values (checkpoint -> now): %s", "; ".join(changes))
+        return changes
+
+    def _load_state(self, path: Path, allow_changed: bool) -> None:
         state = ckpt_io.load_checkpoint(path)
+        changes = self._config_changes(state.get("config"), path, allow_changed)
         check_same_optimizer(state.get("config"), self.cfg, path)
         hint = config_hint(state.get("config"), self.cfg, "model", "Resume with the checkpoint's model settings, "
                            "or start a new run (--exp-name).")
         load_exact(self.model, state["model"], f"--resume checkpoint '{path}'", hint)
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:  # parameter groups changed (e.g. optimizer.layer_decay)
             raise ConfigError(f"--resume: the optimizer state in '{path}' does not fit this config ({err}); "
                               f"resume with the checkpoint's optimizer settings") from None
-        self.scheduler.load_state_dict(state["scheduler"])
+        if changes:  # the moments come from the checkpoint; decay, betas and the lr schedule from the config
+            for group, own in zip(self.optimizer.param_groups, settings):
+                group.update(own)
+            self.scheduler.step_update(state["epoch"] * self.updates_per_epoch)
+        else:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -350,7 +334,6 @@ class Trainer:
         self.nonfinite += bad
         self.first_nonfinite = torch.where((self.first_nonfinite < 0) & (bad > 0), self.global_step,
                                            self.first_nonfinite)
-        self.scheduler.step_update(self.global_step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
         return totals
@@ -386,6 +369,8 @@ class Trainer:
         for update in range(self.updates_per_epoch):
             batches = [next(data) for _ in range(accum)]
             values = self._update(batches)
+            # the schedule's position counts epochs, so it is the same after a resume with another batch size
+            self.scheduler.step_update(self.epoch * self.updates_per_epoch + update + 1)
             epoch_loss += values["loss"]
             window = {k: window.get(k, 0.0) + v for k, v in values.items()}
             count, samples = count + 1, samples + sum(len(b[0]) for b in batches)
@@ -411,16 +396,17 @@ class Trainer:
         return value > self.best if self.task.higher_is_better else value < self.best
 
     def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None,
-            allow_partial: bool = False) -> Dict[str, Any]:
+            allow_partial: bool = False, allow_changed_config: bool = False) -> Dict[str, Any]:
         """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}.
 
-        ``allow_partial`` accepts a ``finetune`` checkpoint that fills under half of the encoder.
+        ``allow_partial`` accepts a ``finetune`` checkpoint that fills under half of the encoder;
+        ``allow_changed_config`` a ``resume`` checkpoint saved with other config values.
         """
         if not self.task.trains:
             return self.fit_frozen(finetune, allow_partial)
         bar = None
         try:
-            self._setup_training(finetune, resume, allow_partial)
+            self._setup_training(finetune, resume, allow_partial, allow_changed_config)
             total = self.updates_per_epoch * self.cfg.scheduler.epochs
             if self.progress and self.dist.is_main:
                 bar = self.progress(total, "train", initial=self.global_step)
@@ -458,6 +444,7 @@ class Trainer:
     def fit_frozen(self, finetune: Optional[str], allow_partial: bool = False) -> Dict[str, Any]:
         """Tasks without a training loop (linear SVM): fit on train, evaluate on test (or val)."""
         try:
+            self._save_config()
             if finetune:
                 ckpt_io.load_finetune_weights(self.model, finetune, allow_partial)
             self.task.fit(self.model, self._loader("train", training=False))

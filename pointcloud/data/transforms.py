@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from map_core.masking import gather_tokens
+from map_core.tokens import gather_tokens
 from pointcloud.ops import fps
 
 # npoints -> size of the FPS pool the random subset is drawn from (Mamba3D runner_finetune)
