@@ -18,7 +18,7 @@ from map_core.registry import DATASETS
 from map_core.safe_pickle import restricted_load
 from pointcloud.data import DataError, ModelNet, ModelNetFewShot, ScanObjectNN, ShapeNet
 from pointcloud.data.common import normalize
-from pointcloud.data.transforms import fps_pool, fps_random_subset, rotate_about_up, scale_and_translate
+from pointcloud.data.transforms import fps_pool, random_subset, rotate_about_up, scale_and_translate
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "night_stand"] + [f"class{i:02d}" for i in range(38)]
@@ -275,21 +275,23 @@ def test_rotate_about_up():
     assert torch.allclose(unit[:, 0], torch.stack([angle.cos(), torch.zeros(8), angle.sin()], -1), atol=1e-6)
 
 
-def test_fps_random_subset_is_a_subset_of_the_fps_pool():
+def test_training_input_is_a_random_subset_of_the_fps_pool():
+    """Mamba3D's training input (the point classification task's preprocess): FPS to the pool,
+    then a random subset of it."""
     points = torch.randn(2, 1500, 3, generator=torch.Generator().manual_seed(3))
-    out = fps_random_subset(points, 1024, generator=torch.Generator().manual_seed(4))
-    assert out.shape == (2, 1024, 3)
     pool = fps_pool(points, 1024)
     assert pool.shape == (2, 1200, 3)
+    out = random_subset(pool, 1024, generator=torch.Generator().manual_seed(4))
+    assert out.shape == (2, 1024, 3)
     for b in range(2):
         rows = {tuple(p) for p in points[b].tolist()}
         chosen = [tuple(p) for p in out[b].tolist()]
         assert len(set(chosen)) == 1024 and set(chosen) <= {tuple(p) for p in pool[b].tolist()} <= rows
-    assert fps_random_subset(points[:, :1100], 1024).shape == (2, 1024, 3)  # pool capped at N
+    assert fps_pool(points[:, :1100], 1024).shape == (2, 1100, 3)  # pool capped at N
     with pytest.raises(ValueError, match="no default FPS pool"):
-        fps_random_subset(points, 1000)
+        fps_pool(points, 1000)
     with pytest.raises(ValueError, match="cannot take 1024"):
-        fps_random_subset(points[:, :1000], 1024)
+        fps_pool(points[:, :1000], 1024)
 
 
 # ---------------------------------------------------------------- scripts

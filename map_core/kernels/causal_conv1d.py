@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from map_core.kernels import empty_like_layout
+
 # Tile shapes (steps x channels, warps), the fastest of a sweep on an H200 at MAP-Base and PointMAP
 # shapes (B 64 x D 1536 x L 98 / 196, B 128 x D 768 x L 129; .lab notes in BENCHMARKS.md): the
 # forward wants wide channel tiles, the backward small ones (its per-tile partial sums of dw).
@@ -97,16 +99,9 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM
         tl.store(db_ptr + part + offs_d, tl.sum(g_own, axis=1), mask=mask_d)
 
 
-def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
-    """An empty (B, D, L) tensor, time-major when ``x`` is, else contiguous."""
-    b, d, length = x.shape
-    stride = (length * d, 1, d) if x.stride(1) == 1 and d > 1 else (d * length, length, 1)
-    return torch.empty_strided(x.shape, stride, device=x.device, dtype=x.dtype)
-
-
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
     b, d, length = x.shape
-    y = _empty_like_layout(x)
+    y = empty_like_layout(x)
     grid = (b, triton.cdiv(length, FWD_BLOCK_L), triton.cdiv(d, FWD_BLOCK_D))
     _conv_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, length, d, *x.stride(), *y.stride(),
                            K=weight.shape[1], HAS_BIAS=bias is not None, REVERSE=reverse,
@@ -117,7 +112,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 def conv_backward(dy, x, weight, bias, reverse: bool):
     b, d, length = x.shape
     n_lblocks = triton.cdiv(length, BWD_BLOCK_L)
-    dx = _empty_like_layout(x)
+    dx = empty_like_layout(x)
     dw = torch.empty(b * n_lblocks, d, weight.shape[1], device=x.device, dtype=torch.float32)
     db = torch.empty(b * n_lblocks, d, device=x.device, dtype=torch.float32) if bias is not None else dw
     _conv_bwd_kernel[(b, n_lblocks, triton.cdiv(d, BWD_BLOCK_D))](
@@ -134,7 +129,7 @@ def _conv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 
 @_conv_op.register_fake
 def _(x, weight, bias, reverse):
-    return _empty_like_layout(x)
+    return empty_like_layout(x)
 
 
 @torch.library.custom_op("map_core::causal_conv1d_silu_bwd", mutates_args=())
@@ -146,7 +141,7 @@ def _conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
 
 @_conv_bwd_op.register_fake
 def _(dy, x, weight, bias, reverse):
-    return _empty_like_layout(x), torch.empty_like(weight), torch.empty_like(bias) if bias is not None else weight.new_empty((0,))
+    return empty_like_layout(x), torch.empty_like(weight), torch.empty_like(bias) if bias is not None else weight.new_empty((0,))
 
 
 def _setup_context(ctx, inputs, output):

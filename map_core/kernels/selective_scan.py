@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from map_core.kernels import empty_like_layout
+
 LOG2E = tl.constexpr(math.log2(math.e))
 LN2 = tl.constexpr(math.log(2.0))
 # Channels per program: one per thread (32 per warp); more warps, fewer programs.
@@ -306,14 +308,6 @@ def _strides(t: Optional[torch.Tensor]) -> Tuple[int, int, int]:
     return tuple(t.stride()) if t is not None else (0, 0, 0)
 
 
-def _empty_like_layout(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """An empty (B, D, L) tensor, time-major ((B, L, D) memory) when ``x`` is, else contiguous."""
-    dtype = x.dtype if dtype is None else dtype
-    b, d, length = x.shape
-    stride = (length * d, 1, d) if x.stride(1) == 1 and d > 1 else (d * length, length, 1)
-    return torch.empty_strided(x.shape, stride, device=x.device, dtype=dtype)
-
-
 def check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     """Raise a ValueError naming the argument whose shape does not fit ``u`` (B, D, L)."""
     if u.dim() != 3:
@@ -361,8 +355,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, reverse: b
     n = A.shape[1]
     A = A.float()
     n_chunks = triton.cdiv(length, CHUNK)
-    out = _empty_like_layout(u)
-    y = _empty_like_layout(u) if save_for_backward and z is not None else None
+    out = empty_like_layout(u)
+    y = empty_like_layout(u) if save_for_backward and z is not None else None
     ckpt = torch.empty(b, n_chunks, n, d, device=u.device, dtype=torch.float32) if save_for_backward else None
     last = torch.empty(b, n, d, device=u.device, dtype=torch.float32) if return_last_state else None
     _scan_fwd_kernel[(b, triton.cdiv(d, FWD_BLOCK_D))](
@@ -388,7 +382,7 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, sof
     n_chunks = triton.cdiv(length, CHUNK)
     n_dblocks = triton.cdiv(d, BWD_BLOCK_D)
     dev, f32 = u.device, torch.float32
-    du = _empty_like_layout(u)
+    du = empty_like_layout(u)
     ddelta = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=delta.dtype)
     dz = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=z.dtype) if z is not None else None
     dA = torch.empty(b, n, d, device=dev, dtype=f32)
@@ -448,9 +442,9 @@ def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save_for_backward,
     n = A.shape[1]
     f32 = torch.float32
     ckpt = u.new_empty((b, triton.cdiv(length, CHUNK), n, d) if save_for_backward else _NONE, dtype=f32)
-    y = _empty_like_layout(u) if save_for_backward and z is not None else u.new_empty(_NONE)
+    y = empty_like_layout(u) if save_for_backward and z is not None else u.new_empty(_NONE)
     last = u.new_empty((b, d, n) if return_last_state else _NONE, dtype=f32)
-    return _empty_like_layout(u), ckpt, y, last
+    return empty_like_layout(u), ckpt, y, last
 
 
 @torch.library.custom_op("map_core::selective_scan_bwd", mutates_args=())
@@ -466,7 +460,7 @@ def _scan_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: to
 
 @_scan_bwd_op.register_fake
 def _(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, softplus, reverse):
-    du = _empty_like_layout(u)
+    du = empty_like_layout(u)
 
     def like_du(dtype):
         return torch.empty_strided(du.shape, du.stride(), device=du.device, dtype=dtype)

@@ -30,7 +30,7 @@ class ModelNet(Dataset):
     [list of (npoints, 6) arrays, list of (1,) labels]) is read and checked whole when present;
     otherwise, or without ``process_data``, the first ``npoints`` rows of each txt file are used
     (each file checked when read). The official configs read the 8192-point files and sample 1024
-    points on the device (``fps_random_subset``).
+    points on the device (``fps_pool``, then ``random_subset``).
     """
 
     def __init__(self, data_path: PathLike = "data/ModelNet/modelnet40_normal_resampled", npoints: int = 8192,

@@ -109,12 +109,3 @@ def random_subset(points: torch.Tensor, npoints: int, generator: Optional[torch.
     gen_device = generator.device if generator is not None else points.device
     idx = torch.randperm(points.shape[1], generator=generator, device=gen_device)[:npoints].to(points.device)
     return points[:, idx]
-
-
-def fps_random_subset(points: torch.Tensor, npoints: int, pool: Optional[int] = None,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Mamba3D's training input: FPS to ``pool`` points, then a random subset of ``npoints`` of them.
-
-    points: (B, N, C) -> (B, npoints, C).
-    """
-    return random_subset(fps_pool(points, npoints, pool), npoints, generator)
