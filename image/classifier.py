@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from functools import lru_cache, partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,7 +24,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import register_model
 
-from map_core.encoder import HybridEncoder
+from map_core.encoder import HybridEncoder, layer_decay_groups
 from map_core.registry import MODELS, check_kwargs
 from map_core.weights import CheckpointShapeError, LoadsPretrained, StateDict, rename_keys
 
@@ -149,19 +148,7 @@ class MAPClassifier(LoadsPretrained, nn.Module):
     def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:
         """timm layer-decay groups in depth order: stem (tokeniser, tokens) 0, the k-th element of
         the layout k + 1, final norm / neck / head last."""
-        layout = self.encoder.layout
-        mamba_pos = [k for k, c in enumerate(layout) if c == "M"]
-        block_pos = [k for k, c in enumerate(layout) if c == "T"]
-
-        def group(name: str) -> int:
-            if name.startswith(("tokenizer.", "cls_token", "pos_embed_cls")):
-                return 0
-            m = re.match(r"encoder\.(layers|blocks)\.(\d+)\.", name)
-            if m:
-                return (mamba_pos if m.group(1) == "layers" else block_pos)[int(m.group(2))] + 1
-            return len(layout) + 1
-
-        return group
+        return layer_decay_groups(self.encoder.layout, ("tokenizer.", "cls_token", "pos_embed_cls"))
 
     def adapt_pretrained(self, sd: StateDict, source: str) -> Tuple[StateDict, List[str]]:
         """A pretraining checkpoint (ours or official) or a classifier one -> this classifier's names.
