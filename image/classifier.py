@@ -26,11 +26,11 @@ from timm.models import register_model
 
 from map_core.encoder import HybridEncoder, layer_decay_groups
 from map_core.registry import MODELS, check_kwargs
-from map_core.weights import CheckpointShapeError, LoadsPretrained, StateDict, rename_keys
+from map_core.weights import LoadsPretrained, StateDict, rename_keys
 
 from .convert import is_official, official_key
 from .models import SIZES, encoder_settings, variant_layout  # noqa: F401  (variant_layout re-exported)
-from .tokenizer import ImagePatchTokenizer, resize_pos_embed
+from .tokenizer import ImagePatchTokenizer, fit_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +168,7 @@ class MAPClassifier(LoadsPretrained, nn.Module):
                      ", ".join(sorted({k.split('.')[0] for k in dropped})))
             sd = {k: v for k, v in sd.items() if k.startswith(("tokenizer.", "encoder."))}
             skipped += dropped
-        own = self.state_dict()
-        key = "tokenizer.pos_embed"
-        if key in sd and sd[key].shape != own[key].shape:
-            old = sd[key].shape[1]
-            side = math.isqrt(old)
-            if side * side != old:
-                raise CheckpointShapeError(f"{key}: cannot infer the grid of a {old}-token table (not square)")
-            sd[key] = resize_pos_embed(sd[key], self.tokenizer.grid_size, (side, side))
-            log.info("load_pretrained: resized %s from %dx%d to %dx%d", key, side, side,
-                     *self.tokenizer.grid_size)
-        return sd, skipped
+        return fit_pos_embed(sd, self.tokenizer.grid_size), skipped
 
 
 def map_classifier(
