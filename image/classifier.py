@@ -29,7 +29,7 @@ from map_core.registry import MODELS, check_kwargs
 from map_core.weights import LoadsPretrained, StateDict, rename_keys
 
 from .convert import is_official, official_key
-from .models import SIZES, encoder_settings, variant_layout  # noqa: F401  (variant_layout re-exported)
+from .models import SIZES, sized_encoder, variant_layout  # noqa: F401  (variant_layout re-exported)
 from .tokenizer import ImagePatchTokenizer, fit_pos_embed
 
 log = logging.getLogger(__name__)
@@ -191,19 +191,12 @@ def map_classifier(
     Explicit arguments override the size's values; ``layout`` overrides ``variant_layout``.
     ``depth`` is the hybrid's Mamba depth, from which the other variants are sized.
     """
-    base = dict(zip(("embed_dim", "depth", "num_heads", "num_cls_tokens", "cls_reduce"),
-                    SIZES[size] if size else (192, 24, 12, 12, 1)))
-    given = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, num_cls_tokens=num_cls_tokens,
-                 cls_reduce=cls_reduce)
-    base.update({k: v for k, v in given.items() if v is not None})
-    transformer = variant == "transformer"
-    heads = base["num_heads"] if not transformer or num_heads is not None else max(1, base["embed_dim"] // 64)
-    settings = encoder_settings(variant, base["depth"], base["embed_dim"])
+    _, _, _, default_tokens, default_reduce = SIZES[size] if size in SIZES else SIZES["tiny"]
     return MAPClassifier(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-        embed_dim=base["embed_dim"], layout=layout or settings["layout"],
-        num_heads=heads, mlp_ratio=settings["mlp_ratio"], norm=settings["norm"],
-        num_cls_tokens=base["num_cls_tokens"], cls_reduce=base["cls_reduce"],
+        **sized_encoder(size, variant, embed_dim, depth, num_heads, layout),
+        num_cls_tokens=default_tokens if num_cls_tokens is None else num_cls_tokens,
+        cls_reduce=default_reduce if cls_reduce is None else cls_reduce,
         drop_path_rate=drop_path_rate,
     )
 
