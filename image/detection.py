@@ -142,7 +142,8 @@ def coco_evaluate(coco_gt: Any, results: List[Dict[str, Any]], image_ids: Sequen
                   iou_types: Sequence[str] = IOU_TYPES) -> Dict[str, float]:
     """pycocotools' COCOeval of ``results`` on the images ``image_ids`` of ``coco_gt``: for each IoU
     type ``<type>_ap``, ``_ap50``, ``_ap75``, ``_ap_small``, ``_ap_medium``, ``_ap_large`` in %
-    (0 without any result). COCOeval's printed table goes to the log."""
+    (0 without any result; NaN where COCOeval has no value, e.g. no small objects, as detectron2).
+    COCOeval's printed table goes to the log."""
     from pycocotools.cocoeval import COCOeval
 
     metrics: Dict[str, float] = {}
@@ -157,7 +158,8 @@ def coco_evaluate(coco_gt: Any, results: List[Dict[str, Any]], image_ids: Sequen
             evaluator.accumulate()
             evaluator.summarize()
         log.info("COCO %s evaluation:\n%s", iou_type, printed.getvalue().rstrip())
-        metrics.update({f"{iou_type}_{name}": 100 * max(float(v), 0.0) for name, v in zip(AP_NAMES, evaluator.stats)})
+        metrics.update({f"{iou_type}_{name}": 100 * float(v) if v >= 0 else float("nan")
+                        for name, v in zip(AP_NAMES, evaluator.stats)})
     return metrics
 
 
