@@ -137,10 +137,11 @@ def crop_box(label: np.ndarray, crop: int, cat_max_ratio: float, tries: int = 10
 
 
 def photometric_distortion(img: torch.Tensor) -> torch.Tensor:
-    """img (3, H, W) in [0, 1] -> distorted (mmseg's ``PhotoMetricDistortion``): each with
+    """img (3, H, W) in [0, 1] -> distorted as mmseg's ``PhotoMetricDistortion``: each with
     probability 0.5, brightness + U(-32, 32) / 255, contrast x U(0.5, 1.5) (before or after the
     colour changes, at random), saturation x U(0.5, 1.5) and hue + k / 180 of a turn, k in -18..18
-    (OpenCV's hue unit), clipped to [0, 1] after each."""
+    (OpenCV's hue unit), clipped to [0, 1] after each. Saturation and hue go through torchvision's
+    ``adjust_saturation`` (a blend with the grey image) and ``adjust_hue``, not OpenCV's HSV."""
     if _coin():
         img = (img + _uniform(-32, 32) / 255).clamp(0, 1)
     contrast_first = _coin()

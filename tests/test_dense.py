@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from image.adapter import MultiScaleAdapter, SimpleFeaturePyramid
+from image.adapter import SimpleFeaturePyramid
+from image.convert import to_official
 from image.dense_data import ADE20K, COCODetection, rescale_size
 from image.detection import coco_evaluate, coco_results, map_maskrcnn
 from image.models import map_pretrain
@@ -268,6 +269,9 @@ def test_finetune_weights_from_a_pretraining_checkpoint():
     assert torch.equal(seg.encoder.layers[2].mixer.A_log, pre.encoder.layers[2].mixer.A_log)
     other = map_upernet(img_size=64, num_classes=5, channels=16, aux_channels=8, **TINY)
     assert not other.load_pretrained(seg.state_dict()).missing_keys  # its own checkpoint: whole
+    official = map_maskrcnn(img_size=64, num_classes=3, fpn_channels=16, representation_size=32, **TINY)
+    official.load_pretrained({"model": to_official(pre.state_dict())})  # the release's names
+    assert torch.equal(official.encoder.blocks[0].attn.qkv.weight, pre.encoder.blocks[0].attn.qkv.weight)
 
 
 # ----------------------------------------------------------------------------- digit scenes
