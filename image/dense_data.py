@@ -326,9 +326,9 @@ class COCODetection(Dataset):
             masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"'{self.annotation_file}': cannot decode a mask of image {image_id} ({err})") from None
+        boxes = torch.tensor([a["box"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         return {
-            "boxes": tv_tensors.BoundingBoxes(torch.tensor([a["box"] for a in anns], dtype=torch.float32).reshape(-1, 4),
-                                              format="XYXY", canvas_size=(height, width)),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor([self.category_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
             "masks": tv_tensors.Mask(torch.from_numpy(masks)),
             "image_id": image_id,

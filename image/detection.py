@@ -81,8 +81,8 @@ class MAPMaskRCNN(MultiScaleAdapter):
             mask_roi_pool=MultiScaleRoIAlign(list(LEVELS[:4]), 14, 2),
             mask_head=MaskRCNNHeads(c, [c] * 4, 1, norm_layer=LayerNorm2d),
             mask_predictor=MaskRCNNPredictor(c, c, num_classes + 1))
-        self.transform = GeneralizedRCNNTransform(img_size, img_size, list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD),
-                                                  size_divisible=max(32, self.size_divisor))
+        self.transform = GeneralizedRCNNTransform(img_size, img_size, list(IMAGENET_DEFAULT_MEAN),
+                                                  list(IMAGENET_DEFAULT_STD), size_divisible=max(32, self.size_divisor))
         self.num_classes = num_classes
 
     def forward(self, images: Sequence[torch.Tensor], targets: Optional[Sequence[Dict[str, torch.Tensor]]] = None):
@@ -195,7 +195,8 @@ class DetectionTask(Task):
             image_ids += ids
             results += coco_results(outputs, ids, dataset.label_to_category)
         parts = all_gather_objects((image_ids, results))
-        main = not is_dist() or torch.distributed.get_rank() == 0
-        metrics = coco_evaluate(dataset.coco, [r for _, rs in parts for r in rs], [i for ids, _ in parts for i in ids]) \
-            if main else {}
+        metrics = {}
+        if not is_dist() or torch.distributed.get_rank() == 0:
+            every_id = [i for ids, _ in parts for i in ids]
+            metrics = coco_evaluate(dataset.coco, [r for _, records in parts for r in records], every_id)
         return all_gather_objects(metrics)[0]

@@ -15,4 +15,5 @@ def example_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
 
 
 register_modality(Modality(name="image", package=__package__, example_input=example_images, default_size=224,
-                           visualizer=visualizer, drawable="a MAP pretraining model (e.g. map_pretrain), map_upernet or map_maskrcnn"))
+                           visualizer=visualizer,
+                           drawable="a MAP pretraining model (e.g. map_pretrain), map_upernet or map_maskrcnn"))
