@@ -28,6 +28,8 @@ setup(
         "scikit-learn",
         "matplotlib",
         "pillow",
+        "torchmetrics>=1.0",  # the segmentation confusion matrix (image.segmentation)
+        "pycocotools>=2.0",  # COCO reader and box / mask AP (image.dense_data, image.detection; imported when used)
     ],
     extras_require={
         "vis": ["open3d"],

@@ -13,6 +13,8 @@ Everything is written in the real on-disk formats, so the real readers run on it
         train_test_split/shuffled_{train,val,test}_file_list.json   'shape_data/<taxonomy>/digit<index>'
                                                           (val is empty)
         <taxonomy>/digit<index>.txt                       1024 rows 'x y z 0 0 0 part'
+    <out>/scenes/ADEChallengeData2016/, <out>/scenes/coco/   digit scenes for segmentation and
+                                                          detection (``datasets/digit_scenes.py``)
 
 Split: ``sklearn.model_selection.train_test_split(test_size=0.25, stratify=labels,
 random_state=seed)`` -> 1,347 train / 450 test (val / test), the same digits in every format.
@@ -43,6 +45,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -53,9 +56,12 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digit_scenes import scene_paths, write_digit_scenes  # noqa: E402  (this folder is not a package)
+
 logger = logging.getLogger(__name__)
 
-VERSION = 3
+VERSION = 4
 MAX_ANGLE = np.pi / 6  # largest rotation about the vertical axis, radians
 NUM_CLASSES = 10
 NUM_POINTS = 1024
@@ -161,6 +167,7 @@ def demo_paths(out_dir: PathLike) -> Dict[str, Path]:
         "shapenet_pc": shapenet / "shapenet_pc",
         "scanobjectnn": out / "points" / "ScanObjectNN",
         "shapenetpart": out / "points" / "shapenetcore_partanno_segmentation_benchmark_v0_normal",
+        **scene_paths(out / "scenes"),
     }
 
 
@@ -255,7 +262,8 @@ def build_demo_data(out_dir: PathLike, seed: int = 0, force: bool = False,
         (tmp_paths["shapenetpart"] / "train_test_split" / "shuffled_val_file_list.json").write_text("[]")
         for split, indices in splits.items():
             _write_split(tmp, split, indices, images, labels, seed)
-        manifest = _manifest(seed, limit_per_class, labels, splits)
+        scenes = write_digit_scenes(tmp / "scenes", images, labels, splits, seed)
+        manifest = {**_manifest(seed, limit_per_class, labels, splits), "scenes": scenes}
         tmp_paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(out, tmp)
     finally:

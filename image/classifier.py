@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from functools import lru_cache, partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,13 +24,13 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import register_model
 
-from map_core.encoder import HybridEncoder
+from map_core.encoder import HybridEncoder, layer_decay_groups
 from map_core.registry import MODELS, check_kwargs
-from map_core.weights import CheckpointShapeError, LoadsPretrained, StateDict, rename_keys
+from map_core.weights import LoadsPretrained, StateDict, rename_keys
 
 from .convert import is_official, official_key
-from .models import SIZES, encoder_settings
-from .tokenizer import ImagePatchTokenizer, resize_pos_embed
+from .models import SIZES, sized_encoder
+from .tokenizer import ImagePatchTokenizer, fit_pos_embed
 
 log = logging.getLogger(__name__)
 
@@ -149,19 +148,7 @@ class MAPClassifier(LoadsPretrained, nn.Module):
     def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:
         """timm layer-decay groups in depth order: stem (tokeniser, tokens) 0, the k-th element of
         the layout k + 1, final norm / neck / head last."""
-        layout = self.encoder.layout
-        mamba_pos = [k for k, c in enumerate(layout) if c == "M"]
-        block_pos = [k for k, c in enumerate(layout) if c == "T"]
-
-        def group(name: str) -> int:
-            if name.startswith(("tokenizer.", "cls_token", "pos_embed_cls")):
-                return 0
-            m = re.match(r"encoder\.(layers|blocks)\.(\d+)\.", name)
-            if m:
-                return (mamba_pos if m.group(1) == "layers" else block_pos)[int(m.group(2))] + 1
-            return len(layout) + 1
-
-        return group
+        return layer_decay_groups(self.encoder.layout, ("tokenizer.", "cls_token", "pos_embed_cls"))
 
     def adapt_pretrained(self, sd: StateDict, source: str) -> Tuple[StateDict, List[str]]:
         """A pretraining checkpoint (ours or official) or a classifier one -> this classifier's names.
@@ -181,17 +168,7 @@ class MAPClassifier(LoadsPretrained, nn.Module):
                      ", ".join(sorted({k.split('.')[0] for k in dropped})))
             sd = {k: v for k, v in sd.items() if k.startswith(("tokenizer.", "encoder."))}
             skipped += dropped
-        own = self.state_dict()
-        key = "tokenizer.pos_embed"
-        if key in sd and sd[key].shape != own[key].shape:
-            old = sd[key].shape[1]
-            side = math.isqrt(old)
-            if side * side != old:
-                raise CheckpointShapeError(f"{key}: cannot infer the grid of a {old}-token table (not square)")
-            sd[key] = resize_pos_embed(sd[key], self.tokenizer.grid_size, (side, side))
-            log.info("load_pretrained: resized %s from %dx%d to %dx%d", key, side, side,
-                     *self.tokenizer.grid_size)
-        return sd, skipped
+        return fit_pos_embed(sd, self.tokenizer.grid_size), skipped
 
 
 def map_classifier(
@@ -214,19 +191,12 @@ def map_classifier(
     Explicit arguments override the size's values; ``layout`` overrides ``variant_layout``.
     ``depth`` is the hybrid's Mamba depth, from which the other variants are sized.
     """
-    base = dict(zip(("embed_dim", "depth", "num_heads", "num_cls_tokens", "cls_reduce"),
-                    SIZES[size] if size else (192, 24, 12, 12, 1)))
-    given = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, num_cls_tokens=num_cls_tokens,
-                 cls_reduce=cls_reduce)
-    base.update({k: v for k, v in given.items() if v is not None})
-    transformer = variant == "transformer"
-    heads = base["num_heads"] if not transformer or num_heads is not None else max(1, base["embed_dim"] // 64)
-    settings = encoder_settings(variant, base["depth"], base["embed_dim"])
+    _, _, _, default_tokens, default_reduce = SIZES[size] if size in SIZES else SIZES["tiny"]
     return MAPClassifier(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-        embed_dim=base["embed_dim"], layout=layout or settings["layout"],
-        num_heads=heads, mlp_ratio=settings["mlp_ratio"], norm=settings["norm"],
-        num_cls_tokens=base["num_cls_tokens"], cls_reduce=base["cls_reduce"],
+        **sized_encoder(size, variant, embed_dim, depth, num_heads, layout),
+        num_cls_tokens=default_tokens if num_cls_tokens is None else num_cls_tokens,
+        cls_reduce=default_reduce if cls_reduce is None else cls_reduce,
         drop_path_rate=drop_path_rate,
     )
 

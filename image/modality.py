@@ -1,4 +1,5 @@
-"""The image modality for the tools: random example images and the reconstruction pictures."""
+"""The image modality for the tools: random example images and the pictures (reconstructions,
+segmentation class maps, detections)."""
 from __future__ import annotations
 
 import torch
@@ -14,4 +15,5 @@ def example_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
 
 
 register_modality(Modality(name="image", package=__package__, example_input=example_images, default_size=224,
-                           visualizer=visualizer, drawable="a MAP pretraining model (e.g. map_pretrain)"))
+                           visualizer=visualizer,
+                           drawable="a MAP pretraining model (e.g. map_pretrain), map_upernet or map_maskrcnn"))

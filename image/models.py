@@ -78,6 +78,28 @@ def encoder_settings(variant: str, depth: int, embed_dim: int) -> Dict[str, Any]
                 norm="layer" if transformer else "rms")
 
 
+def sized_encoder(size: Optional[str] = None, variant: str = "hybrid", embed_dim: Optional[int] = None,
+                  depth: Optional[int] = None, num_heads: Optional[int] = None,
+                  layout: Optional[str] = None) -> Dict[str, Any]:
+    """The HybridEncoder sizes of a named ``size`` (tiny ... huge; none: tiny's) and ``variant``,
+    each overridden by the explicit value given: ``embed_dim``, ``layout``, ``num_heads``,
+    ``mlp_ratio``, ``norm``. ``depth`` is the hybrid's Mamba depth, from which the other variants are
+    sized (:func:`variant_layout`); the pure Transformer gets ``embed_dim // 64`` heads unless
+    ``num_heads`` is given."""
+    if size is not None and size not in SIZES:
+        raise ValueError(f"unknown size '{size}' (choose one of {', '.join(SIZES)})")
+    dim, mamba_depth, heads = SIZES[size or "tiny"][:3]
+    dim = dim if embed_dim is None else embed_dim
+    mamba_depth = mamba_depth if depth is None else depth
+    if num_heads is not None:
+        heads = num_heads
+    elif variant == "transformer":
+        heads = max(1, dim // 64)
+    settings = encoder_settings(variant, mamba_depth, dim)
+    return dict(embed_dim=dim, layout=layout or settings["layout"], num_heads=heads,
+                mlp_ratio=settings["mlp_ratio"], norm=settings["norm"])
+
+
 def official_init(model: nn.Module) -> None:
     """The release's last init pass: every Linear xavier-uniform with zero bias, LayerNorm 1/0.
 

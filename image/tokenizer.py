@@ -6,7 +6,9 @@ learned (1, H*W, C) table for the grid the model was built for; other grids get 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import logging
+import math
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,6 +16,9 @@ from einops import rearrange
 from timm.layers import PatchEmbed, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
 
 from map_core.tokens import Tokens
+from map_core.weights import CheckpointShapeError
+
+log = logging.getLogger(__name__)
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -41,6 +46,21 @@ def resize_pos_embed(pos: torch.Tensor, new_grid: Tuple[int, int], old_grid: Tup
     if tuple(new_grid) == tuple(old_grid):
         return pos
     return resample_abs_pos_embed(pos, list(new_grid), list(old_grid), num_prefix_tokens=0)
+
+
+def fit_pos_embed(state_dict: Dict[str, torch.Tensor], grid: Tuple[int, int],
+                  key: str = "tokenizer.pos_embed") -> Dict[str, torch.Tensor]:
+    """``state_dict`` with its square (1, s*s, D) table ``key`` bicubically resized to ``grid`` (a
+    copy when it changes; unchanged when absent or already that size). A table that is not square
+    raises CheckpointShapeError."""
+    if key not in state_dict or state_dict[key].shape[1] == grid[0] * grid[1]:
+        return state_dict
+    old = state_dict[key].shape[1]
+    side = math.isqrt(old)
+    if side * side != old:
+        raise CheckpointShapeError(f"{key}: cannot infer the grid of a {old}-token table (not square)")
+    log.info("load_pretrained: resized %s from %dx%d to %dx%d", key, side, side, *grid)
+    return {**state_dict, key: resize_pos_embed(state_dict[key], grid, (side, side))}
 
 
 class ImagePatchTokenizer(nn.Module):

@@ -12,7 +12,7 @@ an outer skip, ``hidden = block(hidden) + hidden``. A layout of only ``T`` is a 
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,31 @@ def official_layout(depth: int, every: int = 3) -> str:
 
 
 VARIANTS = ("hybrid", "mamba", "transformer")
+
+
+def evenly_spaced_taps(length: int, count: int) -> List[int]:
+    """The last step of each of ``count`` equal parts of a ``length``-step layout (0-based): 4 of
+    ``"MMMT" * 8`` (32 steps) -> [7, 15, 23, 31], the Transformer block ending each quarter."""
+    if not 1 <= count <= length:
+        raise ValueError(f"cannot tap {count} evenly spaced layers of a {length}-layer encoder")
+    return [(k + 1) * length // count - 1 for k in range(count)]
+
+
+def layer_decay_groups(layout: str, stem: Sequence[str], prefix: str = "encoder.") -> Callable[[str], int]:
+    """timm's layer-decay grouping (``group_matcher``) of a model around a :class:`HybridEncoder`
+    of ``layout`` named ``prefix``: parameters starting with one of ``stem`` (tokeniser, extra
+    tokens) are group 0, the k-th step of the layout (Mamba layer or Transformer block) k + 1, and
+    everything else (final norm, necks, heads) ``len(layout) + 1``, the full learning rate."""
+    steps = {(("layers", "blocks")[kind == "T"], i): k for k, (kind, i) in enumerate(layout_steps(layout))}
+    pattern = re.compile(re.escape(prefix) + r"(layers|blocks)\.(\d+)\.")
+
+    def group(name: str) -> int:
+        if name.startswith(tuple(stem)):
+            return 0
+        m = pattern.match(name)
+        return steps[(m.group(1), int(m.group(2)))] + 1 if m else len(layout) + 1
+
+    return group
 
 
 def matched_layout(variant: str, depth: int, mamba_numel: int, hybrid_block_numel: int,
@@ -124,22 +149,38 @@ class HybridEncoder(nn.Module):
 
     def forward(
         self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, coords: Optional[torch.Tensor] = None,
-        causal: Optional[RowCausal] = None,
-    ) -> torch.Tensor:
+        causal: Optional[RowCausal] = None, return_layers: Optional[Sequence[int]] = None,
+    ) -> Union[torch.Tensor, List[torch.Tensor]]:
         """``coords`` is accepted for interface parity with encoders that use geometry; unused.
 
         ``causal`` (the ``ar`` objective): the output at row r depends on input rows <= r only:
         Mamba layers scan forward only, Transformer blocks get its attention mask.
+        ``return_layers`` (layout step indices, e.g. :func:`evenly_spaced_taps`): the list of the
+        token states after those steps instead, each ``norm_f(residual + hidden)`` (drop path only
+        on the last step's, which is the output); steps after the deepest tap are not run.
         """
         hidden = x if pos is None else x + pos
         residual = None
         outer_skip = "M" in self.layout
         attn_mask = causal.attn_mask(x.shape[1], x.device) if causal is not None else None
-        for kind, i in layout_steps(self.layout):
+        wanted = set(return_layers or ())
+        if return_layers is not None and (not wanted or not wanted <= set(range(len(self.layout)))):
+            raise ValueError(f"return_layers {list(return_layers)}: expected steps 0..{len(self.layout) - 1}")
+        taps = {}
+        for step, (kind, i) in enumerate(layout_steps(self.layout)):
+            if wanted and step > max(wanted):
+                break
             if kind == "M":
                 hidden, residual = self.layers[i](hidden, residual, causal=causal is not None)
             else:
                 out = self.blocks[i](hidden, attn_mask)
                 hidden = out + hidden if outer_skip else out
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
+            if step in wanted:
+                taps[step] = self._output(hidden, residual, drop=step == len(self.layout) - 1)
+        if return_layers is not None:
+            return [taps[step] for step in return_layers]
+        return self._output(hidden, residual)
+
+    def _output(self, hidden: torch.Tensor, residual: Optional[torch.Tensor], drop: bool = True) -> torch.Tensor:
+        residual = hidden if residual is None else residual + (self.drop_path(hidden) if drop else hidden)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))

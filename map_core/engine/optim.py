@@ -8,11 +8,12 @@ for the Mamba ``A_log`` / ``A_b_log`` / ``D`` / ``D_b`` parameters and for the m
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import List, Tuple
 
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
 from map_core.engine.schema import OptimizerConfig, SchedulerConfig
@@ -58,16 +59,39 @@ def build_optimizer(model: nn.Module, opt_cfg: OptimizerConfig, total_batch_size
     raise ConfigError(f"optimizer.NAME: unknown optimizer '{opt_cfg.NAME}' (choose adamw or sgd)")
 
 
+def run_length(sched_cfg: SchedulerConfig, updates_per_epoch: int) -> Tuple[int, int]:
+    """(optimizer updates of the whole run, epochs it takes) for ``updates_per_epoch``."""
+    if sched_cfg.iterations is None:
+        return sched_cfg.epochs * updates_per_epoch, sched_cfg.epochs
+    if sched_cfg.iterations < 1:
+        raise ConfigError(f"scheduler.iterations must be at least 1, got {sched_cfg.iterations}")
+    return sched_cfg.iterations, -(-sched_cfg.iterations // updates_per_epoch)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: SchedulerConfig,
-                    updates_per_epoch: int) -> CosineLRScheduler:
-    """Linear warm-up then cosine to ``min_lr``, stepped per optimizer update (``step_update``)."""
-    if sched_cfg.NAME != "cosine":
-        raise ConfigError(f"scheduler.NAME: unknown scheduler '{sched_cfg.NAME}' (only 'cosine')")
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, sched_cfg.epochs * updates_per_epoch),
-        lr_min=sched_cfg.min_lr,
-        warmup_t=int(sched_cfg.warmup_epochs * updates_per_epoch),
-        warmup_lr_init=sched_cfg.warmup_lr,
-        t_in_epochs=False,
-    )
+                    updates_per_epoch: int) -> Scheduler:
+    """The ``scheduler.NAME`` schedule over the run (:func:`run_length`), stepped per optimizer
+    update (``step_update``)."""
+    total, _ = run_length(sched_cfg, updates_per_epoch)
+    per_unit = 1 if sched_cfg.iterations is not None else updates_per_epoch
+    warmup = sched_cfg.warmup_iterations if sched_cfg.iterations is not None else \
+        int(sched_cfg.warmup_epochs * updates_per_epoch)
+    common = dict(warmup_t=warmup, warmup_lr_init=sched_cfg.warmup_lr, t_in_epochs=False)
+    if sched_cfg.NAME == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=max(1, total), lr_min=sched_cfg.min_lr, **common)
+    if sched_cfg.NAME == "poly":
+        if warmup >= total:
+            raise ConfigError(f"scheduler: the warm-up ({warmup} updates) leaves nothing of the run ({total}) "
+                              f"for the poly decay")
+        return PolyLRScheduler(optimizer, t_initial=total - warmup, power=sched_cfg.power, lr_min=sched_cfg.min_lr,
+                               warmup_prefix=True, **common)
+    if sched_cfg.NAME == "step":
+        milestones = [m * per_unit for m in sched_cfg.milestones]
+        if milestones != sorted(milestones) or not all(0 < m < total for m in milestones):
+            raise ConfigError(f"scheduler.milestones {list(sched_cfg.milestones)}: expected increasing values "
+                              f"inside the run (1 .. {total // per_unit - 1})")
+        # timm decays at t == milestone - 1; shifted so that, as detectron2's MultiStepLR, the
+        # updates after the first ``milestone`` ones use the decayed lr (milestones count from the start)
+        return MultiStepLRScheduler(optimizer, decay_t=[m + 1 for m in milestones], decay_rate=sched_cfg.decay_rate,
+                                    warmup_prefix=False, **common)
+    raise ConfigError(f"scheduler.NAME: unknown scheduler '{sched_cfg.NAME}' (choose cosine, poly or step)")

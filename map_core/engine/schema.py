@@ -40,14 +40,23 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """``scheduler:``; linear warm-up from ``warmup_lr`` then cosine to ``min_lr``, stepped per
-    optimizer update. ``epochs`` is the length of the run."""
+    """``scheduler:``; linear warm-up from ``warmup_lr``, then ``cosine`` to ``min_lr``, ``poly``
+    (``(1 - t / T) ** power`` from the end of the warm-up to the end of the run, to ``min_lr``) or
+    ``step`` (the lr times ``decay_rate`` at each of ``milestones``), stepped per optimizer update.
+    The run lasts ``epochs`` epochs, or ``iterations`` optimizer updates when that is set (the last
+    epoch is then cut short); ``warmup_iterations`` and the ``milestones`` count updates when
+    ``iterations`` is set, else ``warmup_epochs`` and the milestones count epochs."""
 
-    NAME: Literal["cosine"] = "cosine"
+    NAME: Literal["cosine", "poly", "step"] = "cosine"
     epochs: int = number(300, ge=1)
     warmup_epochs: float = number(10.0, ge=0)
     min_lr: float = number(1e-6, ge=0)
     warmup_lr: float = number(1e-6, ge=0)
+    iterations: Optional[int] = number(None, ge=1)
+    warmup_iterations: int = number(0, ge=0)
+    power: float = number(1.0, gt=0)
+    milestones: Tuple[int, ...] = ()
+    decay_rate: float = number(0.1, gt=0)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from map_core.engine.distributed import (DistInfo, ShardSampler, all_gather_obje
                                          barrier, init_distributed)
 from map_core.engine.experiment import SAVED_CONFIG, check_same_optimizer, config_hint
 from map_core.engine.logger import ExperimentLogger
-from map_core.engine.optim import build_optimizer, build_scheduler
+from map_core.engine.optim import build_optimizer, build_scheduler, run_length
 from map_core.engine.progress import Progress, ProgressFactory, format_eta
 from map_core.engine.schema import ExperimentConfig, TrainConfig
 from map_core.engine.tasks import Task, build_task, to_device
@@ -170,6 +170,7 @@ class Trainer:
         if self.updates_per_epoch == 0:
             raise ConfigError(f"dataset.train has {len(self.datasets['train'])} samples: too few for one "
                               f"update of train.total_batch_size={train.total_batch_size}")
+        self.total_updates, self.num_epochs = run_length(self.cfg.scheduler, self.updates_per_epoch)
         eval_split = next((s for s in ("val", "test") if s in self.datasets), None)
         self.eval_loader = self._loader(eval_split, training=False) if eval_split else None
         if finetune and not resume:
@@ -340,10 +341,9 @@ class Trainer:
 
     def _eta(self) -> str:
         """Time left for the run at the speed of this session's steps so far."""
-        total = self.updates_per_epoch * self.cfg.scheduler.epochs
         done, first_step, started = self.global_step, *self._session_start
         per_step = (time.time() - started) / max(done - first_step, 1)
-        return format_eta(per_step * (total - done))
+        return format_eta(per_step * (self.total_updates - done))
 
     def _log_step(self, window: Dict[str, Any], count: int, samples: int, seconds: float) -> Dict[str, str]:
         """Write the mean of ``window`` over ``count`` updates; returns what the progress bar shows."""
@@ -355,7 +355,7 @@ class Trainer:
         record.update(epoch=self.epoch + 1, samples_per_s=samples * self.dist.world_size / max(seconds, 1e-9))
         self.records.write("train", self.global_step, record)
         progress_log.info("epoch %d step %d/%d loss %.4f lr %.3e samples/s %.1f eta %s", self.epoch + 1,
-                          self.global_step, self.updates_per_epoch * self.cfg.scheduler.epochs,
+                          self.global_step, self.total_updates,
                           record["loss"], record["lr"], record["samples_per_s"], self._eta())
         return {"epoch": str(self.epoch + 1), "loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
 
@@ -366,7 +366,8 @@ class Trainer:
         accum, log_every = self.cfg.train.accum_steps, self.cfg.train.log_every
         data, window, count, samples, start = iter(self.train_loader), {}, 0, 0, time.time()
         epoch_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
-        for update in range(self.updates_per_epoch):
+        updates = min(self.updates_per_epoch, self.total_updates - self.global_step)  # scheduler.iterations
+        for update in range(updates):
             batches = [next(data) for _ in range(accum)]
             values = self._update(batches)
             # the schedule's position counts epochs, so it is the same after a resume with another batch size
@@ -375,13 +376,13 @@ class Trainer:
             window = {k: window.get(k, 0.0) + v for k, v in values.items()}
             count, samples = count + 1, samples + sum(len(b[0]) for b in batches)
             postfix = None
-            if count == log_every or update == self.updates_per_epoch - 1:
+            if count == log_every or update == updates - 1:
                 postfix = self._log_step(window, count, samples, time.time() - start)
                 window, count, samples, start = {}, 0, 0, time.time()
             if bar is not None:
                 bar.update(1, postfix)
         self._check_finite()
-        return epoch_loss.item() / self.updates_per_epoch
+        return epoch_loss.item() / max(updates, 1)
 
     @staticmethod
     def metric_name(cfg: ExperimentConfig) -> str:
@@ -397,7 +398,8 @@ class Trainer:
 
     def fit(self, finetune: Optional[str] = None, resume: Optional[Path] = None,
             allow_partial: bool = False, allow_changed_config: bool = False) -> Dict[str, Any]:
-        """Train to ``scheduler.epochs``; returns {'best_metric', 'metric', 'last_metrics'}.
+        """Train to ``scheduler.epochs`` (or ``scheduler.iterations`` updates); returns {'best_metric',
+        'metric', 'last_metrics'}.
 
         ``allow_partial`` accepts a ``finetune`` checkpoint that fills under half of the encoder;
         ``allow_changed_config`` a ``resume`` checkpoint saved with other config values.
@@ -407,9 +409,8 @@ class Trainer:
         bar = None
         try:
             self._setup_training(finetune, resume, allow_partial, allow_changed_config)
-            total = self.updates_per_epoch * self.cfg.scheduler.epochs
             if self.progress and self.dist.is_main:
-                bar = self.progress(total, "train", initial=self.global_step)
+                bar = self.progress(self.total_updates, "train", initial=self.global_step)
             return self._fit(bar)
         finally:
             if bar is not None:
@@ -417,7 +418,7 @@ class Trainer:
             self.records.close()
 
     def _fit(self, bar: Optional[Progress]) -> Dict[str, Any]:
-        train, epochs = self.cfg.train, self.cfg.scheduler.epochs
+        train, epochs = self.cfg.train, self.num_epochs
         metrics: Dict[str, float] = {}
         log.info("training %d epochs of %d updates from epoch %d", epochs, self.updates_per_epoch, self.epoch)
         while self.epoch < epochs:
