@@ -3,10 +3,11 @@
 Twelve categories of objects, each assembled from parts with their own geometry (plates, rods,
 tubes, shells of revolution, bent handles, wings), with random proportions, part counts, styles
 and small deformations. Categories overlap in coarse shape (chair / stool / table, lamp / umbrella,
-mug / bucket, bottle / rocket) and differ in local detail; within a shape, style choices (round or
-square cross-sections, rounded or sharp corners, wall and plate thickness, slatted or solid backs,
-ribbed caps, scalloped rims) are shared by its parts, so what a visible patch looks like says
-something about the hidden ones that the patch centres alone do not. 36 parts in all.
+mug / bucket, bottle / rocket) and differ in local detail. Within a shape some choices are shared
+by its parts: above all its gauge (0.5x to 2x, scaling every plate, wall, rod and tube thickness),
+and styles such as round or square cross-sections and rounded or sharp corners. So what a visible
+patch looks like says something about the hidden ones that the patch centres alone do not (on the
+3D digits a masked group is predictable from the group centres, docs/ablation.md). 36 parts in all.
 
 Every part is a triangle mesh (``sweep``: a 2D profile along a 3D path; ``revolve``: a 2D section
 about the vertical axis); points are sampled on the surfaces in proportion to area, each with its
@@ -242,7 +243,7 @@ def vessel(radii: Sequence[float], heights: Sequence[float], wall: float) -> np.
     """Section of an open-topped vessel (mug, bucket): a base of thickness ``wall`` and a wall of
     ``wall`` whose outer radius runs through (radii[i], heights[i]) from the bottom (heights[0] = 0)."""
     outer = np.stack([radii, heights], 1).astype(np.float64)
-    inner = outer[:0:-1] - [wall, 0.0]
+    inner = outer[::-1] - [wall, 0.0]
     inner[-1, 1] = max(inner[-1, 1], wall)
     return np.concatenate([[[0.0, 0.0]], outer, inner, [[0.0, wall]]])
 
@@ -262,19 +263,21 @@ def wing(root: Sequence[float], tip: Sequence[float], chord: float, taper: float
 
 # ----------------------------------------------------------------------------- categories
 # Each builder draws one shape's proportions and styles from ``rng`` and returns its parts as
-# (part index in the category, mesh); y is up and the object stands on y = 0.
-def chair(rng: np.random.Generator) -> List[Part]:
+# (part index in the category, mesh); y is up and the object stands on y = 0. ``g``, the shape's
+# gauge (0.5 to 2, the same for all its parts), scales every thickness: plates, walls, rods, tubes.
+GAUGE = (0.5, 2.0)
+def chair(rng: np.random.Generator, g: float) -> List[Part]:
     """seat, back (solid panel or slats), legs (round or square, straight or splayed), arms (half of them)."""
-    w, d, h, t = rng.uniform(0.4, 0.6), rng.uniform(0.38, 0.55), rng.uniform(0.38, 0.5), rng.uniform(0.03, 0.08)
+    w, d, h, t = rng.uniform(0.4, 0.6), rng.uniform(0.38, 0.55), rng.uniform(0.38, 0.5), g * rng.uniform(0.035, 0.05)
     corner, leg_shape = rng.choice([2.5, 4.0, 12.0]), rng.choice([2.0, 10.0])
-    r, splay, inset = rng.uniform(0.015, 0.035), rng.uniform(0.0, 0.06), rng.uniform(0.0, 0.05)
+    r, splay, inset = g * rng.uniform(0.016, 0.022), rng.uniform(0.0, 0.06), rng.uniform(0.0, 0.05)
     parts: List[Part] = [(0, box((w, t, d), (0.0, h - t / 2, 0.0), corner))]
     for sx in (-1, 1):
         for sz in (-1, 1):
             top = (sx * (w / 2 - r - inset), h - t, sz * (d / 2 - r - inset))
             parts.append((2, rod(top, (top[0] + sx * splay, 0.0, top[2] + sz * splay), r, leg_shape,
                                  taper=rng.uniform(0.6, 1.0))))
-    height, tilt, tb = rng.uniform(0.35, 0.6), rng.uniform(0.0, 0.3), rng.uniform(0.02, 0.05)
+    height, tilt, tb = rng.uniform(0.35, 0.6), rng.uniform(0.0, 0.3), g * rng.uniform(0.025, 0.035)
     place = (rotation("x", -tilt), (0.0, h, -d / 2 + tb / 2))
     if rng.random() < 0.5:
         parts.append((1, transform(box((w, height, tb), (0.0, height / 2, 0.0), corner), *place)))
@@ -293,13 +296,13 @@ def chair(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def table(rng: np.random.Generator) -> List[Part]:
+def table(rng: np.random.Generator, g: float) -> List[Part]:
     """top (rectangular or round), legs (four, or a pedestal), stretchers (with four legs, most tables)."""
-    w, h, t = rng.uniform(0.8, 1.4), rng.uniform(0.6, 0.8), rng.uniform(0.03, 0.08)
+    w, h, t = rng.uniform(0.8, 1.4), rng.uniform(0.6, 0.8), g * rng.uniform(0.035, 0.05)
     round_top = rng.random() < 0.3
     d = w if round_top else rng.uniform(0.5, 0.9) * w
     parts: List[Part] = [(0, box((w, t, d), (0.0, h - t / 2, 0.0), 2.0 if round_top else rng.choice([4.0, 12.0])))]
-    r, leg_shape = rng.uniform(0.02, 0.045), rng.choice([2.0, 10.0])
+    r, leg_shape = g * rng.uniform(0.022, 0.03), rng.choice([2.0, 10.0])
     if rng.random() < 0.25:  # pedestal: a column and a foot
         parts.append((1, rod((0.0, 0.0, 0.0), (0.0, h - t, 0.0), 2.5 * r, leg_shape)))
         parts.append((1, box((0.5 * w, 0.04, 0.5 * d), (0.0, 0.02, 0.0), 2.0 if round_top else 4.0)))
@@ -319,11 +322,11 @@ def table(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def stool(rng: np.random.Generator) -> List[Part]:
+def stool(rng: np.random.Generator, g: float) -> List[Part]:
     """seat (round or square), three or four splayed legs, a footrest ring or bars."""
-    radius, h, t = rng.uniform(0.15, 0.22), rng.uniform(0.45, 0.75), rng.uniform(0.03, 0.06)
+    radius, h, t = rng.uniform(0.15, 0.22), rng.uniform(0.45, 0.75), g * rng.uniform(0.03, 0.045)
     parts: List[Part] = [(0, box((2 * radius, t, 2 * radius), (0.0, h - t / 2, 0.0), rng.choice([2.0, 2.0, 8.0])))]
-    legs, r, leg_shape = rng.integers(3, 5), rng.uniform(0.012, 0.025), rng.choice([2.0, 10.0])
+    legs, r, leg_shape = rng.integers(3, 5), g * rng.uniform(0.013, 0.018), rng.choice([2.0, 10.0])
     top_r, foot_r = radius * rng.uniform(0.6, 0.85), radius * rng.uniform(1.0, 1.5)
     angles = np.arange(legs) * 2 * np.pi / legs + rng.uniform(0, np.pi)
     for a in angles:
@@ -341,9 +344,9 @@ def stool(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def lamp(rng: np.random.Generator) -> List[Part]:
+def lamp(rng: np.random.Generator, g: float) -> List[Part]:
     """base (disc, dome or square), pole (straight, bent or angled), shade (cone, drum or dome shell)."""
-    base_r, base_h = rng.uniform(0.1, 0.18), rng.uniform(0.02, 0.06)
+    base_r, base_h = rng.uniform(0.1, 0.18), g * rng.uniform(0.025, 0.04)
     style = rng.integers(3)
     if style == 0:
         base = revolve(solid([base_r, base_r], [0.0, base_h]))
@@ -353,11 +356,11 @@ def lamp(rng: np.random.Generator) -> List[Part]:
     else:
         base = box((2 * base_r, base_h, 2 * base_r), (0.0, base_h / 2, 0.0), 8.0)
     parts: List[Part] = [(0, base)]
-    height, r = rng.uniform(0.4, 0.75), rng.uniform(0.008, 0.018)
+    height, r = rng.uniform(0.4, 0.75), g * rng.uniform(0.009, 0.013)
     top = np.array([rng.uniform(-0.15, 0.15) * (style != 0), height, 0.0])
     bow = (rng.uniform(-0.12, 0.12), 0.0, rng.uniform(-0.05, 0.05)) if rng.random() < 0.5 else (0.0, 0.0, 0.0)
     parts.append((1, rod((0.0, base_h, 0.0), top, r, bow=bow)))
-    sr, sh, wall = rng.uniform(0.1, 0.2), rng.uniform(0.1, 0.22), rng.uniform(0.004, 0.012)
+    sr, sh, wall = rng.uniform(0.1, 0.2), rng.uniform(0.1, 0.22), g * rng.uniform(0.005, 0.008)
     shade = rng.integers(3)
     if shade == 0:  # cone, wide at the bottom
         section = shell([sr, sr * rng.uniform(0.4, 0.7)], [0.0, sh], wall)
@@ -370,15 +373,15 @@ def lamp(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def umbrella(rng: np.random.Generator) -> List[Part]:
+def umbrella(rng: np.random.Generator, g: float) -> List[Part]:
     """canopy (a thin dome with scalloped ribs), shaft, handle (a hook or a straight grip)."""
     radius, height, sag = rng.uniform(0.35, 0.55), rng.uniform(0.6, 0.9), rng.uniform(0.1, 0.25)
-    ribs, depth, t = rng.integers(6, 11), rng.uniform(0.03, 0.08), rng.uniform(0.006, 0.015)
+    ribs, depth, t = rng.integers(6, 11), rng.uniform(0.03, 0.08), g * rng.uniform(0.007, 0.011)
     s = np.linspace(0.0, 1.0, 10)
     outer = np.stack([radius * s, height - sag * s ** 1.5], 1)
     section = np.concatenate([[[0.0, height + t]], outer[1:] + [0.0, t], outer[::-1]])
     parts: List[Part] = [(0, revolve(section, 48, lambda a: 1 - depth + depth * np.abs(np.cos(ribs * a / 2))))]
-    r = rng.uniform(0.008, 0.015)
+    r = g * rng.uniform(0.008, 0.012)
     low = rng.uniform(0.12, 0.2)
     parts.append((1, rod((0.0, low, 0.0), (0.0, height, 0.0), r)))
     if rng.random() < 0.5:
@@ -390,14 +393,14 @@ def umbrella(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def mug(rng: np.random.Generator) -> List[Part]:
+def mug(rng: np.random.Generator, g: float) -> List[Part]:
     """body (a thick-walled vessel, straight or barrel), handle (a C or a D loop on the side)."""
-    radius, height, wall = rng.uniform(0.12, 0.2), rng.uniform(0.2, 0.35), rng.uniform(0.01, 0.03)
+    radius, height, wall = rng.uniform(0.12, 0.2), rng.uniform(0.2, 0.35), g * rng.uniform(0.012, 0.02)
     y = np.linspace(0.0, height, 6)
     bulge = rng.choice([0.0, rng.uniform(0.05, 0.15)])
     radii = radius * (1 + bulge * np.sin(np.pi * y / height)) * np.linspace(1.0, rng.uniform(0.9, 1.1), 6)
     parts: List[Part] = [(0, revolve(vessel(radii, y, wall), 40))]
-    span, reach, r = rng.uniform(0.5, 0.8) * height, rng.uniform(0.06, 0.12), rng.uniform(0.01, 0.025)
+    span, reach, r = rng.uniform(0.5, 0.8) * height, rng.uniform(0.06, 0.12), g * rng.uniform(0.012, 0.018)
     mid = height * rng.uniform(0.45, 0.55)
     x0 = radii.min() * 0.95
     if rng.random() < 0.5:
@@ -410,9 +413,9 @@ def mug(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def bucket(rng: np.random.Generator) -> List[Part]:
+def bucket(rng: np.random.Generator, g: float) -> List[Part]:
     """body (a thin vessel, wider at the top, with or without a rolled rim), handle (a wire arc)."""
-    radius, height, wall = rng.uniform(0.15, 0.22), rng.uniform(0.25, 0.4), rng.uniform(0.004, 0.01)
+    radius, height, wall = rng.uniform(0.15, 0.22), rng.uniform(0.25, 0.4), g * rng.uniform(0.005, 0.008)
     top = radius * rng.uniform(1.1, 1.4)
     parts: List[Part] = [(0, revolve(vessel([radius, top], [0.0, height], wall), 40))]
     if rng.random() < 0.5:
@@ -421,11 +424,11 @@ def bucket(rng: np.random.Generator) -> List[Part]:
     lift = rng.uniform(-1.2, 1.2)  # the handle stands up (0) or lies to one side
     loop = arc(top, 0.0, np.pi, 20, "xy")
     path = transform((loop, np.zeros((0, 3), int)), rotation("x", lift), (0.0, height * 0.9, 0.0))[0]
-    parts.append((1, tube(path, rng.uniform(0.004, 0.008), k=8)))
+    parts.append((1, tube(path, g * rng.uniform(0.004, 0.006), k=8)))
     return parts
 
 
-def bottle(rng: np.random.Generator) -> List[Part]:
+def bottle(rng: np.random.Generator, g: float) -> List[Part]:
     """body (round, square or fluted, with a shoulder), neck, cap (smooth or ribbed)."""
     radius, body_h, shoulder = rng.uniform(0.1, 0.16), rng.uniform(0.3, 0.55), rng.uniform(0.05, 0.15)
     neck_r, neck_h = radius * rng.uniform(0.25, 0.45), rng.uniform(0.05, 0.15)
@@ -438,13 +441,13 @@ def bottle(rng: np.random.Generator) -> List[Part]:
     parts: List[Part] = [(0, revolve(solid(radii, heights), 40, shape[style]))]
     y0 = body_h + shoulder
     parts.append((1, revolve(solid([neck_r, neck_r], [y0, y0 + neck_h]), 24)))
-    cap_r, cap_h = neck_r * rng.uniform(1.1, 1.35), rng.uniform(0.03, 0.07)
+    cap_r, cap_h = neck_r * rng.uniform(1.1, 1.35), g * rng.uniform(0.035, 0.05)
     ribbed = (lambda a: 1 + 0.06 * np.cos(24 * a)) if rng.random() < 0.5 else None
     parts.append((2, revolve(solid([cap_r, cap_r], [y0 + neck_h, y0 + neck_h + cap_h]), 48, ribbed)))
     return parts
 
 
-def rocket(rng: np.random.Generator) -> List[Part]:
+def rocket(rng: np.random.Generator, g: float) -> List[Part]:
     """body (one or two stages), nose (cone or ogive), three or four fins."""
     radius, length = rng.uniform(0.06, 0.12), rng.uniform(0.6, 1.0)
     if rng.random() < 0.5:
@@ -460,7 +463,7 @@ def rocket(rng: np.random.Generator) -> List[Part]:
     profile = 1 - s if rng.random() < 0.5 else np.sqrt(1 - s ** 2)
     parts.append((1, revolve(solid(top * profile, length + nose_h * s), 32)))
     fins, span, chord = rng.integers(3, 5), rng.uniform(0.08, 0.2), rng.uniform(0.12, 0.25)
-    sweep_back, t = rng.uniform(0.0, 0.1), rng.uniform(0.01, 0.02)
+    sweep_back, t = rng.uniform(0.0, 0.1), g * rng.uniform(0.012, 0.018)
     for a in np.arange(fins) * 2 * np.pi / fins:
         fin = wing((radius * 0.9, chord / 2, 0.0), (radius + span, chord / 2 - sweep_back, 0.0), chord,
                    rng.uniform(0.3, 0.7), t, up=(0.0, 0.0, 1.0))
@@ -468,7 +471,7 @@ def rocket(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def airplane(rng: np.random.Generator) -> List[Part]:
+def airplane(rng: np.random.Generator, g: float) -> List[Part]:
     """fuselage, wings (swept, tapered, dihedral), tail (stabilisers and fin), 0, 2 or 4 engines."""
     length, radius = rng.uniform(0.9, 1.3), rng.uniform(0.05, 0.09)
     y = np.linspace(0.0, 1.0, 12)
@@ -479,7 +482,7 @@ def airplane(rng: np.random.Generator) -> List[Part]:
     parts: List[Part] = [(0, fuselage)]
     span, chord, sweep_back = rng.uniform(0.4, 0.7), rng.uniform(0.12, 0.25), rng.uniform(0.0, 0.3)
     dihedral, wing_z, wing_y = rng.uniform(0.0, 0.08), rng.uniform(-0.1, 0.1) * length, radius * rng.uniform(0.5, 1.5)
-    t, taper = rng.uniform(0.012, 0.025), rng.uniform(0.3, 0.8)
+    t, taper = g * rng.uniform(0.015, 0.02), rng.uniform(0.3, 0.8)
     tail_span, tail_chord = span * rng.uniform(0.3, 0.45), chord * rng.uniform(0.5, 0.8)
     for sx in (-1, 1):
         parts.append((1, wing((0.0, wing_y, wing_z), (sx * span, wing_y + dihedral, wing_z - sweep_back * span),
@@ -502,10 +505,10 @@ def airplane(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def car(rng: np.random.Generator) -> List[Part]:
+def car(rng: np.random.Generator, g: float) -> List[Part]:
     """body (rounded or boxy), cabin (a tapered block), four wheels (tyre and hub)."""
     length, width, height = rng.uniform(0.8, 1.2), rng.uniform(0.4, 0.55), rng.uniform(0.14, 0.24)
-    wheel_r, tyre = rng.uniform(0.08, 0.13), rng.uniform(0.025, 0.045)
+    wheel_r, tyre = rng.uniform(0.08, 0.13), g * rng.uniform(0.017, 0.022)
     lift = wheel_r * rng.uniform(0.5, 0.9)
     body = sweep(segment((0.0, lift + height / 2, -length / 2), (0.0, lift + height / 2, length / 2)),
                  superellipse(24, height / 2, width / 2, rng.choice([3.0, 6.0, 14.0])))
@@ -528,10 +531,10 @@ def car(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-def guitar(rng: np.random.Generator) -> List[Part]:
+def guitar(rng: np.random.Generator, g: float) -> List[Part]:
     """body (a waisted outline, thick or thin), neck, head (straight or angled, with pegs)."""
     lower, upper, length = rng.uniform(0.16, 0.22), rng.uniform(0.7, 0.9), rng.uniform(0.45, 0.6)
-    t = rng.uniform(0.04, 0.1)
+    t = g * rng.uniform(0.05, 0.07)
     y = np.linspace(-length / 2, length / 2, 24)
     low = lower * np.sqrt(np.clip(1 - ((y + length * 0.18) / (length * 0.34)) ** 2, 0, 1))
     up = lower * upper * np.sqrt(np.clip(1 - ((y - length * 0.25) / (length * 0.26)) ** 2, 0, 1))
@@ -552,7 +555,7 @@ def guitar(rng: np.random.Generator) -> List[Part]:
     return parts
 
 
-CATEGORIES: Dict[str, Tuple[Callable[[np.random.Generator], List[Part]], Tuple[str, ...]]] = {
+CATEGORIES: Dict[str, Tuple[Callable[[np.random.Generator, float], List[Part]], Tuple[str, ...]]] = {
     "airplane": (airplane, ("fuselage", "wing", "tail", "engine")),
     "bottle": (bottle, ("body", "neck", "cap")),
     "bucket": (bucket, ("body", "handle")),
@@ -614,11 +617,11 @@ def sample_surface(parts: Sequence[Part], n: int, rng: np.random.Generator
 
 
 def shape_parts(category: int, seed: int, index: int) -> List[Part]:
-    """Shape ``index`` of category number ``category`` (in CATEGORY_NAMES order), deformed; part
-    labels are the category's own (0, 1, ...)."""
+    """Shape ``index`` of category number ``category`` (in CATEGORY_NAMES order), its gauge drawn
+    log-uniformly from GAUGE, deformed; part labels are the category's own (0, 1, ...)."""
     rng = np.random.default_rng([seed, category, index])
     build = CATEGORIES[CATEGORY_NAMES[category]][0]
-    return deform(build(rng), rng)
+    return deform(build(rng, float(np.exp(rng.uniform(*np.log(GAUGE))))), rng)
 
 
 def clean_cloud(parts: Sequence[Part], rng: np.random.Generator, num_points: int = NUM_POINTS
@@ -668,11 +671,12 @@ def scan(parts: Sequence[Part], rng: np.random.Generator, num_points: int = NUM_
     'objonly': the object's points of the same scan; 'hardest': objbg turned about the vertical axis
     by a random angle and stretched by 0.85 to 1.15 per axis."""
     points, _, labels = sample_surface([*parts, *clutter(parts, rng)], 6 * num_points, rng)
+    on_object = labels >= 0
     azimuth, elevation = rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(15, 45))
     view = np.array([np.cos(elevation) * np.cos(azimuth), np.sin(elevation), np.cos(elevation) * np.sin(azimuth)])
-    size = np.ptp(points[labels >= 0], axis=0).max()
+    size = np.ptp(points[on_object], axis=0).max()
     seen = visible(points, view, 0.02 * size, 0.03 * size)
-    obj, background = points[seen & (labels >= 0)], points[seen & (labels < 0)]
+    obj, background = points[seen & on_object], points[seen & ~on_object]
     n_background = min(len(background), int(rng.uniform(0.2, 0.4) * num_points))
     obj = obj[rng.choice(len(obj), num_points, replace=len(obj) < num_points)]
     objbg = np.concatenate([obj[n_background:], background[rng.choice(len(background), n_background, replace=False)]])
