@@ -26,10 +26,10 @@ CLASS_COUNT = "num_classes"  # what model, dataset and task builders call the cl
 class OptimizerConfig:
     """``optimizer:``. ``lr_batch_base: 512`` scales ``lr`` by total_batch_size / 512; ``layer_decay``
     (e.g. 0.75) scales each layer's lr by timm's BEiT-style groups; ``betas`` / ``eps`` are AdamW's,
-    ``momentum`` SGD's (Nesterov)."""
+    ``momentum`` SGD's (Nesterov). ``lr: 0`` keeps the weights as loaded (an evaluation baseline)."""
 
     NAME: Literal["adamw", "sgd"] = "adamw"
-    lr: float = number(1e-3, gt=0)
+    lr: float = number(1e-3, ge=0)
     weight_decay: float = number(0.05, ge=0)
     betas: Tuple[float, float] = number((0.9, 0.999), ge=0, lt=1)
     eps: float = number(1e-8, gt=0)
@@ -55,7 +55,7 @@ class SchedulerConfig:
     iterations: Optional[int] = number(None, ge=1)
     warmup_iterations: int = number(0, ge=0)
     power: float = number(1.0, gt=0)
-    milestones: Tuple[int, ...] = ()
+    milestones: Tuple[int, ...] = number((), ge=1)
     decay_rate: float = number(0.1, gt=0)
 
 
