@@ -51,6 +51,10 @@ def write_imagenet(root: Path, images: int, val_images: int, workers: int) -> No
             folder = root / split / f"c{i % CLASSES:03d}"
             folder.mkdir(parents=True, exist_ok=True)
             jobs.append((str(folder / f"{i:06d}.JPEG"), i if split == "train" else 10**7 + i))
+    if workers <= 1:
+        for job in jobs:
+            _write_jpeg(job)
+        return
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_write_jpeg, jobs, chunksize=64))
 

@@ -1,16 +1,13 @@
 """Every grid under configs/ablation/ expands, and every job it would run has a valid config."""
-import sys
 from pathlib import Path
 
 import pytest
 
-from map_core.config import load_config, validate
+from map_core.engine.schema import load_experiment
 from map_core.modalities import load_modalities
+from tools import ablate
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import ablate  # noqa: E402  (tools/ablate.py)
 
 GRIDS = sorted(p for p in (ROOT / "configs" / "ablation").glob("*.yaml") if "cells" in p.read_text())
 
@@ -22,7 +19,7 @@ def test_grid_jobs_have_valid_configs(grid_path, tmp_path):
     jobs = ablate.expand(grid, tmp_path)
     assert jobs and all(job.after is None or job.after.endswith("/pretrain") for job in jobs)
     for config, sets in {(job.config, tuple(job.sets)) for job in jobs}:
-        validate(load_config(str(ROOT / config), list(sets)))
+        load_experiment(ROOT / config, list(sets))
 
 
 def test_partseg_grid_reuses_the_shapes_grid_pretraining(tmp_path):

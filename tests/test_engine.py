@@ -200,7 +200,7 @@ def test_a_config_error_under_torchrun_is_reported_once(config: Path, tmp_path: 
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: 'optimizer.lr' (set in command line) must be > 0, got -1.0"], result.stderr[-3000:]
+    assert errors == ["error: 'optimizer.lr' (set in command line) must be >= 0, got -1.0"], result.stderr[-3000:]
 
 
 def test_only_rank_0_reports_a_config_error(monkeypatch, capsys) -> None:
@@ -298,6 +298,9 @@ def test_cuda_graphs_on_cpu_is_a_config_error(config: Path, tmp_path: Path, caps
     (False, False, "cuda", 1, True, (False, False, "as configured")),
     (True, "auto", "cuda", 1, True, (True, True, "auto: one CUDA process")),
     (True, False, "cpu", 1, True, (True, False, "as configured")),
+    ("cuda", "auto", "cuda", 1, True, (True, True, "auto: one CUDA process")),
+    ("cuda", "auto", "cuda", 2, True, (True, False, "auto: several processes (DDP)")),
+    ("cuda", "auto", "cpu", 1, True, (False, False, "CPU")),
 ])
 def test_the_step_path_is_chosen_by_device_processes_and_task(compile_, graphs, device, world, capturable, want):
     from map_core.engine.trainer import TrainConfig, choose_step_path

@@ -130,3 +130,36 @@ def test_a_step_that_reads_the_device_fails_to_capture_with_a_clear_error():
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert "CAUGHT capturing the training step as a CUDA graph failed" in out.stdout, out.stdout + out.stderr
     assert ".item()" in out.stdout and "without train.cuda_graphs" in out.stdout
+
+
+DEMO_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "demo").glob("*.yaml"))
+
+
+def test_every_demo_training_config_runs_the_default_fast_path(tmp_path, monkeypatch):
+    """Each task a shipped config trains (image and point pretraining and finetuning, part
+    segmentation, dense tasks) on one GPU with no step flag: auto replays CUDA graphs where the task
+    is capturable, and the run ends normally."""
+    from map_core.engine.cli import train_command
+    from map_core.engine.schema import load_experiment
+    from map_core.modalities import load_modalities
+    from map_core.registry import TASKS
+    from tools.demo import load_demo_builder
+
+    build_demo_data = load_demo_builder("demo_digits").build_demo_data
+    load_modalities()
+    monkeypatch.chdir(tmp_path)  # the demo configs read .cache/demo_digits relative to the working folder
+    build_demo_data(tmp_path / ".cache" / "demo_digits", limit_per_class=4)
+    trained = []
+    for config in DEMO_CONFIGS:
+        task = TASKS.get(load_experiment(config).task["NAME"])
+        if not task.trains:
+            continue
+        exp = tmp_path / "exp" / config.stem
+        code, _ = train_command(["--config", str(config), "--exp-root", str(tmp_path / "exp"),
+                                 "--set", "train.max_steps_per_epoch=1", "train.num_workers=0"])
+        log = (exp / "default" / "log.txt").read_text()
+        assert code == 0, f"{config.name}:\n{log[-3000:]}"
+        path = "CUDA graphs" if task.capturable else "training step: "
+        assert path in next(line for line in log.splitlines() if "training step:" in line), config.name
+        trained.append(config.stem)
+    assert len(trained) >= 5, trained

@@ -1,12 +1,11 @@
 """The synthetic speed-run data are read by the real readers, at the real sizes."""
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
+from tools.demo import load_demo_builder
 
-from speed_data import build_speed_data  # noqa: E402
+build_speed_data = load_demo_builder("speed_data").build_speed_data
 
 
 def test_speed_data_has_the_real_layouts_and_sizes(tmp_path):

@@ -60,12 +60,14 @@ class StepPath:
 
 
 def choose_step_path(train: TrainConfig, device: torch.device, world_size: int, capturable: bool) -> StepPath:
-    """Resolve ``train.compile`` / ``train.cuda_graphs`` (each true, false or auto).
+    """Resolve ``train.compile`` / ``train.cuda_graphs`` (each true, false or auto; compile also
+    ``cuda``: compiled blocks on a GPU, eager on a CPU, e.g. with graphs in the long-run recipes).
 
-    ``auto`` gives the fastest correct step: on one CUDA process, forward, loss and backward replayed
-    from CUDA graphs (MAP 2D's per-step mask ratio gets one graph per mask count); under DDP, or
-    for a task whose step cannot be captured (``Task.capturable``), compiled blocks instead; on a
-    CPU, the eager step. An explicit true that cannot run is a ConfigError.
+    ``auto`` gives the fastest correct step that does not pay a compilation up front: on one CUDA
+    process, forward, loss and backward replayed from CUDA graphs (MAP 2D's per-step mask ratio gets
+    one graph per mask count); under DDP, or for a task whose step cannot be captured
+    (``Task.capturable``), compiled blocks instead; on a CPU, the eager step. An explicit true that
+    cannot run is a ConfigError.
     """
     cuda, single = device.type == "cuda", world_size == 1
     if train.cuda_graphs is True:
@@ -76,9 +78,10 @@ def choose_step_path(train: TrainConfig, device: torch.device, world_size: int, 
             raise ConfigError("train.cuda_graphs: this task's step cannot be captured (it has data-dependent "
                               "shapes); use train.compile")
     graphs = train.cuda_graphs is True or (train.cuda_graphs == "auto" and cuda and single and capturable)
-    compile_ = train.compile is True or (train.compile == "auto" and cuda and not graphs)
+    compile_ = train.compile is True or (train.compile == "cuda" and cuda) or (
+        train.compile == "auto" and cuda and not graphs)
     if not cuda:
-        why = "CPU" if "auto" in (train.compile, train.cuda_graphs) else "as configured"
+        why = "CPU" if {"auto", "cuda"} & {train.compile, train.cuda_graphs} else "as configured"
     elif train.cuda_graphs == "auto" and not graphs:
         why = "auto: " + ("several processes (DDP)" if not single else "this task's step cannot be captured")
     else:
