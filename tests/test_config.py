@@ -246,7 +246,8 @@ def test_every_number_declares_its_range_and_is_checked(tree: Path, key: str, li
     for item in default if isinstance(default, tuple) else [default]:
         assert item is None or limits.holds(item), f"the default of {key} is outside its range"
     for value in outside(limits, real):
-        text = f"[{value}, 0.5]" if isinstance(default, tuple) else repr(value).replace("nan", ".nan")
+        item = repr(value).replace("nan", ".nan")
+        text = f"[{item}, {item}]" if isinstance(default, tuple) else item
         with pytest.raises(ConfigError, match=rf"'{key}' \(set in command line\) must be "):
             load_experiment(tree, [f"{key}={text}"])
 

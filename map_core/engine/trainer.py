@@ -369,7 +369,9 @@ class Trainer:
         accum, log_every = self.cfg.train.accum_steps, self.cfg.train.log_every
         data, window, count, samples, start = iter(self.train_loader), {}, 0, 0, time.time()
         epoch_loss = torch.zeros((), dtype=torch.float64, device=self.dist.device)
-        updates = min(self.updates_per_epoch, self.total_updates - self.global_step)  # scheduler.iterations
+        updates = self.updates_per_epoch
+        if self.cfg.scheduler.iterations is not None:  # the last epoch of an iteration-based run is cut short
+            updates = min(updates, self.total_updates - self.global_step)
         for update in range(updates):
             batches = [next(data) for _ in range(accum)]
             values = self._update(batches)
