@@ -145,10 +145,10 @@ def test_every_demo_training_config_runs_the_default_fast_path(tmp_path, monkeyp
     from map_core.registry import TASKS
     from tools.demo import load_demo_builder
 
-    build_demo_data = load_demo_builder("demo_digits").build_demo_data
     load_modalities()
-    monkeypatch.chdir(tmp_path)  # the demo configs read .cache/demo_digits relative to the working folder
-    build_demo_data(tmp_path / ".cache" / "demo_digits", limit_per_class=4)
+    monkeypatch.chdir(tmp_path)  # the demo configs read .cache/demo_* relative to the working folder
+    load_demo_builder("demo_digits").build_demo_data(tmp_path / ".cache" / "demo_digits", limit_per_class=8)
+    load_demo_builder("demo_shapes").build_demo_shapes(tmp_path / ".cache" / "demo_shapes", shapes_per_category=25)
     trained = []
     for config in DEMO_CONFIGS:
         task = TASKS.get(load_experiment(config).task["NAME"])
@@ -156,7 +156,8 @@ def test_every_demo_training_config_runs_the_default_fast_path(tmp_path, monkeyp
             continue
         exp = tmp_path / "exp" / config.stem
         code, _ = train_command(["--config", str(config), "--exp-root", str(tmp_path / "exp"),
-                                 "--set", "train.max_steps_per_epoch=1", "train.num_workers=0"])
+                                 "--set", "train.max_steps_per_epoch=1", "train.num_workers=0",
+                                 "train.total_batch_size=8", "train.val_batch_size=8"])
         log = (exp / "default" / "log.txt").read_text()
         assert code == 0, f"{config.name}:\n{log[-3000:]}"
         path = "CUDA graphs" if task.capturable else "training step: "
