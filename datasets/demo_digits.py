@@ -48,7 +48,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -289,17 +289,26 @@ def _replace(out: Path, tmp: Path) -> None:
         shutil.rmtree(old)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=".cache/demo_digits", help="output folder")
+def builder_main(doc: str, build: Callable[..., Dict[str, Path]], out: str, size_flag: str,
+                 size_default: Optional[int], size_help: str) -> None:
+    """The command line of a demo data builder: ``--out``, ``--seed``, ``--force`` and its size
+    option (``size_flag``, passed to ``build`` under the same name with underscores); prints the
+    paths it returns as JSON."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--out", default=out, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    parser.add_argument("--limit-per-class", type=int, default=None,
-                        help="keep only the first N digits of each class in each split")
+    parser.add_argument(size_flag, type=int, default=size_default, help=size_help)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = build_demo_data(args.out, seed=args.seed, force=args.force, limit_per_class=args.limit_per_class)
+    size = size_flag.lstrip("-").replace("-", "_")
+    paths = build(args.out, seed=args.seed, force=args.force, **{size: getattr(args, size)})
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+
+
+def main() -> None:
+    builder_main(__doc__, build_demo_data, ".cache/demo_digits", "--limit-per-class", None,
+                 "keep only the first N digits of each class in each split")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ CLI: ``python datasets/demo_shapes.py --out .cache/demo_shapes``.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -825,15 +824,8 @@ def build_demo_shapes(out_dir: PathLike, seed: int = 0, force: bool = False,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=".cache/demo_shapes", help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    parser.add_argument("--shapes-per-category", type=int, default=SHAPES_PER_CATEGORY)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = build_demo_shapes(args.out, seed=args.seed, force=args.force, shapes_per_category=args.shapes_per_category)
-    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    _digits.builder_main(__doc__, build_demo_shapes, ".cache/demo_shapes", "--shapes-per-category",
+                         SHAPES_PER_CATEGORY, "shapes per category (three quarters train, one test)")
 
 
 if __name__ == "__main__":
