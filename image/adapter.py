@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torchvision.ops import Conv2dNormActivation
 
-from map_core.encoder import HybridEncoder, evenly_spaced_taps, layer_decay_groups
+from map_core.encoder import evenly_spaced_taps, layer_decay_groups
 from map_core.weights import LoadsPretrained, StateDict, rename_keys
 
 from .convert import is_official, official_key
-from .models import official_init
+from .models import image_encoder, official_init
 from .tokenizer import ImagePatchTokenizer, fit_pos_embed
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,7 @@ class MultiScaleAdapter(LoadsPretrained, nn.Module):
                  pyramid_norm: str = "batch", out_channels: int = 256, extra_level: bool = False):
         super().__init__()
         self.tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
-        self.encoder = HybridEncoder(
-            embed_dim, layout, bidirectional="sequence", norm=norm, drop_path=drop_path_rate,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-            block_drop_path=drop_path_rate if "M" not in layout else 0.0,
-        )
+        self.encoder = image_encoder(embed_dim, layout, num_heads, mlp_ratio, norm, drop_path_rate)
         self.taps = evenly_spaced_taps(len(self.encoder.layout), num_taps)
         official_init(self.encoder)  # the pretraining model's init, so scratch and pretrained runs start alike
         self.feature_pyramid = SimpleFeaturePyramid(embed_dim, pyramid, pyramid_norm, out_channels, extra_level)

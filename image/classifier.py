@@ -24,12 +24,12 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import register_model
 
-from map_core.encoder import HybridEncoder, layer_decay_groups
+from map_core.encoder import layer_decay_groups
 from map_core.registry import MODELS, check_kwargs
 from map_core.weights import LoadsPretrained, StateDict, rename_keys
 
 from .convert import is_official, official_key
-from .models import SIZES, sized_encoder
+from .models import SIZES, image_encoder, sized_encoder
 from .tokenizer import ImagePatchTokenizer, fit_pos_embed
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,7 @@ class MAPClassifier(LoadsPretrained, nn.Module):
         self.tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, num_cls_tokens, embed_dim))
         self.pos_embed_cls = nn.Parameter(torch.zeros(1, num_cls_tokens, embed_dim))
-        only_t = "M" not in layout
-        self.encoder = HybridEncoder(
-            embed_dim, layout, bidirectional="sequence", norm=norm, drop_path=drop_path_rate,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-            block_drop_path=drop_path_rate if only_t else 0.0,
-        )
+        self.encoder = image_encoder(embed_dim, layout, num_heads, mlp_ratio, norm, drop_path_rate)
         reduced = embed_dim // cls_reduce
         self.num_features = num_cls_tokens * reduced
         self.neck = nn.Linear(embed_dim, reduced, bias=False) if cls_reduce > 1 else nn.Identity()

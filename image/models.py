@@ -100,6 +100,16 @@ def sized_encoder(size: Optional[str] = None, variant: str = "hybrid", embed_dim
                 mlp_ratio=settings["mlp_ratio"], norm=settings["norm"])
 
 
+def image_encoder(embed_dim: int, layout: str, num_heads: int, mlp_ratio: float, norm: str,
+                  drop_path_rate: float) -> HybridEncoder:
+    """MAP 2D's encoder, as the pretraining model, the classifier and the dense adapter build it:
+    sequence-bidirectional Mamba layers with the drop-path schedule, ViT blocks with a qkv bias (a
+    layout of Transformer blocks only puts the drop path on its blocks instead)."""
+    return HybridEncoder(embed_dim, layout, bidirectional="sequence", norm=norm, drop_path=drop_path_rate,
+                         num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
+                         block_drop_path=drop_path_rate if "M" not in layout else 0.0)
+
+
 def official_init(model: nn.Module) -> None:
     """The release's last init pass: every Linear xavier-uniform with zero bias, LayerNorm 1/0.
 
@@ -181,11 +191,8 @@ def map_pretrain(
     tokenizer = ImagePatchTokenizer(img_size, patch_size, in_chans, embed_dim)
     settings = encoder_settings(variant, depth, embed_dim)
     layout = layout or settings["layout"]
-    encoder = HybridEncoder(
-        embed_dim, layout, bidirectional="sequence", norm=settings["norm"], drop_path=drop_path_rate,
-        num_heads=num_heads, mlp_ratio=mlp_ratio or settings["mlp_ratio"], qkv_bias=True,
-        block_drop_path=drop_path_rate if "M" not in layout else 0.0,
-    )
+    encoder = image_encoder(embed_dim, layout, num_heads, mlp_ratio or settings["mlp_ratio"], settings["norm"],
+                            drop_path_rate)
     decoder = ReconstructionDecoder(decoder_dim, decoder_depth, decoder_heads, mlp_ratio=decoder_mlp_ratio, qkv_bias=True,
                         block="dual_norm")
     model = MAPImagePretrainer(
