@@ -63,8 +63,6 @@ def run_length(sched_cfg: SchedulerConfig, updates_per_epoch: int) -> Tuple[int,
     """(optimizer updates of the whole run, epochs it takes) for ``updates_per_epoch``."""
     if sched_cfg.iterations is None:
         return sched_cfg.epochs * updates_per_epoch, sched_cfg.epochs
-    if sched_cfg.iterations < 1:
-        raise ConfigError(f"scheduler.iterations must be at least 1, got {sched_cfg.iterations}")
     return sched_cfg.iterations, -(-sched_cfg.iterations // updates_per_epoch)
 
 
