@@ -11,8 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from map_core.tokens import gather_tokens
-from map_core.tokens import Tokens
+from map_core.tokens import Tokens, gather_tokens
 from pointcloud.ops import fps, knn
 
 
