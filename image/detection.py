@@ -7,10 +7,10 @@ pyramid (the last layout step only, LayerNorm, ``fpn_channels`` per level, strid
 
 * ``rpn``: anchors of 8 strides (32 ... 512 px at patch 16), ratios 0.5 / 1 / 2; a head of two 3x3
   convs; IoU 0.7 / 0.3, 256 anchors per image (half positive), 2000 (training) / 1000 proposals
-  per level before NMS 0.7, 1000 kept;
+  per level before NMS 0.7, 1000 kept (``proposals_per_img``);
 * ``roi_heads``: 7x7 RoIAlign on the four finest levels, four 3x3 convs with LayerNorm and one fc
   layer of ``representation_size`` (the "4conv1fc" box head), box classifier and regressor over
-  K + 1 classes; 512 RoIs per image (a quarter positive, IoU 0.5); at test time score 0.05, NMS 0.5,
+  K + 1 classes; 512 RoIs per image (``rois_per_img``; a quarter positive, IoU 0.5); at test time score 0.05, NMS 0.5,
   100 detections; 14x14 RoIAlign, four 3x3 convs with LayerNorm, a deconv and a per-class mask.
 * ``transform``: torchvision's ``GeneralizedRCNNTransform``: images normalised (ImageNet mean /
   std), resized so that the longer side is ``img_size`` (a no-op on the training crops), batched.
@@ -62,7 +62,8 @@ class MAPMaskRCNN(MultiScaleAdapter):
     head_prefixes = ("rpn.", "roi_heads.")
 
     def __init__(self, num_classes: int = 80, fpn_channels: int = 256, representation_size: int = 1024,
-                 detections_per_img: int = 100, img_size: int = 1024, **adapter: Any):
+                 detections_per_img: int = 100, img_size: int = 1024, proposals_per_img: int = 1000,
+                 rois_per_img: int = 512, **adapter: Any):
         super().__init__(img_size=img_size, num_taps=1, pyramid="vitdet", pyramid_norm="layer",
                          out_channels=fpn_channels, extra_level=True, **adapter)
         patch, c = self.tokenizer.patch_size, fpn_channels
@@ -70,13 +71,13 @@ class MAPMaskRCNN(MultiScaleAdapter):
         anchors = AnchorGenerator(tuple((int(8 * s),) for s in strides), ((0.5, 1.0, 2.0),) * len(strides))
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(c, 3, conv_depth=2), fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
-            positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),
-            post_nms_top_n=dict(training=1000, testing=1000), nms_thresh=0.7)
+            positive_fraction=0.5, pre_nms_top_n=dict(training=2 * proposals_per_img, testing=proposals_per_img),
+            post_nms_top_n=dict(training=proposals_per_img, testing=proposals_per_img), nms_thresh=0.7)
         self.roi_heads = RoIHeads(
             MultiScaleRoIAlign(list(LEVELS[:4]), 7, 2),
             FastRCNNConvFCHead((c, 7, 7), [c] * 4, [representation_size], norm_layer=LayerNorm2d),
             FastRCNNPredictor(representation_size, num_classes + 1),
-            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
+            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=rois_per_img, positive_fraction=0.25,
             bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=detections_per_img,
             mask_roi_pool=MultiScaleRoIAlign(list(LEVELS[:4]), 14, 2),
             mask_head=MaskRCNNHeads(c, [c] * 4, 1, norm_layer=LayerNorm2d),
@@ -100,13 +101,16 @@ class MAPMaskRCNN(MultiScaleAdapter):
 def map_maskrcnn(size: Optional[str] = None, variant: str = "hybrid", img_size: int = 1024, patch_size: int = 16,
                  in_chans: int = 3, num_classes: int = 80, embed_dim: Optional[int] = None, depth: Optional[int] = None,
                  num_heads: Optional[int] = None, layout: Optional[str] = None, drop_path_rate: float = 0.1,
-                 fpn_channels: int = 256, representation_size: int = 1024,
-                 detections_per_img: int = 100) -> MAPMaskRCNN:
+                 fpn_channels: int = 256, representation_size: int = 1024, detections_per_img: int = 100,
+                 proposals_per_img: int = 1000, rois_per_img: int = 512) -> MAPMaskRCNN:
     """Mask R-CNN on a MAP encoder of a named ``size`` (tiny ... huge) or explicit sizes, as the
     classifier's (:func:`image.models.sized_encoder`). ``img_size``: the side the test images are
-    resized to (longer side) and the position table's grid."""
+    resized to (longer side) and the position table's grid. ``proposals_per_img``: RPN proposals kept
+    per image (twice as many per level before NMS in training); ``rois_per_img``: RoIs sampled per
+    image for the box head in training (ViTDet: 1000 and 512, sized for 1024-px COCO images)."""
     return MAPMaskRCNN(num_classes=num_classes, fpn_channels=fpn_channels, representation_size=representation_size,
-                       detections_per_img=detections_per_img, img_size=img_size, patch_size=patch_size,
+                       detections_per_img=detections_per_img, img_size=img_size, proposals_per_img=proposals_per_img,
+                       rois_per_img=rois_per_img, patch_size=patch_size,
                        in_chans=in_chans, drop_path_rate=drop_path_rate,
                        **sized_encoder(size, variant, embed_dim, depth, num_heads, layout))
 

@@ -243,6 +243,22 @@ def test_pyramid_and_head_shapes():
     with torch.no_grad():
         out = det([torch.rand(3, 40, 56)])[0]
     assert out["boxes"].shape[1] == 4 and out["masks"].shape[1:] == (1, 40, 56)
+    assert len(out["boxes"]) <= 100  # detections_per_img
+
+
+def test_detector_sampling_sizes_reach_the_rpn_and_the_box_head():
+    det = map_maskrcnn(img_size=64, num_classes=3, fpn_channels=16, representation_size=32,
+                       proposals_per_img=50, rois_per_img=24, **TINY).train()
+    assert det.rpn._pre_nms_top_n == dict(training=100, testing=50)
+    assert det.rpn._post_nms_top_n == dict(training=50, testing=50)
+    assert det.roi_heads.fg_bg_sampler.batch_size_per_image == 24
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = [dict(boxes=torch.tensor([[4.0, 4.0, 30.0, 30.0]]), labels=torch.tensor([1]),
+                    masks=torch.zeros(1, 64, 64, dtype=torch.uint8)) for _ in range(2)]
+    sampled = []
+    det.roi_heads.box_roi_pool.register_forward_hook(lambda m, args, out: sampled.append(out.shape[0]))
+    det(images, targets)
+    assert sampled == [2 * 24]  # 24 RoIs per image (the ground truth box is among the proposals)
 
 
 def test_layer_decay_rates():

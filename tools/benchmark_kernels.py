@@ -5,7 +5,8 @@
 Prints one JSON line per measurement: the device's ceilings (copy bandwidth, exp2 rate), the host
 time per call of the scan and conv paths, then per shape of MAP-Base / PointMAP the selective scan
 (forward and backward kernels, errors against the reference, floors from bytes moved and
-exponentials), the causal conv and the point grouping ops (FPS, kNN: each registered backend against
+exponentials, and forward + backward through autograd on each installed backend: with mamba-ssm on
+the path, the peer beside ours), the causal conv and the point grouping ops (FPS, kNN: each registered backend against
 ``torch``); ``--sweep`` adds the block shapes of the scan and conv kernels. One function per
 measured thing (``*_row``), one table of shapes per op (``*_CASES``). Device times are medians of
 calls replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``). Results worth keeping go
@@ -37,7 +38,7 @@ except ModuleNotFoundError as err:  # a checkout that is not installed
 
 # (name, batch, d_inner, state, length): the scan at MAP-Base's and PointMAP's shapes
 SCAN_CASES = [("map_base", 64, 1536, 16, 196), ("map_base", 64, 1536, 16, 98), ("map_base", 128, 1536, 16, 196),
-              ("pointmap", 128, 768, 16, 129), ("pointmap", 128, 768, 16, 26)]
+              ("pointmap", 128, 768, 16, 129), ("pointmap", 128, 768, 16, 26), ("long", 8, 1536, 16, 1024)]
 SWEEP_CASE = ("map_base", 64, 1536, 16, 196)  # the shape --sweep varies the block sizes at
 REFERENCE_CASES = {("map_base", 64, 1536, 16, 196)}  # the shapes that also time the reference scan
 CONV_CASES = [(64, 1536, 196), (128, 768, 129)]  # (batch, d_inner, length)
@@ -185,6 +186,18 @@ def scan_row(case: tuple, device: torch.device, ceilings: dict, sweep: bool = Fa
         row["reference_fwd_bwd_ms"] = round(_median_ms(lambda: _scan_fwd_bwd(x, "torch", dy), device, 5), 2)
     row["fwd_ms"], row["bwd_ms"] = _scan_kernel_ms(x, dy, device)
     row["fwd_bwd_ms"] = round(row["fwd_ms"] + row["bwd_ms"], 4)
+    # forward + backward as a model calls it (autograd, launches included) on every runnable backend
+    # but the reference, so an installed peer (mamba_ssm) is timed beside ours: each in the layout
+    # its own model hands it (ours time-major, mamba-ssm's Mamba length-contiguous (B, D, L))
+    row["autograd_fwd_bwd_ms"] = {}
+    for name in runnable("scan", device):
+        if name != "torch":
+            xin, dyin = (x, dy) if name == "triton" else ({k: v.contiguous() for k, v in x.items()}, dy.contiguous())
+            row["autograd_fwd_bwd_ms"][name] = round(
+                _median_ms(lambda: _scan_fwd_bwd(xin, name, dyin), device, graph=False), 4)
+    for name, ms in row["autograd_fwd_bwd_ms"].items():
+        if name != "triton" and "triton" in row["autograd_fwd_bwd_ms"]:
+            row[f"triton_vs_{name}"] = round(row["autograd_fwd_bwd_ms"]["triton"] / ms, 2)
     floor = scan_floor(b, d, n, length)
     row["floor_bytes_ms"] = round(floor["bytes"] / (ceilings["copy_GBps"] * 1e9) * 1000, 4)
     row["floor_exp_ms"] = round(floor["exps"] / (ceilings["exp2_per_s_T"] * 1e12) * 1000, 4)
