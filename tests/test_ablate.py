@@ -99,6 +99,21 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path, capsys):
     assert "2 of 5 jobs already done; 3 to run" in capsys.readouterr().out
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
 
+    # results copied without the runs: a finished pretraining whose checkpoint is gone runs again
+    # when a job still has to start from it (here the dropped finetune), and nothing else reruns
+    pretrain = records["points/objective=map,variant=hybrid/seed0/pretrain"]
+    kept = [line for line in lines if "map,variant=hybrid/seed0/finetune" not in line]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    Path(pretrain["checkpoint"]).unlink()
+    assert ablate.main(args) == 1
+    printed = capsys.readouterr().out
+    assert "again points/objective=map,variant=hybrid/seed0/pretrain: its checkpoint is gone" in printed
+    assert "1 of 5 jobs already done; 4 to run" in printed
+    assert Path(pretrain["checkpoint"]).is_file()
+    finished = [json.loads(line)["job"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert finished.count("points/objective=map,variant=hybrid/seed0/pretrain") == 2
+    assert finished.count("points/objective=scratch,variant=hybrid/seed0/finetune") == 1
+
     assert ablate.main(args + ["--dry-run"]) == 0
     assert "5 jobs, " in capsys.readouterr().out
 

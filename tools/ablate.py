@@ -330,6 +330,16 @@ class Runner:
         self.done = read_results(results)
         self.failed: Dict[str, str] = {}
         self.running: Dict[int, Tuple[Job, subprocess.Popen, Any, float]] = {}  # slot index -> job
+        self.rerun = self._lost_checkpoints()
+
+    def _lost_checkpoints(self) -> List[str]:
+        """Finished pretrainings whose checkpoint is gone (results copied to another machine, runs
+        deleted) while a job that starts from it still has to run: they run again."""
+        lost = sorted({job.after for job in self.jobs if job.id not in self.done and job.after in self.done
+                       and not Path(self.done[job.after]["checkpoint"]).is_file()})
+        for job_id in lost:
+            del self.done[job_id]
+        return lost
 
     def _ready(self, job: Job) -> bool:
         return job.after is None or job.after in self.done
@@ -391,6 +401,8 @@ class Runner:
         total, finished = len(self.jobs), len(self.jobs) - len(todo)
         self._print(f"{finished} of {total} jobs already done; {len(todo)} to run on {len(self.slots)} "
                     f"slot(s) ({', '.join(sorted({s.name for s in self.slots}))})")
+        for job_id in self.rerun:
+            self._print(f"again {job_id}: its checkpoint is gone and a job still starts from it")
         durations: List[float] = []
         while todo or self.running:
             for job in [j for j in todo if self._blocked(j)]:
