@@ -13,7 +13,8 @@ pyramid (the last layout step only, LayerNorm, ``fpn_channels`` per level, strid
   K + 1 classes; 512 RoIs per image (``rois_per_img``; a quarter positive, IoU 0.5); at test time score 0.05, NMS 0.5,
   100 detections; 14x14 RoIAlign, four 3x3 convs with LayerNorm, a deconv and a per-class mask.
 * ``transform``: torchvision's ``GeneralizedRCNNTransform``: images normalised (ImageNet mean /
-  std), resized so that the longer side is ``img_size`` (a no-op on the training crops), batched.
+  std), resized so that the longer side is ``img_size`` (a no-op on the training crops), batched;
+  detections go back to the input size with :func:`paste_masks` (no host synchronisation).
 
 forward(images: list of (3, H, W) in [0, 1], targets=None): in training the dict of the five
 losses; in evaluation one dict per image with ``boxes`` (N, 4) x1 y1 x2 y2, ``labels`` (N,),
@@ -38,7 +39,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
 from map_core.engine.schema import ExperimentConfig
@@ -94,7 +95,40 @@ class MAPMaskRCNN(MultiScaleAdapter):
         detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
-        return self.transform.postprocess(detections, batch.image_sizes, sizes)
+        for det, resized, size in zip(detections, batch.image_sizes, sizes):
+            det["boxes"] = resize_boxes(det["boxes"], resized, size)
+            if "masks" in det:
+                det["masks"] = paste_masks(det["masks"], det["boxes"], size)
+        return detections
+
+
+def _bilinear_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, m: int) -> torch.Tensor:
+    """(N, size, m): the bilinear weights (zero outside the grid) that sample an m-cell grid
+    spanning [lo, hi] (per row of N) at the pixel centres 0.5 ... size - 0.5."""
+    centres = torch.arange(size, device=lo.device, dtype=torch.float32) + 0.5
+    extent = (hi - lo).clamp_min(1e-6)
+    src = (centres[None] - lo[:, None]) / extent[:, None] * m - 0.5  # grid coordinates, cell centres at 0 ... m - 1
+    first = src.floor()
+    frac = src - first
+    cells = torch.arange(m, device=lo.device, dtype=torch.float32)[None, None]
+    return ((1 - frac)[..., None] * (cells == first[..., None]) + frac[..., None] * (cells == first[..., None] + 1))
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Mask probabilities (N, 1, M, M) on their boxes (N, 4) x1 y1 x2 y2 -> (N, 1, H, W) on the image,
+    bilinear with zeros outside the mask grid (``F.grid_sample(align_corners=False)`` with the grid
+    spanning the box, as detectron2 pastes; torchvision rounds each box to whole pixels first). Two
+    batched matmuls per image (the interpolation is separable), with no host synchronisation, where
+    torchvision's ``paste_masks_in_image`` synchronises several times per detection."""
+    n, m = masks.shape[0], masks.shape[-1]
+    height, width = int(size[0]), int(size[1])
+    if n == 0:
+        return masks.new_zeros(0, 1, height, width)
+    boxes = boxes.float()
+    rows = _bilinear_weights(boxes[:, 1], boxes[:, 3], height, m)  # (N, H, M)
+    cols = _bilinear_weights(boxes[:, 0], boxes[:, 2], width, m)   # (N, W, M)
+    pasted = rows @ masks[:, 0].float() @ cols.transpose(1, 2)
+    return pasted[:, None].to(masks.dtype)
 
 
 @MODELS.register("map_maskrcnn")

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.nn as nn
 from PIL import Image
 
 from image.adapter import SimpleFeaturePyramid
 from image.convert import to_official
 from image.dense_data import ADE20K, COCODetection, rescale_size
-from image.detection import coco_evaluate, coco_results, map_maskrcnn
+from image.detection import coco_evaluate, coco_results, map_maskrcnn, paste_masks
 from image.models import map_pretrain
 from image.segmentation import map_upernet, segmentation_metrics, slide_inference, sliding_windows
 from map_core.encoder import HybridEncoder
@@ -244,6 +245,33 @@ def test_pyramid_and_head_shapes():
         out = det([torch.rand(3, 40, 56)])[0]
     assert out["boxes"].shape[1] == 4 and out["masks"].shape[1:] == (1, 40, 56)
     assert len(out["boxes"]) <= 100  # detections_per_img
+
+
+def test_paste_masks_is_grid_sampling_over_each_box():
+    """Against F.grid_sample with a grid spanning each box (detectron2's paste), and close to
+    torchvision's paste (which rounds boxes to whole pixels) once thresholded."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    torch.manual_seed(0)
+    height, width, n = 120, 160, 6
+    masks = torch.rand(n, 1, 28, 28) ** 3
+    masks[:, :, 6:22, 6:22] = 0.9 + 0.1 * torch.rand(n, 1, 16, 16)  # a solid core, as trained heads give
+    x1, y1 = torch.rand(n) * 120 - 10, torch.rand(n) * 80 - 10  # some boxes cross the image's edges
+    boxes = torch.stack([x1, y1, x1 + 40 + torch.rand(n) * 40, y1 + 40 + torch.rand(n) * 40], 1)
+    pasted = paste_masks(masks, boxes, (height, width))
+    assert pasted.shape == (n, 1, height, width)
+    for k in range(n):
+        x0, y0, x1_, y1_ = boxes[k].tolist()
+        gx = (torch.arange(width) + 0.5 - x0) / (x1_ - x0) * 2 - 1
+        gy = (torch.arange(height) + 0.5 - y0) / (y1_ - y0) * 2 - 1
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1)[None]  # (1, H, W, 2): x, y
+        want = F.grid_sample(masks[k:k + 1], grid, align_corners=False, padding_mode="zeros")
+        torch.testing.assert_close(pasted[k:k + 1], want, atol=1e-5, rtol=1e-5)
+    theirs = paste_masks_in_image(masks, boxes, (height, width)) > 0.5
+    ours = pasted > 0.5
+    iou = (ours & theirs).flatten(1).sum(1) / (ours | theirs).flatten(1).sum(1)
+    assert iou.min() > 0.85, iou  # a pixel or so apart at the edges
+    assert paste_masks(masks[:0], boxes[:0], (height, width)).shape == (0, 1, height, width)
 
 
 def test_detector_sampling_sizes_reach_the_rpn_and_the_box_head():
