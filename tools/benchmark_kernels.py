@@ -6,8 +6,8 @@ Prints one JSON line per measurement: the device's ceilings (copy bandwidth, exp
 time per call of the scan and conv paths, then per shape of MAP-Base / PointMAP the selective scan
 (forward and backward kernels, errors against the reference, floors from bytes moved and
 exponentials, and forward + backward through autograd on each installed backend: with mamba-ssm on
-the path, the peer beside ours), the causal conv and the point grouping ops (FPS, kNN: each registered backend against
-``torch``); ``--sweep`` adds the block shapes of the scan and conv kernels. One function per
+the path, the peer beside ours), the causal conv and the point grouping ops (FPS, kNN: each
+registered backend against ``torch``); ``--sweep`` adds the block shapes of the scan and conv kernels. One function per
 measured thing (``*_row``), one table of shapes per op (``*_CASES``). Device times are medians of
 calls replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``). Results worth keeping go
 to BENCHMARKS.md. Without a GPU it ends with one 'error: ...' line and exit code 2 (the kernels
@@ -193,8 +193,11 @@ def scan_row(case: tuple, device: torch.device, ceilings: dict, sweep: bool = Fa
     for name in runnable("scan", device):
         if name != "torch":
             xin, dyin = (x, dy) if name == "triton" else ({k: v.contiguous() for k, v in x.items()}, dy.contiguous())
-            row["autograd_fwd_bwd_ms"][name] = round(
-                _median_ms(lambda: _scan_fwd_bwd(xin, name, dyin), device, graph=False), 4)
+            try:
+                row["autograd_fwd_bwd_ms"][name] = round(
+                    _median_ms(lambda: _scan_fwd_bwd(xin, name, dyin), device, graph=False), 4)
+            except RuntimeError as err:  # e.g. mamba_ssm importable but its CUDA extension not built
+                row.setdefault("backend_errors", {})[name] = str(err).splitlines()[0]
     for name, ms in row["autograd_fwd_bwd_ms"].items():
         if name != "triton" and "triton" in row["autograd_fwd_bwd_ms"]:
             row[f"triton_vs_{name}"] = round(row["autograd_fwd_bwd_ms"]["triton"] / ms, 2)
