@@ -48,7 +48,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -200,12 +200,8 @@ def _write_split(root: Path, split: str, indices: np.ndarray, images: np.ndarray
         f.create_dataset("label", data=labels[indices].astype(np.int64), track_times=False)
 
 
-def _manifest(seed: int, limit_per_class: Optional[int], labels: np.ndarray,
-              splits: Dict[str, np.ndarray]) -> dict:
+def _manifest(labels: np.ndarray, splits: Dict[str, np.ndarray]) -> dict:
     return {
-        "version": VERSION,
-        "seed": seed,
-        "limit_per_class": limit_per_class,
         "num_points": NUM_POINTS,
         "image_size": IMAGE_SIZE,
         "classes": [class_name(c) for c in range(NUM_CLASSES)],
@@ -215,13 +211,37 @@ def _manifest(seed: int, limit_per_class: Optional[int], labels: np.ndarray,
     }
 
 
-def _is_current(out: Path, seed: int, limit_per_class: Optional[int]) -> bool:
+def build_once(out_dir: PathLike, what: str, key: Dict[str, Any], force: bool,
+               write: Callable[[Path], dict]) -> Path:
+    """Build ``what`` into ``out_dir`` atomically, unless it already holds a build whose manifest
+    has ``key``'s values (and not ``force``). ``write(tmp)`` fills a temporary sibling folder and
+    returns the rest of the manifest; the folder then replaces ``out_dir``. An existing ``out_dir``
+    is replaced only if it is empty or a previous build (has a manifest); anything else raises
+    FileExistsError. Returns the resolved ``out_dir``."""
+    out = Path(out_dir).resolve()
+    if not force:
+        try:
+            manifest = json.loads((out / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        if all(manifest.get(k, object()) == v for k, v in key.items()):
+            logger.info("%s already built in %s", what, out)
+            return out
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise FileExistsError(f"{out} exists and is not a {what} build (no {MANIFEST}); "
+                              f"choose another folder or empty it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return (manifest.get("version"), manifest.get("seed"), manifest.get("limit_per_class")) == (
-        VERSION, seed, limit_per_class)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the build is ordinary shared data
+        manifest = {**key, **write(tmp)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(out, tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    logger.info("%s built in %s: %s", what, out, manifest["split_sizes"])
+    return out
 
 
 def build_demo_data(out_dir: PathLike, seed: int = 0, force: bool = False,
@@ -233,25 +253,12 @@ def build_demo_data(out_dir: PathLike, seed: int = 0, force: bool = False,
     in each split (for quick tests). An existing ``out_dir`` is replaced only if it is empty or a
     previous demo build (has a manifest); anything else raises FileExistsError.
     """
-    out = Path(out_dir).resolve()
-    paths = demo_paths(out)
-    if not force and _is_current(out, seed, limit_per_class):
-        logger.info("demo digits already built in %s", out)
-        return paths
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise FileExistsError(f"{out} exists and is not a demo-digits build (no {MANIFEST}); "
-                              f"choose another folder or empty it")
-
-    digits = load_digits()
-    images, labels = digits.images, digits.target.astype(np.int64)
-    train, test = split_indices(labels, seed)
-    splits = {"train": first_per_class(train, labels, limit_per_class),
-              "test": first_per_class(test, labels, limit_per_class)}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the build is ordinary shared data
+    def write(tmp: Path) -> dict:
+        digits = load_digits()
+        images, labels = digits.images, digits.target.astype(np.int64)
+        train, test = split_indices(labels, seed)
+        splits = {"train": first_per_class(train, labels, limit_per_class),
+                  "test": first_per_class(test, labels, limit_per_class)}
         tmp_paths = demo_paths(tmp)
         for key in ("shapenet_list", "shapenet_pc"):
             tmp_paths[key].mkdir(parents=True)
@@ -263,14 +270,10 @@ def build_demo_data(out_dir: PathLike, seed: int = 0, force: bool = False,
         for split, indices in splits.items():
             _write_split(tmp, split, indices, images, labels, seed)
         scenes = write_digit_scenes(tmp / "scenes", images, labels, splits, seed)
-        manifest = {**_manifest(seed, limit_per_class, labels, splits), "scenes": scenes}
-        tmp_paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace(out, tmp)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    logger.info("demo digits built in %s: %s", out, manifest["split_sizes"])
-    return paths
+        return {**_manifest(labels, splits), "scenes": scenes}
+
+    key = {"version": VERSION, "seed": seed, "limit_per_class": limit_per_class}
+    return demo_paths(build_once(out_dir, "demo-digits", key, force, write))
 
 
 def _replace(out: Path, tmp: Path) -> None:

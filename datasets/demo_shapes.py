@@ -52,8 +52,6 @@ import importlib.util
 import json
 import logging
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -772,24 +770,13 @@ def _write(root: Path, seed: int, per_category: int) -> Dict[str, Dict[str, int]
     return {split: {name: s["labels"].count(c) for c, name in enumerate(CATEGORY_NAMES)} for split, s in splits.items()}
 
 
-def _manifest(seed: int, per_category: int, counts: Dict[str, Dict[str, int]]) -> dict:
+def _manifest(counts: Dict[str, Dict[str, int]]) -> dict:
     return {
-        "version": VERSION,
-        "seed": seed,
-        "shapes_per_category": per_category,
         "num_points": NUM_POINTS,
         "categories": {name: dict(zip(parts, category_parts()[name])) for name, (_, parts) in CATEGORIES.items()},
         "split_sizes": {split: sum(c.values()) for split, c in counts.items()},
         "class_counts": counts,
     }
-
-
-def _is_current(out: Path, seed: int, per_category: int) -> bool:
-    try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return [manifest.get(k) for k in ("version", "seed", "shapes_per_category")] == [VERSION, seed, per_category]
 
 
 def build_demo_shapes(out_dir: PathLike, seed: int = 0, force: bool = False,
@@ -802,24 +789,9 @@ def build_demo_shapes(out_dir: PathLike, seed: int = 0, force: bool = False,
     """
     if shapes_per_category < 2:
         raise ValueError(f"shapes_per_category must be at least 2 (a train and a test shape), got {shapes_per_category}")
-    out = Path(out_dir).resolve()
-    if not force and _is_current(out, seed, shapes_per_category):
-        logger.info("demo shapes already built in %s", out)
-        return shapes_paths(out)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise FileExistsError(f"{out} exists and is not a demo-shapes build (no {MANIFEST}); "
-                              f"choose another folder or empty it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the build is ordinary shared data
-        manifest = _manifest(seed, shapes_per_category, _write(tmp, seed, shapes_per_category))
-        shapes_paths(tmp)["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
-        _digits._replace(out, tmp)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    logger.info("demo shapes built in %s: %s", out, manifest["split_sizes"])
+    key = {"version": VERSION, "seed": seed, "shapes_per_category": shapes_per_category}
+    out = _digits.build_once(out_dir, "demo-shapes", key, force,
+                             lambda tmp: _manifest(_write(tmp, seed, shapes_per_category)))
     return shapes_paths(out)
 
 
