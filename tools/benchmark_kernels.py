@@ -39,7 +39,9 @@ except ModuleNotFoundError as err:  # a checkout that is not installed
 # (name, batch, d_inner, state, length): the scan at MAP-Base's and PointMAP's shapes
 SCAN_CASES = [("map_base", 64, 1536, 16, 196), ("map_base", 64, 1536, 16, 98), ("map_base", 128, 1536, 16, 196),
               ("pointmap", 128, 768, 16, 129), ("pointmap", 128, 768, 16, 26), ("long", 8, 1536, 16, 1024)]
-SWEEP_CASE = ("map_base", 64, 1536, 16, 196)  # the shape --sweep varies the block sizes at
+# the shapes --sweep varies the block sizes at: MAP-Base's (scan and conv) and the long sequence's
+# (scan only: with few rows, fewer channels per program means more programs in flight)
+SWEEP_CASES = {("map_base", 64, 1536, 16, 196): True, ("long", 8, 1536, 16, 1024): False}
 REFERENCE_CASES = {("map_base", 64, 1536, 16, 196)}  # the shapes that also time the reference scan
 CONV_CASES = [(64, 1536, 196), (128, 768, 129)]  # (batch, d_inner, length)
 GROUPING_CASES = [(128, 1024, 64, 32), (32, 8192, 512, 32), (128, 2048, 128, 32)]  # (batch, points, groups, k)
@@ -208,8 +210,8 @@ def scan_row(case: tuple, device: torch.device, ceilings: dict, sweep: bool = Fa
     if "reference_fwd_bwd_ms" in row:
         row["speedup_vs_reference"] = round(row["reference_fwd_bwd_ms"] / row["fwd_bwd_ms"], 1)
     emit(row)
-    if sweep and case == SWEEP_CASE:
-        kernel_sweep(x, dy, device)
+    if sweep and case in SWEEP_CASES:
+        kernel_sweep(x, dy, device, conv=SWEEP_CASES[case], shape=name)
     return row
 
 
@@ -292,17 +294,22 @@ def _sweep(module, kind: str, configs: List[dict], measure: Callable[[], dict], 
     return rows
 
 
-def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device) -> List[dict]:
-    """Block shapes of the scan and conv kernels at MAP-Base's shape (all else fixed)."""
+def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device, conv: bool = True, shape: str = "") -> List[dict]:
+    """Block shapes of the scan kernels (and with ``conv`` the conv kernels) on the inputs ``x``
+    (all else fixed)."""
     from map_core.kernels import causal_conv1d as kc
     from map_core.kernels import selective_scan as ks
 
-    # scan: channels per program = 32 x warps x channels per thread
-    rows = _sweep(ks, "scan_sweep_fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in ((32, 1), (64, 1), (128, 2))],
-                  lambda: {"fwd_ms": _scan_kernel_ms(x, dy, device)[0]}, ks._scan_fwd_kernel)
+    # scan: channels per program = 32 x warps x channels per thread (16: half a channel per thread,
+    # the N states of a channel split over two threads)
+    rows = _sweep(ks, "scan_sweep_fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in
+                                         ((16, 1), (32, 1), (64, 1), (128, 2))],
+                  lambda: {"shape": shape, "fwd_ms": _scan_kernel_ms(x, dy, device)[0]}, ks._scan_fwd_kernel)
     rows += _sweep(ks, "scan_sweep_bwd", [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
-                                          ((32, 1, 4), (32, 1, 2), (64, 1, 2), (64, 1, 4), (64, 2, 4))],
-                   lambda: {"bwd_ms": _scan_kernel_ms(x, dy, device)[1]}, ks._scan_bwd_kernel)
+                                          ((16, 1, 4), (32, 1, 4), (32, 1, 2), (64, 1, 2), (64, 1, 4), (64, 2, 4))],
+                   lambda: {"shape": shape, "bwd_ms": _scan_kernel_ms(x, dy, device)[1]}, ks._scan_bwd_kernel)
+    if not conv:
+        return rows
     xc, w = x["u"], torch.randn(x["u"].shape[1], 4, device=device)
 
     def conv_ms() -> dict:
