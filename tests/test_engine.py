@@ -291,16 +291,22 @@ def test_cuda_graphs_on_cpu_is_a_config_error(config: Path, tmp_path: Path, caps
     assert "train.cuda_graphs needs one process on a CUDA device" in capsys.readouterr().err
 
 
+INSIDE_ONLY = "; compiled blocks run only inside graphs"
+
+
 @pytest.mark.parametrize("compile_, graphs, device, world, capturable, want", [
     ("auto", "auto", "cpu", 1, True, (False, False, "CPU")),
     ("auto", "auto", "cuda", 1, True, (False, True, "auto: one CUDA process")),
-    ("auto", "auto", "cuda", 2, True, (True, False, "auto: several processes (DDP)")),
-    ("auto", "auto", "cuda", 1, False, (True, False, "auto: this task's step cannot be captured")),
+    ("auto", "auto", "cuda", 2, True, (False, False, "auto: several processes (DDP)")),
+    ("auto", "auto", "cuda", 1, False, (False, False, "auto: this task's step cannot be captured")),
     (False, False, "cuda", 1, True, (False, False, "as configured")),
     (True, "auto", "cuda", 1, True, (True, True, "auto: one CUDA process")),
     (True, False, "cpu", 1, True, (True, False, "as configured")),
     ("cuda", "auto", "cuda", 1, True, (True, True, "auto: one CUDA process")),
-    ("cuda", "auto", "cuda", 2, True, (True, False, "auto: several processes (DDP)")),
+    ("cuda", "auto", "cuda", 2, True, (False, False, "auto: several processes (DDP)" + INSIDE_ONLY)),
+    ("cuda", "auto", "cuda", 1, False, (False, False, "auto: this task's step cannot be captured" + INSIDE_ONLY)),
+    ("cuda", False, "cuda", 1, True, (False, False, "as configured")),
+    (True, "auto", "cuda", 2, True, (True, False, "auto: several processes (DDP)")),
     ("cuda", "auto", "cpu", 1, True, (False, False, "CPU")),
 ])
 def test_the_step_path_is_chosen_by_device_processes_and_task(compile_, graphs, device, world, capturable, want):

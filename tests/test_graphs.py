@@ -172,8 +172,10 @@ def test_the_shipped_map_base_step_with_the_official_ratio_is_faster_than_eager(
     count drawn by the official per-step ratio) against the eager step, MAP-Base at batch 64. The
     ratio's bounds are narrowed to 0.49-0.51 (four mask counts, so four captures in the warm-up); the
     draw is the official one."""
+    from map_core.modalities import load_modalities
     from tools import benchmark
 
+    load_modalities()  # the image modality registers the model
     device, kwargs = torch.device("cuda"), {"mask_ratio_bounds": (0.49, 0.51)}
     args = ("map_base_patch16_224", 64, "image:224", "bf16")
     eager = benchmark.bench_step(*args, 6, 2, device, kwargs)

@@ -89,7 +89,8 @@ class TrainConfig:
     deterministic: bool = False
     max_steps_per_epoch: Optional[int] = number(None, ge=1)
     # the training step's path (engine.trainer.choose_step_path): each true, false or auto; compile
-    # also "cuda" (compile on a GPU, eager on a CPU: what the long-run recipes ask for)
+    # also "cuda" (compiled blocks inside the CUDA graphs, eager where graphs do not run: what the
+    # long-run recipes ask for)
     compile: Literal["auto", "cuda", True, False] = "auto"  # torch.compile each repeated block (map_core.compile)
     compile_mode: Optional[str] = None  # a torch.compile mode, e.g. max-autotune-no-cudagraphs
     cuda_graphs: Literal["auto", True, False] = "auto"  # replay forward, loss, backward (map_core.graphs)
