@@ -192,17 +192,17 @@ def scan_row(case: tuple, device: torch.device, ceilings: dict, sweep: bool = Fa
     # but the reference, so an installed peer (mamba_ssm) is timed beside ours: each in the layout
     # its own model hands it (ours time-major, mamba-ssm's Mamba length-contiguous (B, D, L))
     row["autograd_fwd_bwd_ms"] = {}
-    for name in runnable("scan", device):
-        if name != "torch":
-            xin, dyin = (x, dy) if name == "triton" else ({k: v.contiguous() for k, v in x.items()}, dy.contiguous())
+    for backend in runnable("scan", device):
+        if backend != "torch":
+            xin, dyin = (x, dy) if backend == "triton" else ({k: v.contiguous() for k, v in x.items()}, dy.contiguous())
             try:
-                row["autograd_fwd_bwd_ms"][name] = round(
-                    _median_ms(lambda: _scan_fwd_bwd(xin, name, dyin), device, graph=False), 4)
+                row["autograd_fwd_bwd_ms"][backend] = round(
+                    _median_ms(lambda: _scan_fwd_bwd(xin, backend, dyin), device, graph=False), 4)
             except RuntimeError as err:  # e.g. mamba_ssm importable but its CUDA extension not built
-                row.setdefault("backend_errors", {})[name] = str(err).splitlines()[0]
-    for name, ms in row["autograd_fwd_bwd_ms"].items():
-        if name != "triton" and "triton" in row["autograd_fwd_bwd_ms"]:
-            row[f"triton_vs_{name}"] = round(row["autograd_fwd_bwd_ms"]["triton"] / ms, 2)
+                row.setdefault("backend_errors", {})[backend] = str(err).splitlines()[0]
+    for backend, ms in row["autograd_fwd_bwd_ms"].items():
+        if backend != "triton" and "triton" in row["autograd_fwd_bwd_ms"]:
+            row[f"triton_vs_{backend}"] = round(row["autograd_fwd_bwd_ms"]["triton"] / ms, 2)
     floor = scan_floor(b, d, n, length)
     row["floor_bytes_ms"] = round(floor["bytes"] / (ceilings["copy_GBps"] * 1e9) * 1000, 4)
     row["floor_exp_ms"] = round(floor["exps"] / (ceilings["exp2_per_s_T"] * 1e12) * 1000, 4)
@@ -211,7 +211,7 @@ def scan_row(case: tuple, device: torch.device, ceilings: dict, sweep: bool = Fa
         row["speedup_vs_reference"] = round(row["reference_fwd_bwd_ms"] / row["fwd_bwd_ms"], 1)
     emit(row)
     if sweep and case in SWEEP_CASES:
-        kernel_sweep(x, dy, device, conv=SWEEP_CASES[case], shape=name)
+        kernel_sweep(x, dy, device, conv=SWEEP_CASES[case], shape=case[0])
     return row
 
 
