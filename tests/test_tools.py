@@ -44,9 +44,13 @@ def test_mae_baseline_masks_three_quarters_and_trains():
 def test_benchmark_classifier_logits_path(capsys):
     args = ["--model", "map_classifier", "--batch", "2", "--input", "image:16", "--steps", "1", "--warmup", "0",
             "--set", "img_size=16", "patch_size=4", "embed_dim=32", "depth=3", "num_heads=4",
-            "num_cls_tokens=2", "num_classes=3"]
+            "num_cls_tokens=2", "num_classes=3", "--profile"]
     assert benchmark.main(args) == 0
-    assert json.loads(capsys.readouterr().out)["model"] == "map_classifier"
+    row = json.loads(capsys.readouterr().out)
+    assert row["model"] == "map_classifier"
+    host = row["profile"]["top_host_ops"]  # (op, calls, self host ms), costliest first
+    assert host and all(a[2] >= b[2] for a, b in zip(host, host[1:]))
+    assert any(name.startswith("aten::") and calls >= 1 for name, calls, _ in host)
 
 
 def test_image_panels_keep_visible_patches():

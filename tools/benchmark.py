@@ -188,7 +188,8 @@ def step_flops(step: Callable[[], None]) -> float:
 
 
 def profile_step(step: Callable[[], None], device: torch.device, top: int = 15) -> dict:
-    """One step under torch.profiler: kernel launches, host syncs and the costliest kernels."""
+    """One step under torch.profiler: kernel launches, host syncs, the costliest kernels, and the ops
+    that take the most host time (self CPU time: what bounds an eager step)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -209,6 +210,7 @@ def profile_step(step: Callable[[], None], device: torch.device, top: int = 15) 
             torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"] if device.type == "cuda" else []
     events.sort(key=lambda e: e.device_time_total, reverse=True)
+    host = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.device_time_total for e in events)
     families: Dict[str, List[float]] = {}
     for e in events:
@@ -218,7 +220,8 @@ def profile_step(step: Callable[[], None], device: torch.device, top: int = 15) 
     return {"host_syncs": syncs, "kernel_launches": sum(e.count for e in events),
             "kernel_ms": round(total / 1000, 2),
             "families": {k: [round(ms, 2), n] for k, (ms, n) in sorted(families.items(), key=lambda kv: -kv[1][0])},
-            "top_kernels": [(e.key[:80], e.count, round(e.device_time_total / 1000, 3)) for e in events[:top]]}
+            "top_kernels": [(e.key[:80], e.count, round(e.device_time_total / 1000, 3)) for e in events[:top]],
+            "top_host_ops": [(e.key[:80], e.count, round(e.self_cpu_time_total / 1000, 3)) for e in host[:top]]}
 
 
 # kernel name -> family, first match wins (the families of BENCHMARKS.md's profile tables)
