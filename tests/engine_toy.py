@@ -100,8 +100,8 @@ class ToyClassifyTask(ClassifyTask):
     @property
     def capturable(self) -> bool:
         """The faults count ``train_step`` calls in Python, and a step replayed from a CUDA graph makes
-        no call: with a fault set the step is not captured (on one GPU it then runs compiled blocks,
-        which this toy has none of), so the fault fires on a GPU as on a CPU."""
+        no call: with a fault set the step is not captured (on one GPU it then runs eager), so the
+        fault fires on a GPU as on a CPU."""
         return self.nan_at_step is None and self.die_at_step is None
 
     def train_step(self, model: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
