@@ -76,6 +76,42 @@ def test_scan_matches_reference(b, d, n, length, use, softplus, reverse, last, t
         assert rel_err(g, grads_r[k]) < 1e-4, k
 
 
+@pytest.mark.parametrize("b,d,n,length,seg,use,reverse,last,var_bc", [
+    (2, 40, 3, 37, 8, ("D", "z", "delta_bias"), False, True, True),  # 5 segments, the last partial
+    (1, 6, 4, 19, 4, ("D", "z", "delta_bias"), True, True, True),    # reverse; segments of one chunk
+    (2, 5, 2, 21, 8, ("z",), True, False, False),                     # time-invariant B, C
+    (1, 7, 4, 16, 8, (), False, False, True),                         # two whole segments, nothing optional
+    (2, 5, 4, 6, 8, ("D",), False, True, True),                       # shorter than a segment: one program
+])
+def test_scan_split_along_the_length_matches_reference(monkeypatch, b, d, n, length, seg, use, reverse, last,
+                                                       var_bc):
+    """Segments of the length scanned in parallel (each from zero, then from its true start state and
+    adjoint) give the reference's outputs, last state and every gradient."""
+    from map_core.kernels import selective_scan as ks
+
+    monkeypatch.setattr(ks, "SEGMENT_STEPS", seg)
+    x = scan_inputs(b, d, n, length, True, var_bc, seed=5)
+    out, state, grads = run_scan(x, "triton", use, True, reverse, last)
+    out_r, state_r, grads_r = run_scan(x, "torch", use, True, reverse, last)
+    assert rel_err(out, out_r) < 1e-5
+    if last:
+        assert rel_err(state, state_r) < 1e-5
+    for k, g in grads.items():
+        assert g.shape == grads_r[k].shape and rel_err(g, grads_r[k]) < 1e-4, k
+
+
+def test_segments_are_whole_chunks(monkeypatch):
+    from map_core.kernels import selective_scan as ks
+
+    monkeypatch.setattr(ks, "SEGMENT_STEPS", 0)
+    assert ks.segments(4096) == (0, 1)
+    monkeypatch.setattr(ks, "SEGMENT_STEPS", 256)
+    assert ks.segments(256) == (0, 1) and ks.segments(1024) == (256, 4) and ks.segments(1025) == (256, 5)
+    monkeypatch.setattr(ks, "SEGMENT_STEPS", 6)
+    with pytest.raises(ValueError, match="multiple of CHUNK"):
+        ks.segments(100)
+
+
 def test_scan_bf16_inputs_keep_an_fp32_state():
     x = scan_inputs(2, 6, 4, 23, dtype=torch.bfloat16, seed=3)
     use = ("D", "z", "delta_bias")

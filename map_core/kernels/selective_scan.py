@@ -22,6 +22,14 @@ own exponential. dB and dC (sums over channels) are reduced across the program's
 written as one partial per channel block (summed afterwards: no atomics, deterministic); dA, dD
 and d(delta_bias) are accumulated in registers.
 
+Along the length (``SEGMENT_STEPS`` > 0, off by default until measured): the sequence is cut into
+segments, each scanned by its own program. The recurrence is linear in the state (forward) and in
+the adjoint (backward), so a first pass runs every segment from zero and keeps its end state (or,
+backward, the adjoint it hands the segment before) and its summed step size; the second pass starts
+each segment from the earlier (later) segments' results decayed by exp(A * summed step size), and
+computes as above. More programs in flight for few rows of a long sequence, at the price of the
+first pass.
+
 Floors (MAP-Base shapes: batch 64, d_inner 1536, N 16, length 196, bf16): the bytes that must move
 (read u, delta, z, B, C and dy, write y, du, ddelta, dz, dB, dC) are ~430 MB; exp(delta A) is
 308 M exponentials per pass. This design computes it once in the forward and twice in the
@@ -47,6 +55,22 @@ BWD_BLOCK_D = 32
 BWD_WARPS = 1
 # Steps between saved states; the backward keeps one chunk of states in registers.
 CHUNK = 4
+# Steps per program along the length (a multiple of CHUNK), for sequences longer than that; 0: one
+# program walks the whole sequence. Splitting the length multiplies the programs in flight (few rows
+# of a long sequence leave most of the GPU idle while each program walks every step) at the cost of
+# a first pass per direction that runs each segment from zero. Off until it is measured on a GPU
+# (tools/benchmark_kernels.py --sweep times it at the long-sequence shape).
+SEGMENT_STEPS = 0
+
+
+def segments(length: int) -> Tuple[int, int]:
+    """(steps per segment, segments) for a sequence of ``length`` steps: (0, 1) when the whole
+    sequence is one program's."""
+    if SEGMENT_STEPS <= 0 or length <= SEGMENT_STEPS:
+        return 0, 1
+    if SEGMENT_STEPS % CHUNK:
+        raise ValueError(f"SEGMENT_STEPS={SEGMENT_STEPS} must be a multiple of CHUNK={CHUNK}")
+    return SEGMENT_STEPS, triton.cdiv(length, SEGMENT_STEPS)
 
 
 @triton.jit
@@ -64,17 +88,24 @@ def _step_index(s, L, REVERSE: tl.constexpr):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, ckpt_ptr, last_ptr,
+    seg_ptr, dsum_ptr,
     L, DIM, NSTATE, N_CHUNKS, s_ad, s_an,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
     s_ob, s_od, s_ol,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, STORE_CKPT: tl.constexpr,
-    STORE_LAST: tl.constexpr,
+    STORE_LAST: tl.constexpr, SEG: tl.constexpr = 0, MODE: tl.constexpr = 0,
 ):
     """out and y (the output before the z gate; written when STORE_CKPT and HAS_Z) share out's
     strides. A (D, N) has strides s_ad, s_an; time-invariant B / C (D, N) pass their strides as
-    (s_bb, s_bn) / (s_cb, s_cn). ckpt (B, N_CHUNKS, N, D) and last (B, N, D) are fp32."""
+    (s_bb, s_bn) / (s_cb, s_cn). ckpt (B, N_CHUNKS, N, D) and last (B, N, D) are fp32.
+
+    Along the length (``SEG`` > 0, a multiple of CHUNK): program (b, d block, j) takes the steps
+    [j SEG, (j + 1) SEG). MODE 1 runs its segment from a zero state and writes only the end state
+    (seg (B, segments, N, D)) and the sum of its step sizes (dsum (B, segments, D)); MODE 2 starts
+    from the true state, combined from the earlier segments' (the decay over segment i is
+    exp(A dsum_i)), and writes everything MODE 0 (one program per row) writes."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -100,8 +131,24 @@ def _scan_fwd_kernel(
     ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * NSTATE * DIM + nd_offs
 
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    # the inputs of step 0, then those of step s + 1 while step s is computed
-    t = _step_index(0, L, REVERSE)
+    if SEG > 0:
+        seg = tl.program_id(2)
+        n_seg = tl.cdiv(L, SEG)
+        s_start = seg * SEG
+        s_end = tl.minimum(L, s_start + SEG)
+        seg_row = seg_ptr + pid_b * n_seg * NSTATE * DIM + nd_offs
+        dsum_row = dsum_ptr + pid_b * n_seg * DIM + offs_d
+        if MODE == 2:  # the state before this segment: the earlier segments' end states, decayed
+            for i in range(0, seg):
+                decay = tl.exp2(tl.load(dsum_row + i * DIM, mask=mask_d, other=0.0)[None, :] * A2)
+                h = decay * h + tl.load(seg_row + i * NSTATE * DIM, mask=mask_nd, other=0.0)
+        else:
+            dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    else:
+        s_start = 0
+        s_end = L
+    # the inputs of the first step, then those of step s + 1 while step s is computed
+    t = _step_index(s_start, L, REVERSE)
     u_nx = tl.load(u_row + t * s_ul, mask=mask_d, other=0.0)
     d_nx = tl.load(d_row + t * s_dl, mask=mask_d, other=0.0)
     if HAS_Z:
@@ -110,7 +157,7 @@ def _scan_fwd_kernel(
         b_nx = tl.load(b_col + t * s_bl, mask=mask_n, other=0.0)
     if VAR_C:
         c_nx = tl.load(c_col + t * s_cl, mask=mask_n, other=0.0)
-    for s in range(0, L):
+    for s in range(s_start, s_end):
         t = _step_index(s, L, REVERSE)
         u = u_nx.to(tl.float32)
         dt = d_nx.to(tl.float32)
@@ -124,7 +171,7 @@ def _scan_fwd_kernel(
             Cv = c_nx.to(tl.float32)[:, None]
         else:
             Cv = C_fix
-        more = s + 1 < L
+        more = s + 1 < s_end
         t_nx = _step_index(s + 1, L, REVERSE)
         u_nx = tl.load(u_row + t_nx * s_ul, mask=mask_d & more, other=0.0)
         d_nx = tl.load(d_row + t_nx * s_dl, mask=mask_d & more, other=0.0)
@@ -143,33 +190,104 @@ def _scan_fwd_kernel(
         if SOFTPLUS:
             dt = _softplus(dt)
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bv
-        y = tl.sum(h * Cv, axis=0)
-        if HAS_D:
-            y += Dv * u
+        if MODE == 1:
+            dsum += tl.where(mask_d, dt, 0.0)
+        else:
+            y = tl.sum(h * Cv, axis=0)
+            if HAS_D:
+                y += Dv * u
+            if HAS_Z:
+                if STORE_CKPT:
+                    tl.store(y_ptr + o_off + t * s_ol, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(out_ptr + o_off + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+    if MODE == 1:
+        tl.store(seg_row + seg * NSTATE * DIM, h, mask=mask_nd)
+        tl.store(dsum_row + seg * DIM, dsum, mask=mask_d)
+    elif STORE_LAST:
+        last_mask = mask_nd
+        if SEG > 0:
+            last_mask = mask_nd & (seg == n_seg - 1)
+        tl.store(last_ptr + pid_b * NSTATE * DIM + nd_offs, h, mask=last_mask)
+
+
+@triton.jit
+def _scan_adjoint_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, seg_ptr, dsum_ptr,
+    L, DIM, NSTATE, s_ad, s_an, s_db, s_dd, s_dl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    VAR_C: tl.constexpr,
+):
+    """The backward's first pass along the length: program (b, d block, j) runs the adjoint
+    recurrence q_t = exp(delta_t A) (q_{t+1} + dy_t C_t) over segment j's steps from zero, and
+    writes the adjoint it hands the segment before (seg (B, segments, N, D) fp32) and the sum of its
+    step sizes (dsum (B, segments, D) fp32). The recurrence is linear in q, so the true adjoint at
+    any boundary is these, decayed by exp(A dsum) per segment and summed."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    seg = tl.program_id(2)
+    n_seg = tl.cdiv(L, SEG)
+    mask_d = offs_d < DIM
+    mask_n = offs_n < NSTATE
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0) * LOG2E
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if not VAR_C:
+        C_fix = tl.load(C_ptr + offs_n[:, None] * s_cn + offs_d[None, :] * s_cb, mask=mask_nd, other=0.0).to(tl.float32)
+    d_row = delta_ptr + pid_b * s_db + offs_d * s_dd
+    z_row = z_ptr + pid_b * s_zb + offs_d * s_zd
+    g_row = dout_ptr + pid_b * s_gb + offs_d * s_gd
+    c_col = C_ptr + pid_b * s_cb + offs_n * s_cn
+    q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dsum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    s_start = seg * SEG
+    s_end = tl.minimum(L, s_start + SEG)
+    for i in range(0, s_end - s_start):
+        t = _step_index(s_end - 1 - i, L, REVERSE)
+        dt = tl.load(d_row + t * s_dl, mask=mask_d, other=0.0).to(tl.float32)
+        dy = tl.load(g_row + t * s_gl, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask_d, dt, 0.0)
         if HAS_Z:
-            if STORE_CKPT:
-                tl.store(y_ptr + o_off + t * s_ol, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + o_off + t * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-    if STORE_LAST:
-        tl.store(last_ptr + pid_b * NSTATE * DIM + nd_offs, h, mask=mask_nd)
+            zz = tl.load(z_row + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        if VAR_C:
+            Cv = tl.load(c_col + t * s_cl, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        else:
+            Cv = C_fix
+        q = tl.exp2(dt[None, :] * A2) * (q + dy[None, :] * Cv)
+        dsum += dt
+    nd_offs = offs_n[:, None] * DIM + offs_d[None, :]
+    tl.store(seg_ptr + (pid_b * n_seg + seg) * NSTATE * DIM + nd_offs, q, mask=mask_nd)
+    tl.store(dsum_ptr + (pid_b * n_seg + seg) * DIM + offs_d, dsum, mask=mask_d)
 
 
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, y_ptr, ckpt_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, seg_ptr, dsum_ptr,
     L, DIM, NSTATE, N_CHUNKS, BATCH, s_ad, s_an,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_zb, s_zd, s_zl,
     s_gb, s_gd, s_gl, s_yb, s_yd, s_yl, s_xb, s_xd, s_xl,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_DLAST: tl.constexpr,
+    SEG: tl.constexpr = 0,
 ):
     """Gradients. dout: strides s_g*; y (the forward's output before the gate): s_y*; du, ddelta,
-    dz: one layout, strides s_x*. dA, dD, dbias: fp32 per batch row ((B, N, D), (B, D), (B, D)),
-    summed by the caller; dB, dC: fp32 (D blocks, B, N, L) partials when time-varying, else
-    (B, N, D)."""
+    dz: one layout, strides s_x*. dA, dD, dbias: fp32 per batch row and segment ((segments x B, N,
+    D), (segments x B, D), (segments x B, D)), summed by the caller; dB, dC: fp32 (D blocks, B, N, L)
+    partials when time-varying, else (segments x B, N, D).
+
+    Along the length (``SEG`` > 0, as in the forward): program (b, d block, j) computes the
+    gradients of segment j's steps, starting from the true adjoint, combined from the later
+    segments' local adjoints (seg, dsum: :func:`_scan_adjoint_kernel`) and the last state's gradient."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -196,6 +314,17 @@ def _scan_bwd_kernel(
         q = tl.load(dlast_ptr + pid_b * NSTATE * DIM + nd_offs, mask=mask_nd, other=0.0)
     else:
         q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if SEG > 0:
+        seg = tl.program_id(2)
+        n_seg = tl.cdiv(L, SEG)
+        s_start = seg * SEG
+        s_end = tl.minimum(L, s_start + SEG)
+        seg_row = seg_ptr + pid_b * n_seg * NSTATE * DIM + nd_offs
+        dsum_row = dsum_ptr + pid_b * n_seg * DIM + offs_d
+    else:
+        seg = 0
+        s_start = 0
+        s_end = L
     dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     u_row = u_ptr + pid_b * s_ub + offs_d * s_ud
     d_row = delta_ptr + pid_b * s_db + offs_d * s_dd
@@ -208,8 +337,15 @@ def _scan_bwd_kernel(
     ckpt_tile = ckpt_ptr + pid_b * N_CHUNKS * NSTATE * DIM + nd_offs
     part = (pid_d * BATCH + pid_b) * NSTATE * L + offs_n * L
 
-    for i in range(0, N_CHUNKS):
-        c = N_CHUNKS - 1 - i
+    if SEG > 0:  # the adjoint entering this segment: the later segments', decayed
+        for i in range(0, n_seg - 1 - seg):
+            j = n_seg - 1 - i
+            decay = tl.exp2(tl.load(dsum_row + j * DIM, mask=mask_d, other=0.0)[None, :] * A2)
+            q = decay * q + tl.load(seg_row + j * NSTATE * DIM, mask=mask_nd, other=0.0)
+    c_start = s_start // CHUNK
+    c_end = tl.cdiv(s_end, CHUNK)
+    for i in range(0, c_end - c_start):
+        c = c_end - 1 - i
         # the states before each step of the chunk, from its checkpoint (steps past the end
         # have delta 0: they decay by 1 and add nothing)
         h = tl.load(ckpt_tile + c * NSTATE * DIM, mask=mask_nd, other=0.0)
@@ -292,16 +428,17 @@ def _scan_bwd_kernel(
                 dC_acc += h_after * dy[None, :]
             q = a * g
 
-    row_nd = pid_b * NSTATE * DIM + nd_offs
+    row = seg * BATCH + pid_b  # this program's partial: (segment, batch row)
+    row_nd = row * NSTATE * DIM + nd_offs
     tl.store(dA_ptr + row_nd, dA_acc, mask=mask_nd)
     if not VAR_B:
         tl.store(dB_ptr + row_nd, dB_acc, mask=mask_nd)
     if not VAR_C:
         tl.store(dC_ptr + row_nd, dC_acc, mask=mask_nd)
     if HAS_D:
-        tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
+        tl.store(dD_ptr + row * DIM + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * DIM + offs_d, dbias_acc, mask=mask_d)
+        tl.store(dbias_ptr + row * DIM + offs_d, dbias_acc, mask=mask_d)
 
 
 def _strides(t: Optional[torch.Tensor]) -> Tuple[int, int, int]:
@@ -359,13 +496,18 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, reverse: b
     y = empty_like_layout(u) if save_for_backward and z is not None else None
     ckpt = torch.empty(b, n_chunks, n, d, device=u.device, dtype=torch.float32) if save_for_backward else None
     last = torch.empty(b, n, d, device=u.device, dtype=torch.float32) if return_last_state else None
-    _scan_fwd_kernel[(b, triton.cdiv(d, FWD_BLOCK_D))](
-        u, delta, A, B, C, _or(D, A), _or(z, u), _or(delta_bias, A), out, _or(y, out), _or(ckpt, A),
-        _or(last, A), length, d, n, n_chunks, *A.stride(),
-        *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C), *_strides(z), *out.stride(),
-        BLOCK_D=FWD_BLOCK_D, STORE_CKPT=save_for_backward, STORE_LAST=return_last_state,
-        num_warps=FWD_WARPS, **_flags(D, z, delta_bias, B, C, softplus, reverse, n),
-    )
+    seg, n_seg = segments(length)
+    ends = torch.empty(b, n_seg, n, d, device=u.device, dtype=torch.float32) if seg else A
+    dsum = torch.empty(b, n_seg, d, device=u.device, dtype=torch.float32) if seg else A
+    args = (u, delta, A, B, C, _or(D, A), _or(z, u), _or(delta_bias, A), out, _or(y, out), _or(ckpt, A),
+            _or(last, A), ends, dsum, length, d, n, n_chunks, *A.stride(),
+            *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C), *_strides(z), *out.stride())
+    flags = dict(BLOCK_D=FWD_BLOCK_D, num_warps=FWD_WARPS, **_flags(D, z, delta_bias, B, C, softplus, reverse, n))
+    grid = (b, triton.cdiv(d, FWD_BLOCK_D), n_seg)
+    if seg:  # each segment's end state from zero, then every segment from its true start state
+        _scan_fwd_kernel[grid](*args, STORE_CKPT=False, STORE_LAST=False, SEG=seg, MODE=1, **flags)
+    _scan_fwd_kernel[grid](*args, STORE_CKPT=save_for_backward, STORE_LAST=return_last_state, SEG=seg,
+                           MODE=2 if seg else 0, **flags)
     return out, ckpt, y, (last.transpose(1, 2).contiguous() if last is not None else None)
 
 
@@ -385,22 +527,34 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, sof
     du = empty_like_layout(u)
     ddelta = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=delta.dtype)
     dz = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=z.dtype) if z is not None else None
-    dA = torch.empty(b, n, d, device=dev, dtype=f32)
+    seg, n_seg = segments(length)
+    rows = n_seg * b  # per (segment, batch row) partials
+    dA = torch.empty(rows, n, d, device=dev, dtype=f32)
     # partials summed over their leading dimension afterwards (an outer-dimension reduction, which
     # is one streaming pass; a middle one was ~2 ms of reduction kernels per MAP-Base step)
-    dB = torch.empty((n_dblocks, b, n, length) if var_b else (b, n, d), device=dev, dtype=f32)
-    dC = torch.empty((n_dblocks, b, n, length) if var_c else (b, n, d), device=dev, dtype=f32)
-    dD = torch.empty(b, d, device=dev, dtype=f32) if D is not None else None
-    dbias = torch.empty(b, d, device=dev, dtype=f32) if delta_bias is not None else None
+    dB = torch.empty((n_dblocks, b, n, length) if var_b else (rows, n, d), device=dev, dtype=f32)
+    dC = torch.empty((n_dblocks, b, n, length) if var_c else (rows, n, d), device=dev, dtype=f32)
+    dD = torch.empty(rows, d, device=dev, dtype=f32) if D is not None else None
+    dbias = torch.empty(rows, d, device=dev, dtype=f32) if delta_bias is not None else None
     dlast_k = dlast.transpose(1, 2).contiguous() if dlast is not None else None
-    _scan_bwd_kernel[(b, n_dblocks)](
+    flags = _flags(D, z, delta_bias, B, C, softplus, reverse, n)
+    starts = dsum = A32
+    if seg:  # the adjoint each segment hands the one before, from zero
+        starts = torch.empty(b, n_seg, n, d, device=dev, dtype=f32)
+        dsum = torch.empty(b, n_seg, d, device=dev, dtype=f32)
+        _scan_adjoint_kernel[(b, n_dblocks, n_seg)](
+            delta, A32, C, _or(z, u), _or(delta_bias, A32), dout, starts, dsum,
+            length, d, n, *A32.stride(), *delta.stride(), *_bc_strides(C), *_strides(z), *dout.stride(),
+            BLOCK_D=BWD_BLOCK_D, BLOCK_N=flags["BLOCK_N"], SEG=seg, HAS_Z=flags["HAS_Z"],
+            HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=softplus, REVERSE=reverse, VAR_C=var_c, num_warps=BWD_WARPS,
+        )
+    _scan_bwd_kernel[(b, n_dblocks, n_seg)](
         u, delta, A32, B, C, _or(D, A32), _or(z, u), _or(delta_bias, A32), dout, _or(y, u), ckpt, _or(dlast_k, A32),
-        du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA),
+        du, ddelta, _or(dz, du), dA, dB, dC, _or(dD, dA), _or(dbias, dA), starts, dsum,
         length, d, n, n_chunks, b, *A32.stride(),
         *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C),
         *_strides(z), *dout.stride(), *_strides(y), *du.stride(),
-        BLOCK_D=BWD_BLOCK_D, HAS_DLAST=dlast is not None, num_warps=BWD_WARPS,
-        **_flags(D, z, delta_bias, B, C, softplus, reverse, n),
+        BLOCK_D=BWD_BLOCK_D, HAS_DLAST=dlast is not None, num_warps=BWD_WARPS, SEG=seg, **flags,
     )
     # every result contiguous except du / ddelta / dz (u's layout): the fake kernels say so too
     return (du, ddelta, dA.sum(0).t().contiguous().to(A.dtype),
