@@ -100,16 +100,44 @@ def test_scan_split_along_the_length_matches_reference(monkeypatch, b, d, n, len
         assert g.shape == grads_r[k].shape and rel_err(g, grads_r[k]) < 1e-4, k
 
 
-def test_segments_are_whole_chunks(monkeypatch):
+def test_segments_split_only_grids_too_small_for_the_gpu(monkeypatch):
+    """The automatic choice splits few rows of a long sequence (the measured win) and nothing at
+    MAP-Base's or PointMAP's shapes (measured slower split); segments are whole chunks that cover
+    the sequence once; a fixed SEGMENT_STEPS overrides it."""
     from map_core.kernels import selective_scan as ks
 
+    monkeypatch.setattr(ks, "SEGMENT_STEPS", None)
+    h200 = 132
+    assert ks.segments(8, 1536, 1024, h200) == (128, 8)  # 384 backward programs: split
+    for shape in ((64, 1536, 196), (64, 1536, 98), (128, 1536, 196), (128, 768, 129), (128, 768, 26),
+                  (16, 1536, 784)):
+        assert ks.segments(*shape, h200) == (0, 1), shape
+    for b, d, length in ((2, 1536, 2048), (1, 64, 130), (4, 768, 1000), (8, 1536, 129)):
+        seg, n_seg = ks.segments(b, d, length, h200)
+        assert seg % ks.CHUNK == 0 and seg >= ks.MIN_SEGMENT and (n_seg - 1) * seg < length <= n_seg * seg
     monkeypatch.setattr(ks, "SEGMENT_STEPS", 0)
-    assert ks.segments(4096) == (0, 1)
+    assert ks.segments(8, 1536, 1024, h200) == (0, 1)
     monkeypatch.setattr(ks, "SEGMENT_STEPS", 256)
-    assert ks.segments(256) == (0, 1) and ks.segments(1024) == (256, 4) and ks.segments(1025) == (256, 5)
+    assert ks.segments(64, 1536, 256, h200) == (0, 1) and ks.segments(64, 1536, 1025, h200) == (256, 5)
     monkeypatch.setattr(ks, "SEGMENT_STEPS", 6)
     with pytest.raises(ValueError, match="multiple of CHUNK"):
-        ks.segments(100)
+        ks.segments(1, 8, 100, h200)
+
+
+def test_a_long_scan_is_split_by_default_and_matches_the_reference(monkeypatch):
+    """The default path (no SEGMENT_STEPS set) on a grid of one program: the interpreter counts as
+    one multiprocessor, so 150 steps are cut into segments, and the results are the reference's."""
+    from map_core.kernels import selective_scan as ks
+
+    monkeypatch.setattr(ks, "SEGMENT_STEPS", None)
+    if DEVICE.type == "cpu":
+        assert ks.segments(1, 24, 150, ks._sm_count(DEVICE)) == (64, 3)
+    x = scan_inputs(1, 24, 4, 150, seed=7)
+    out, state, grads = run_scan(x, "triton", ("D", "z", "delta_bias"), True, False, True)
+    out_r, state_r, grads_r = run_scan(x, "torch", ("D", "z", "delta_bias"), True, False, True)
+    assert rel_err(out, out_r) < 1e-5 and rel_err(state, state_r) < 1e-5
+    for k, g in grads.items():
+        assert rel_err(g, grads_r[k]) < 1e-4, k
 
 
 def test_scan_bf16_inputs_keep_an_fp32_state():

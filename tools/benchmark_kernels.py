@@ -308,9 +308,10 @@ def kernel_sweep(x: dict, dy: torch.Tensor, device: torch.device, conv: bool = T
     rows += _sweep(ks, "scan_sweep_bwd", [dict(BWD_BLOCK_D=bd, BWD_WARPS=w, CHUNK=c) for bd, w, c in
                                           ((16, 1, 4), (32, 1, 4), (32, 1, 2), (64, 1, 2), (64, 1, 4), (64, 2, 4))],
                    lambda: {"shape": shape, "bwd_ms": _scan_kernel_ms(x, dy, device)[1]}, ks._scan_bwd_kernel)
-    # the length split into segments scanned in parallel (0: one program per row walks it all)
+    # the length split into segments scanned in parallel (None: the automatic choice; 0: one
+    # program per row walks it all)
     length = x["u"].shape[-1]
-    rows += _sweep(ks, "scan_sweep_segments", [dict(SEGMENT_STEPS=sg) for sg in (0, 32, 64, 128, 256) if sg < length],
+    rows += _sweep(ks, "scan_sweep_segments", [dict(SEGMENT_STEPS=sg) for sg in (None, 0, 32, 64, 128, 256) if not sg or sg < length],
                    lambda: dict(zip(("fwd_ms", "bwd_ms"), _scan_kernel_ms(x, dy, device)), shape=shape),
                    ks._scan_fwd_kernel)
     if not conv:

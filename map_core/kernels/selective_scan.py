@@ -22,8 +22,8 @@ own exponential. dB and dC (sums over channels) are reduced across the program's
 written as one partial per channel block (summed afterwards: no atomics, deterministic); dA, dD
 and d(delta_bias) are accumulated in registers.
 
-Along the length (``SEGMENT_STEPS`` > 0, off by default until measured): the sequence is cut into
-segments, each scanned by its own program. The recurrence is linear in the state (forward) and in
+Along the length (when the grid above has too few programs for the GPU: few rows of a long
+sequence; see :func:`segments`): the sequence is cut into segments, each scanned by its own program. The recurrence is linear in the state (forward) and in
 the adjoint (backward), so a first pass runs every segment from zero and keeps its end state (or,
 backward, the adjoint it hands the segment before) and its summed step size; the second pass starts
 each segment from the earlier (later) segments' results decayed by exp(A * summed step size), and
@@ -37,6 +37,7 @@ backward (recomputation and adjoint). Measured numbers are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -55,22 +56,41 @@ BWD_BLOCK_D = 32
 BWD_WARPS = 1
 # Steps between saved states; the backward keeps one chunk of states in registers.
 CHUNK = 4
-# Steps per program along the length (a multiple of CHUNK), for sequences longer than that; 0: one
-# program walks the whole sequence. Splitting the length multiplies the programs in flight (few rows
-# of a long sequence leave most of the GPU idle while each program walks every step) at the cost of
-# a first pass per direction that runs each segment from zero. Off until it is measured on a GPU
-# (tools/benchmark_kernels.py --sweep times it at the long-sequence shape).
-SEGMENT_STEPS = 0
+# Steps per program along the length (a multiple of CHUNK). None: chosen per call by
+# `segments` (the default); 0: one program walks the whole sequence; k > 0: segments of k steps.
+SEGMENT_STEPS: Optional[int] = None
+# The automatic choice (tools/benchmark_kernels.py --sweep, H200, lease 7): a grid of few programs
+# walks a long sequence with most of the GPU idle. Split when the backward grid has fewer than
+# SPLIT_BELOW programs per SM, into enough segments for about SPLIT_TARGET per SM, each a power of
+# two of at least MIN_SEGMENT steps (few distinct lengths: each is its own compiled kernel).
+# Measured: 8 x 1536 x 1024 (384 programs on 132 SMs) fwd + bwd 2.40 -> 1.39 ms with 8 segments of
+# 128 steps; 16 x 1536 x 784 (768 programs) and every MAP-Base / PointMAP shape were slower split.
+SPLIT_BELOW = 4
+SPLIT_TARGET = 24
+MIN_SEGMENT = 64
 
 
-def segments(length: int) -> Tuple[int, int]:
-    """(steps per segment, segments) for a sequence of ``length`` steps: (0, 1) when the whole
-    sequence is one program's."""
-    if SEGMENT_STEPS <= 0 or length <= SEGMENT_STEPS:
+def segments(batch: int, dim: int, length: int, sms: int) -> Tuple[int, int]:
+    """(steps per segment, segments) of a scan of ``batch`` rows of ``dim`` channels and ``length``
+    steps on a GPU of ``sms`` multiprocessors: (0, 1) when one program walks the whole sequence."""
+    seg = SEGMENT_STEPS
+    if seg is None:
+        programs = batch * triton.cdiv(dim, BWD_BLOCK_D)
+        if programs >= SPLIT_BELOW * sms or length < 2 * MIN_SEGMENT:
+            return 0, 1
+        wanted = triton.cdiv(SPLIT_TARGET * sms, programs)
+        seg = max(MIN_SEGMENT, triton.next_power_of_2(triton.cdiv(length, wanted)))
+    if seg <= 0 or length <= seg:
         return 0, 1
-    if SEGMENT_STEPS % CHUNK:
-        raise ValueError(f"SEGMENT_STEPS={SEGMENT_STEPS} must be a multiple of CHUNK={CHUNK}")
-    return SEGMENT_STEPS, triton.cdiv(length, SEGMENT_STEPS)
+    if seg % CHUNK:
+        raise ValueError(f"SEGMENT_STEPS={seg} must be a multiple of CHUNK={CHUNK}")
+    return seg, triton.cdiv(length, seg)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device``; Triton's CPU interpreter counts as one."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 @triton.jit
@@ -496,7 +516,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, reverse: b
     y = empty_like_layout(u) if save_for_backward and z is not None else None
     ckpt = torch.empty(b, n_chunks, n, d, device=u.device, dtype=torch.float32) if save_for_backward else None
     last = torch.empty(b, n, d, device=u.device, dtype=torch.float32) if return_last_state else None
-    seg, n_seg = segments(length)
+    seg, n_seg = segments(b, d, length, _sm_count(u.device))
     ends = torch.empty(b, n_seg, n, d, device=u.device, dtype=torch.float32) if seg else A
     dsum = torch.empty(b, n_seg, d, device=u.device, dtype=torch.float32) if seg else A
     args = (u, delta, A, B, C, _or(D, A), _or(z, u), _or(delta_bias, A), out, _or(y, out), _or(ckpt, A),
@@ -527,7 +547,7 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dlast, sof
     du = empty_like_layout(u)
     ddelta = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=delta.dtype)
     dz = torch.empty_strided(du.shape, du.stride(), device=dev, dtype=z.dtype) if z is not None else None
-    seg, n_seg = segments(length)
+    seg, n_seg = segments(b, d, length, _sm_count(dev))
     rows = n_seg * b  # per (segment, batch row) partials
     dA = torch.empty(rows, n, d, device=dev, dtype=f32)
     # partials summed over their leading dimension afterwards (an outer-dimension reduction, which
