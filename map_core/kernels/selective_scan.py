@@ -22,13 +22,13 @@ own exponential. dB and dC (sums over channels) are reduced across the program's
 written as one partial per channel block (summed afterwards: no atomics, deterministic); dA, dD
 and d(delta_bias) are accumulated in registers.
 
-Along the length (when the grid above has too few programs for the GPU: few rows of a long
-sequence; see :func:`segments`): the sequence is cut into segments, each scanned by its own program. The recurrence is linear in the state (forward) and in
-the adjoint (backward), so a first pass runs every segment from zero and keeps its end state (or,
-backward, the adjoint it hands the segment before) and its summed step size; the second pass starts
-each segment from the earlier (later) segments' results decayed by exp(A * summed step size), and
-computes as above. More programs in flight for few rows of a long sequence, at the price of the
-first pass.
+Along the length (when the grid above has too few programs for the GPU, as with few rows of a long
+sequence; see :func:`segments`): the sequence is cut into segments, each scanned by its own
+program. The recurrence is linear in the state (forward) and in the adjoint (backward), so a first
+pass runs every segment from zero and keeps its end state (backward: the adjoint it hands the
+segment before) and its summed step size; the second pass starts each segment from the earlier
+(backward: later) segments' results decayed by exp(A * summed step size) and computes as above.
+More programs in flight, at the price of the first pass.
 
 Floors (MAP-Base shapes: batch 64, d_inner 1536, N 16, length 196, bf16): the bytes that must move
 (read u, delta, z, B, C and dy, write y, du, ddelta, dz, dB, dC) are ~430 MB; exp(delta A) is
@@ -59,10 +59,11 @@ CHUNK = 4
 # Steps per program along the length (a multiple of CHUNK). None: chosen per call by
 # `segments` (the default); 0: one program walks the whole sequence; k > 0: segments of k steps.
 SEGMENT_STEPS: Optional[int] = None
-# The automatic choice (tools/benchmark_kernels.py --sweep, H200, lease 7): a grid of few programs
-# walks a long sequence with most of the GPU idle. Split when the backward grid has fewer than
-# SPLIT_BELOW programs per SM, into enough segments for about SPLIT_TARGET per SM, each a power of
-# two of at least MIN_SEGMENT steps (few distinct lengths: each is its own compiled kernel).
+# The automatic choice (H200, BENCHMARKS.md "The selective scan split along the length"): a grid
+# of few programs walks a long sequence with most of the GPU idle. Split when the backward grid
+# has fewer than SPLIT_BELOW programs per SM, into enough segments for about SPLIT_TARGET per SM,
+# each a power of two of at least MIN_SEGMENT steps (few distinct lengths: each is its own
+# compiled kernel).
 # Measured: 8 x 1536 x 1024 (384 programs on 132 SMs) fwd + bwd 2.40 -> 1.39 ms with 8 segments of
 # 128 steps; 16 x 1536 x 784 (768 programs) and every MAP-Base / PointMAP shape were slower split.
 SPLIT_BELOW = 4
